@@ -1,0 +1,1 @@
+"""trainlab: train neural networks the way a careful practitioner does."""

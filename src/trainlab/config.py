@@ -1,0 +1,187 @@
+"""The hyperparameters of one run: a typed, validated model, loaded from YAML plus `key=value` overrides.
+
+Every default is declared once, here; the command line reads them from this model. Every error is
+a `ConfigError` whose message is one line naming the field and the value that was given.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["Config", "ConfigError", "OPTIMIZERS", "SCHEDULES", "load_config", "parse_override", "apply_overrides"]
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "inverse_sqrt", "cyclic_cosine")
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message is one line that names the field and the value."""
+
+
+class Config(BaseModel):
+    """One run's hyperparameters. Units are in the names: `*_steps` count optimizer updates."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # what is trained
+    task: str = "mnist1d"
+    model: str = "resnet"
+    width: int | None = Field(None, ge=1, description="hidden units (mlp) or channels (cnn, resnet); None: the model's own default")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # optimizer
+    optimizer: Literal["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"] = "adam"
+    lr: float = Field(3e-3, gt=0.0, description="base learning rate (the peak, after warmup)")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    # how long
+    batch_size: int = Field(32, ge=1, description="examples per optimizer update on one device")
+    epochs: int = Field(30, ge=1)
+    steps: int | None = Field(None, ge=1, description="stop after this many optimizer updates (overrides epochs)")
+    # learning-rate schedule, counted in optimizer updates
+    schedule: Literal["constant", "step", "multistep", "cosine", "linear", "inverse_sqrt", "cyclic_cosine"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    min_lr_factor: float = Field(0.0, ge=0.0, lt=1.0, description="floor of cosine/linear schedules, as a fraction of lr")
+    step_size_epochs: float = Field(30.0, gt=0.0)
+    milestones_epochs: list[float] = Field(default_factory=lambda: [30.0, 60.0, 90.0])
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    cycles: int = Field(5, ge=1, description="cyclic_cosine: number of equal cycles (when restart_period_epochs is unset)")
+    restart_period_epochs: float | None = Field(None, gt=0.0)
+    restart_mult: float = Field(1.0, ge=1.0)
+    # regularization and stability
+    grad_clip: float | None = Field(None, gt=0.0, description="max global gradient norm")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # early stopping, counted in validation checks (one per epoch)
+    patience: int | None = Field(None, ge=1, description="stop after this many validations without improvement; None: off")
+    early_stop_metric: str = "val/acc"
+    early_stop_mode: Literal["auto", "max", "min"] = "auto"
+    min_delta: float = Field(0.0, ge=0.0)
+    # data and machine
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    seed: int = Field(0, ge=0, description="initialization, data order and dropout")
+    split_seed: int = Field(0, ge=0, description="which examples form the validation split (kept apart from seed so runs with different seeds share one split)")
+    device: str = "auto"
+    monitor_every: int = Field(50, ge=0, description="steps between update/weight-ratio measurements; 0: off")
+    checkpoint_every_minutes: float | None = Field(None, gt=0.0)
+
+    @field_validator("lr", "weight_decay", "eps", "momentum", "dropout")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError("each beta must be in [0, 1)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("milestones_epochs")
+    @classmethod
+    def _milestones(cls, value: list[float]) -> list[float]:
+        if any(m < 0 for m in value) or list(value) != sorted(value):
+            raise ValueError("must be non-negative and increasing")
+        return value
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> "Config":
+        if self.warmup_steps and self.warmup_epochs:
+            raise ValueError("set warmup_steps or warmup_epochs, not both")
+        return self
+
+    @property
+    def mode(self) -> str:
+        """Direction of the early-stopping metric: 'min' for losses, 'max' otherwise."""
+        if self.early_stop_mode != "auto":
+            return self.early_stop_mode
+        return "min" if "loss" in self.early_stop_metric else "max"
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json")
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def _format_error(err: ValidationError, given: dict[str, Any]) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "config"
+    kind, msg = first["type"], first["msg"]
+    if kind == "extra_forbidden":
+        close = difflib.get_close_matches(field, Config.model_fields, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{field}: unknown key{hint}"
+    value = first.get("input", given.get(field))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return f"{field}: {msg[0].lower() + msg[1:]}, got {value!r}"
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'lr=0.05' -> ('lr', 0.05); the value is parsed as YAML, so lists and numbers work."""
+    if "=" not in item:
+        raise ConfigError(f"--set: expected key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and value.lower() in ("none", "null"):
+        value = None
+    return key, value
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """A new Config with `overrides` applied and validated as a whole."""
+    return make_config({**config.model_dump(), **overrides})
+
+
+def make_config(data: dict[str, Any]) -> Config:
+    try:
+        return Config(**data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, data)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict[str, Any] = ()) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply `key=value` overrides.
+
+    >>> load_config(None, ["lr=0.05", "schedule=linear"]).lr
+    0.05
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config: no such file {str(path)!r}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            line = getattr(getattr(err, "problem_mark", None), "line", None)
+            where = f" at line {line + 1}" if line is not None else ""
+            raise ConfigError(f"config: {str(path)!r} is not valid YAML{where}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config: {str(path)!r} must hold a mapping of key: value, got {type(loaded).__name__}")
+        data.update(loaded)
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        data[key] = value
+    return make_config(data)

@@ -1,0 +1,400 @@
+"""`fit()`: the one training loop every command uses.
+
+Per step: forward, loss, backward, optional clipping, optimizer step with the scheduled learning rate,
+monitors at their cadence. Per-step losses stay on the device and are read every `_DRAIN` steps, so the
+loop never synchronizes per step and never writes to the database per step. Per epoch: validation,
+early stopping, the best checkpoint, the last checkpoint (for exact resume), callbacks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from ..config import Config, ConfigError
+from ..monitor import UpdateRatio, divergence, grad_norm
+from ..optim import build_optimizer
+from ..schedules import make_schedule
+from ..store import MetricBuffer, Store
+from ..tasks import Task, load_task
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .early_stopping import EarlyStopping
+from .evaluate import dataset_tensors, evaluate
+
+__all__ = ["fit", "FitResult", "Stop", "Callback", "LoopState", "resolve_device", "lr_schedule", "epoch_order"]
+
+_DRAIN = 50          # steps between reads of the per-step losses (divergence check, metrics, progress)
+_TRAIN_EVAL = 1000   # training examples re-evaluated each epoch for train/acc, in eval mode like val/acc
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A callback's request to end the run, with the status to record and why."""
+
+    status: str
+    reason: str
+
+
+@dataclass
+class LoopState:
+    """What callbacks see. They may read anything; they return decisions instead of acting."""
+
+    hp: Config
+    task: Task
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    run_id: int | None
+    run_dir: Path | None
+    steps_per_epoch: int
+    total_steps: int
+    step: int = 0
+    epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Callback(Protocol):
+    def on_step_end(self, state: LoopState) -> Stop | None: ...
+    def on_epoch_end(self, state: LoopState) -> Stop | None: ...
+    def on_fit_end(self, state: LoopState) -> None: ...
+
+
+@dataclass
+class FitResult:
+    run_id: int | None
+    status: str
+    reason: str | None
+    best_metric: float | None
+    best_epoch: int | None
+    epochs: int
+    steps: int
+    test: dict[str, float] | None
+    history: dict[str, list[float]]
+    checkpoint: str | None
+    model: nn.Module
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: CUDA is not available on this machine, got {name!r}")
+    return torch.device(name)
+
+
+def lr_schedule(hp: Config, steps_per_epoch: int) -> tuple[Callable[[int], float], int, int]:
+    """(factor(step), total optimizer updates, warmup updates) for `hp`, converting epochs to steps."""
+    total = hp.steps or hp.epochs * steps_per_epoch
+    warmup = hp.warmup_steps or round(hp.warmup_epochs * steps_per_epoch)
+    if warmup >= total:
+        raise ConfigError(f"warmup_steps: must be fewer than the run's {total} optimizer updates, got {warmup}")
+    main = total - warmup
+    period = (round(hp.restart_period_epochs * steps_per_epoch) if hp.restart_period_epochs
+              else max(1, main // hp.cycles))
+    factor = make_schedule(
+        hp.schedule, total, warmup_steps=warmup, min_factor=hp.min_lr_factor,
+        step_size=max(1, round(hp.step_size_epochs * steps_per_epoch)),
+        milestones=[s for s in (round(m * steps_per_epoch) - warmup for m in hp.milestones_epochs) if s >= 0],
+        gamma=hp.gamma, period=period, period_mult=hp.restart_mult,
+    )
+    return factor, total, warmup
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of training examples in `epoch`: a function of (seed, epoch) only, so resume is exact."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+class _Batches:
+    """Minibatches in a given order: tensor slicing for in-memory data, a DataLoader otherwise."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device):
+        self.n, self.bs, self.device = len(dataset), batch_size, device
+        self.tensors = None
+        if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+            self.tensors = tuple(t.to(device) for t in dataset.tensors)
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.bs)
+
+    def iterate(self, order: torch.Tensor, start: int):
+        if self.tensors is not None:
+            x, y = self.tensors
+            order = order.to(self.device)
+            for b in range(start, len(self)):
+                idx = order[b * self.bs:(b + 1) * self.bs]
+                yield x[idx], y[idx]
+            return
+        indices = order[start * self.bs:].tolist()
+        loader = DataLoader(Subset(self.dataset, indices), batch_size=self.bs, shuffle=False)
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def _train_subset(train: Dataset) -> Dataset:
+    n = min(len(train), _TRAIN_EVAL)
+    if isinstance(train, TensorDataset):
+        return TensorDataset(*(t[:n] for t in train.tensors))
+    return Subset(train, range(n))
+
+
+def _print_start(hp: Config, task: Task, run_id, spe: int, total: int, warmup: int, factor) -> None:
+    points = sorted({0, warmup, total // 4, total // 2, 3 * total // 4, total - 1})
+    lrs = ", ".join(f"{s}: {hp.lr * factor(s):.3g}" for s in points)
+    who = f"run {run_id}" if run_id is not None else "run"
+    print(f"{who}: {task.name}/{hp.model}, {hp.optimizer} lr {hp.lr:g}, {hp.schedule} schedule over {total} "
+          f"optimizer updates ({spe} per epoch, batch {hp.batch_size}); warmup {warmup} updates")
+    print(f"  lr at step {lrs}")
+
+
+def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str | None = None,
+        name: str | None = None, kind: str = "train", callbacks: Sequence[Callback] = (),
+        quiet: bool = False, evaluate_test: bool = True, resume: int | None = None,
+        runs_dir: str | os.PathLike = "trainlab-runs", model: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None, checkpoints: bool = True) -> FitResult:
+    """Train `task` with `hp`, storing the run in `store` (if given), and return the result.
+
+    The best weights (by `hp.early_stop_metric`) are restored on every exit path: early stop, last
+    epoch, divergence, Ctrl-C. The test split is evaluated once, on them, when `evaluate_test`.
+    `resume=RUN` continues a run from its last checkpoint so that the result equals an uninterrupted run.
+    `model`/`optimizer` replace the task's model and the optimizer `hp` names (transfer learning).
+    """
+    started = time.perf_counter()
+    device = resolve_device(hp.device)
+    task = task or load_task(hp)
+    torch.manual_seed(hp.seed)
+    model = (model or task.build_model()).to(device)
+    optimizer = optimizer or build_optimizer(hp, model)
+    batches = _Batches(task.train, hp.batch_size, device)
+    spe = len(batches)
+    factor, total, warmup = lr_schedule(hp, spe)
+    n_epochs = math.ceil(total / spe)
+    val_data = dataset_tensors(task.val, device)
+    train_eval = dataset_tensors(_train_subset(task.train), device)
+    stopper = EarlyStopping(hp.early_stop_metric, hp.mode, hp.patience, hp.min_delta)
+    ratio = UpdateRatio(model, hp.monitor_every)
+    groups = optimizer.param_groups
+    for g in groups:
+        g.setdefault("base_lr", g["lr"])
+    amp = device.type == "cuda"
+    loss_fn = task.loss
+    if hp.label_smoothing:
+        base_loss = loss_fn
+        loss_fn = lambda out, y: base_loss(out, y, label_smoothing=hp.label_smoothing)  # noqa: E731
+
+    run_id = resume
+    if store is not None and resume is None:
+        run_id = store.create_run(name=name or f"{task.name}-{hp.model}", hparams=hp.model_dump(mode="json"),
+                                  seed=hp.seed, study=study, kind=kind)
+    run_dir = Path(runs_dir) / f"run-{run_id}" if (store is not None and checkpoints) else None
+    buffer = MetricBuffer(store, run_id) if store is not None else None
+    state = LoopState(hp, task, model, optimizer, device, run_id, run_dir, spe, total)
+
+    step, start_epoch, start_batch = 0, 0, 0
+    reference = None
+    best_state: dict[str, torch.Tensor] | None = None
+    history: dict[str, list[float]] = {}
+    if resume is not None:
+        if run_dir is None:
+            raise ConfigError(f"resume: run {resume} needs a store and checkpoints")
+        ckpt = load_checkpoint(run_dir / "last.pt", map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, start_epoch, start_batch = ckpt["step"], ckpt["epoch"], ckpt["batch"]
+        stopper.load_state_dict(ckpt["early_stopping"])
+        reference, history = ckpt["reference"], ckpt["history"]
+        for cb in callbacks:
+            if hasattr(cb, "load_state_dict") and type(cb).__name__ in ckpt.get("callbacks", {}):
+                cb.load_state_dict(ckpt["callbacks"][type(cb).__name__])
+        if (run_dir / "best.pt").is_file():
+            best_state = load_checkpoint(run_dir / "best.pt", map_location=device)["model"]
+        set_rng_state(ckpt["rng"])
+        store.delete_metrics_after(run_id, step - 1)
+        store.update_run(run_id, status="running", reason=None)
+
+    def checkpoint(path_name: str, epoch: int, batch: int) -> Path | None:
+        if run_dir is None:
+            return None
+        payload = {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
+            "batch": batch, "early_stopping": stopper.state_dict(), "rng": rng_state(),
+            "reference": reference, "history": history, "hparams": hp.model_dump(mode="json"),
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in callbacks if hasattr(cb, "state_dict")},
+        }
+        return save_checkpoint(payload, run_dir / path_name)
+
+    if not quiet:
+        _print_start(hp, task, run_id, spe, total, warmup, factor)
+    progress = None
+    if not quiet:
+        from tqdm.auto import tqdm
+        progress = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, leave=False)
+
+    status, reason = "completed", None
+    pending: list[torch.Tensor] = []
+    pending_from = step
+    last_save = time.monotonic()
+
+    def drain(epoch: int) -> str | None:
+        """Read the buffered per-step losses: divergence check, metrics, progress."""
+        nonlocal pending, pending_from, reference
+        if not pending:
+            return None
+        values = torch.stack(pending).float().tolist()
+        first = pending_from
+        if reference is None:
+            reference = max(values[0], math.log(max(task.num_classes, 2)))
+        lrs = [hp.lr * factor(first + i) for i in range(len(values))]
+        if buffer is not None:
+            for i, (v, lr) in enumerate(zip(values, lrs)):
+                buffer.add(first + i, epoch + 1, "train/loss", v)
+                buffer.add(first + i, epoch + 1, "lr", lr)
+        if progress is not None:
+            progress.update(len(values))
+            progress.set_postfix(epoch=epoch + 1, loss=f"{values[-1]:.4f}", lr=f"{lrs[-1]:.2e}", refresh=False)
+        pending, pending_from = [], first + len(values)
+        return divergence(values, first, reference, lrs)
+
+    try:
+        for epoch in range(start_epoch, n_epochs):
+            state.epoch = epoch
+            t0 = time.perf_counter()
+            seen = 0
+            model.train()
+            stop: Stop | None = None
+            order = epoch_order(batches.n, hp.seed, epoch)
+            for x, y in batches.iterate(order, start_batch):
+                if step >= total:
+                    break
+                f = factor(step)
+                for g in groups:
+                    g["lr"] = g["base_lr"] * f
+                if amp:
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        loss = loss_fn(model(x), y)
+                else:
+                    loss = loss_fn(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                measured = ratio.before(step)
+                if hp.grad_clip is not None:
+                    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
+                elif measured:
+                    gnorm = grad_norm(model)
+                optimizer.step()
+                if measured:
+                    ratios = ratio.after()
+                    if buffer is not None:
+                        for pname, r in ratios.items():
+                            buffer.add(step, epoch + 1, f"ratio/{pname}", r)
+                        buffer.add(step, epoch + 1, "grad_norm", float(gnorm))
+                pending.append(loss.detach())
+                step += 1
+                seen += len(y)
+                if len(pending) >= _DRAIN:
+                    why = drain(epoch)
+                    if why:
+                        stop = Stop("diverged", why)
+                        break
+                if callbacks:
+                    state.step = step
+                    for cb in callbacks:
+                        stop = cb.on_step_end(state) or stop
+                    if stop:
+                        break
+                if hp.checkpoint_every_minutes and time.monotonic() - last_save > 60 * hp.checkpoint_every_minutes:
+                    batch = start_batch + math.ceil(seen / hp.batch_size)
+                    drain(epoch)
+                    checkpoint("last.pt", epoch, batch)
+                    last_save = time.monotonic()
+            start_batch = 0
+            why = drain(epoch)
+            if why and stop is None:
+                stop = Stop("diverged", why)
+            if stop is not None and stop.status == "diverged":
+                status, reason = stop.status, stop.reason
+                break
+            seconds = time.perf_counter() - t0
+            val = evaluate(model, task.val, loss_fn=task.loss, device=device, data=val_data)
+            tr = evaluate(model, task.train, loss_fn=task.loss, device=device, data=train_eval)
+            metrics = {"val/loss": val["loss"], "val/acc": val["acc"], "train/acc": tr["acc"],
+                       "train/loss_eval": tr["loss"], "epoch_time_s": seconds,
+                       "samples_per_s": seen / seconds if seconds > 0 else float("nan")}
+            state.step, state.metrics = step, metrics
+            for cb in callbacks:
+                stop = cb.on_epoch_end(state) or stop
+            for k, v in state.metrics.items():
+                history.setdefault(k, []).append(v)
+                if buffer is not None:
+                    buffer.add(step - 1, epoch + 1, k, v)
+            if hp.early_stop_metric not in state.metrics:
+                raise ConfigError(f"early_stop_metric: not measured by this run, got {hp.early_stop_metric!r}; "
+                                  f"choose one of {', '.join(sorted(state.metrics))}")
+            decision = stopper.update(state.metrics[hp.early_stop_metric], epoch + 1)
+            if decision.improved:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                checkpoint("best.pt", epoch + 1, 0)
+            checkpoint("last.pt", epoch + 1, 0)
+            last_save = time.monotonic()
+            if buffer is not None:
+                buffer.flush()
+                store.update_run(run_id, epochs=epoch + 1, best_metric=stopper.best, best_epoch=stopper.best_epoch)
+            if progress is not None:
+                progress.write(f"epoch {epoch + 1}/{n_epochs}  val/acc {val['acc']:.4f}  val/loss {val['loss']:.4f}  "
+                               f"train/acc {tr['acc']:.4f}  lr {hp.lr * factor(max(step - 1, 0)):.2e}  "
+                               f"{metrics['samples_per_s']:.0f} samples/s")
+            if decision.stop:
+                status, reason = "completed", decision.reason
+                break
+            if stop is not None:
+                status, reason = stop.status, stop.reason
+                break
+    except KeyboardInterrupt:
+        drain(state.epoch)
+        status = "stopped"
+        reason = f"interrupted at step {step}" + (f"; resume with: trainlab train --resume {run_id}" if run_dir else "")
+    except BaseException as err:
+        if store is not None:
+            if buffer is not None:
+                try:
+                    buffer.flush()
+                except Exception:
+                    pass
+            store.finish_run(run_id, "failed", reason=f"{type(err).__name__}: {err}"[:500])
+        if progress is not None:
+            progress.close()
+        raise
+    if progress is not None:
+        progress.close()
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    state.step = step
+    for cb in callbacks:
+        cb.on_fit_end(state)
+    test = evaluate(model, task.test, loss_fn=task.loss, device=device) if evaluate_test else None
+    best_path = str(run_dir / "best.pt") if run_dir is not None and (run_dir / "best.pt").is_file() else None
+    if store is not None:
+        buffer.flush()
+        summary = {"steps": step, "seconds": time.perf_counter() - started}
+        if test is not None:
+            summary.update({"test/acc": test["acc"], "test/loss": test["loss"]})
+        store.finish_run(run_id, status, reason=reason, best_metric=stopper.best, best_epoch=stopper.best_epoch,
+                         checkpoint=best_path, summary=summary)
+    if not quiet:
+        tail = f", test/acc {test['acc']:.4f}" if test else ""
+        best = f"best {hp.early_stop_metric} {stopper.best:.4f} at epoch {stopper.best_epoch}" \
+            if stopper.best is not None else "no validation"
+        print(f"{status}: {best}{tail}" + (f" ({reason})" if reason else ""))
+    return FitResult(run_id, status, reason, stopper.best, stopper.best_epoch, len(history.get("val/acc", [])),
+                     step, test, history, best_path, model, time.perf_counter() - started)
