@@ -1,54 +1,27 @@
-"""The `trainlab` command: argument parsing only; each command is a few lines over the library.
-
-Bad input exits with status 2 and one line naming the field and the value; a diverged run exits 1.
-"""
+"""Core commands: train, runs, plot, schedule."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-__all__ = ["main"]
+from .common import UsageError, add_db, open_store, print_json, table
 
-
-class UsageError(ValueError):
-    """A command-line value is wrong; printed as one line, exit status 2."""
-
-
-def _store(args):
-    from .store import Store
-
-    return Store(args.db)
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
-
-
-def _table(rows: list[dict], columns: list[str]) -> str:
-    cells = [[("" if r.get(c) is None else f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r[c]))
-              for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+__all__ = ["register"]
 
 
 # --- train --------------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from .config import load_config
-    from .tasks import load_task
-    from .train import fit
+    from ..config import load_config
+    from ..tasks import load_task
+    from ..train import fit
 
     store = None
     if args.resume is not None:
-        from .config import make_config
+        from ..config import make_config
 
-        store = _store(args)
+        store = open_store(args)
         run = store.run(args.resume)
         hp = make_config(run["hparams"])
         result = fit(load_task(hp), hp, store=store, resume=args.resume, quiet=args.quiet,
@@ -59,11 +32,11 @@ def cmd_train(args) -> int:
             print(hp.to_yaml(), end="")
             return 0
         task = load_task(hp)
-        store = _store(args)
+        store = open_store(args)
         result = fit(task, hp, store=store, study=args.study, name=args.name, quiet=args.quiet,
                      runs_dir=args.runs_dir)
     if args.json:
-        _print_json({"run": result.run_id, "status": result.status, "reason": result.reason,
+        print_json({"run": result.run_id, "status": result.status, "reason": result.reason,
                      "best_metric": result.best_metric, "best_epoch": result.best_epoch, "epochs": result.epochs,
                      "steps": result.steps, "test": result.test, "checkpoint": result.checkpoint,
                      "seconds": round(result.seconds, 2)})
@@ -84,13 +57,13 @@ def _run_row(run: dict) -> dict:
 
 
 def cmd_runs(args) -> int:
-    store = _store(args)
+    store = open_store(args)
     if args.action == "show":
         if args.id is None:
             raise UsageError("runs show: give a run id, e.g. trainlab runs show 3")
         run = store.run(args.id)
         if args.json:
-            _print_json(run)
+            print_json(run)
             return 0
         for key in ("id", "name", "study", "kind", "status", "reason", "created", "finished", "best_metric",
                     "best_epoch", "epochs", "checkpoint", "seed", "host"):
@@ -105,9 +78,9 @@ def cmd_runs(args) -> int:
         raise UsageError(f"runs: unknown action {args.action!r}; use: trainlab runs [show ID]")
     rows = [_run_row(r) for r in store.runs(study=args.study)]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     elif rows:
-        print(_table(rows, ["id", "name", "study", "status", "best_val", "test_acc", "epochs", "duration_s"]))
+        print(table(rows, ["id", "name", "study", "status", "best_val", "test_acc", "epochs", "duration_s"]))
     else:
         print(f"no runs in {store.url}")
     return 0
@@ -116,9 +89,9 @@ def cmd_runs(args) -> int:
 # --- plot ---------------------------------------------------------------------------------------
 
 def cmd_plot(args) -> int:
-    from .report import plot_run
+    from ..report import plot_run
 
-    store = _store(args)
+    store = open_store(args)
     store.run(args.run)
     path = plot_run(store, args.run, args.output)
     print(f"wrote {path}")
@@ -132,8 +105,8 @@ _SCHEDULE_KEYS = {"min_factor": float, "step_size": int, "milestones": list, "ga
 
 
 def cmd_schedule(args) -> int:
-    from .config import parse_override
-    from .schedules import make_schedule
+    from ..config import parse_override
+    from ..schedules import make_schedule
 
     params: dict[str, Any] = {}
     for item in args.set:
@@ -146,16 +119,16 @@ def cmd_schedule(args) -> int:
     factor = make_schedule(args.kind, args.steps, warmup_steps=args.warmup, **params)
     lrs = [args.lr * factor(s) for s in range(args.steps)]
     if args.plot:
-        from .report import plot_schedule
+        from ..report import plot_schedule
 
         plot_schedule(lrs, args.plot, title=f"{args.kind} (warmup {args.warmup})")
     if args.json:
-        _print_json({"kind": args.kind, "lr": args.lr, "steps": args.steps, "warmup": args.warmup, **params,
+        print_json({"kind": args.kind, "lr": args.lr, "steps": args.steps, "warmup": args.warmup, **params,
                      "lrs": lrs})
         return 0
     marks = sorted({0, args.warmup, args.steps // 4, args.steps // 2, 3 * args.steps // 4, args.steps - 1}
                    | set(range(0, args.steps, max(1, args.steps // 10))))
-    print(_table([{"step": s, "lr": f"{lrs[s]:.6g}"} for s in marks], ["step", "lr"]))
+    print(table([{"step": s, "lr": f"{lrs[s]:.6g}"} for s in marks], ["step", "lr"]))
     if args.plot:
         print(f"wrote {args.plot}")
     return 0
@@ -163,17 +136,10 @@ def cmd_schedule(args) -> int:
 
 # --- parser -------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    from .config import SCHEDULES
+def register(sub) -> None:
+    from ..config import SCHEDULES
 
-    parser = argparse.ArgumentParser(prog="trainlab", description="Train neural networks the careful way.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def with_db(p):
-        p.add_argument("--db", default=None, help="store URL or SQLite file (default: ./trainlab.db)")
-        return p
-
-    p = with_db(sub.add_parser("train", help="train one model"))
+    p = add_db(sub.add_parser("train", help="train one model"))
     p.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults on mnist1d)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -185,14 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_train)
 
-    p = with_db(sub.add_parser("runs", help="list runs, or show one"))
+    p = add_db(sub.add_parser("runs", help="list runs, or show one"))
     p.add_argument("action", nargs="?", help="show")
     p.add_argument("id", nargs="?", type=int)
     p.add_argument("--study")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_runs)
 
-    p = with_db(sub.add_parser("plot", help="plot a run's curves"))
+    p = add_db(sub.add_parser("plot", help="plot a run's curves"))
     p.add_argument("run", type=int)
     p.add_argument("-o", "--output", default="curves.png")
     p.set_defaults(fn=cmd_plot)
@@ -207,29 +173,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_schedule)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
-    from .store import RunNotFound
-    from .train import CheckpointError
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.fn(args)
-    except (ConfigError, CheckpointError, UsageError) as err:
-        print(f"trainlab: error: {err}", file=sys.stderr)
-        return 2
-    except RunNotFound as err:
-        print(f"trainlab: error: {err.args[0] if err.args else err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"trainlab: error: {msg}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The `trainlab` command: argument parsing only; each command is a few lines over the library.
+
+Each module here registers its subcommands. Bad input exits with status 2 and one line naming the
+field and the value; a diverged run exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import core
+from .common import UsageError
+
+__all__ = ["main", "build_parser"]
+
+COMMAND_MODULES = [core]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainlab", description="Train neural networks the careful way.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..config import ConfigError
+    from ..store import RunNotFound
+    from ..train import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, CheckpointError, UsageError, RunNotFound) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"trainlab: error: {msg}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"trainlab: error: {msg}", file=sys.stderr)
+        return 2
