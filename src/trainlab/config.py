@@ -8,16 +8,35 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-__all__ = ["Config", "ConfigError", "OPTIMIZERS", "SCHEDULES", "load_config", "parse_override", "apply_overrides"]
+__all__ = ["Config", "ConfigError", "OPTIMIZERS", "SCHEDULES", "load_config", "make_config", "parse_override",
+           "apply_overrides", "yaml_load"]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "inverse_sqrt", "cyclic_cosine")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` as a string; people write learning rates that way, so read it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.Inf|\.INF|\.nan|\.NaN|\.NAN)$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML safely, reading scientific notation such as 1e-3 as a number."""
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -64,6 +83,9 @@ class Config(BaseModel):
     early_stop_metric: str = "val/acc"
     early_stop_mode: Literal["auto", "max", "min"] = "auto"
     min_delta: float = Field(0.0, ge=0.0)
+    # transfer learning (trainlab transfer; ignored by plain training)
+    backbone_lr_mult: float = Field(0.1, gt=0.0, le=1.0, description="learning rate of pretrained stages as a fraction of lr (finetune:K; full: of the first stage, rising geometrically to 1 at the head)")
+    unfreeze_every_epochs: int | None = Field(None, ge=1, description="finetune:K: unfreeze one more stage, top down, every this many epochs (gradual unfreezing); None: all K at once")
     # data and machine
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     seed: int = Field(0, ge=0, description="initialization, data order and dropout")
@@ -139,7 +161,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, raw = item.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str) and value.lower() in ("none", "null"):
@@ -171,7 +193,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict[
         if not p.is_file():
             raise ConfigError(f"config: no such file {str(path)!r}")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml_load(p.read_text())
         except yaml.YAMLError as err:
             line = getattr(getattr(err, "problem_mark", None), "line", None)
             where = f" at line {line + 1}" if line is not None else ""
