@@ -183,8 +183,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     train_eval = dataset_tensors(_train_subset(task.train), device)
     stopper = EarlyStopping(hp.early_stop_metric, hp.mode, hp.patience, hp.min_delta)
     ratio = UpdateRatio(model, hp.monitor_every)
-    groups = optimizer.param_groups
-    for g in groups:
+    for g in optimizer.param_groups:
         g.setdefault("base_lr", g["lr"])
     amp = device.type == "cuda"
     loss_fn = task.loss
@@ -221,6 +220,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         set_rng_state(ckpt["rng"])
         store.delete_metrics_after(run_id, step - 1)
         store.update_run(run_id, status="running", reason=None)
+
+    groups = optimizer.param_groups  # after any load_state_dict, which replaces the group dicts
 
     def checkpoint(path_name: str, epoch: int, batch: int) -> Path | None:
         if run_dir is None:
