@@ -9,7 +9,8 @@ import numpy as np
 from .curves import moving_average
 from .store import Store
 
-__all__ = ["plot_run", "plot_schedule", "loss_window"]
+__all__ = ["plot_run", "plot_schedule", "loss_window", "plot_metric_vs_params", "plot_search_layout",
+           "plot_importance"]
 
 
 def _plt():
@@ -67,6 +68,115 @@ def plot_schedule(lrs, path: str | Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(np.arange(len(lrs)), lrs)
     ax.set(xlabel="step (optimizer updates)", ylabel="learning rate", title=title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --- hyperparameter search (trainlab search report) ----------------------------------------------
+# Plain data in, PNG out: rows are {"params": {name: value}, "value": float | None, "status": str};
+# a parameter is {"name", "log": bool, "categorical": bool, "values": [...] (categorical only)}.
+
+_STATUS_COLORS = {"completed": "tab:blue", "pruned": "tab:orange", "diverged": "tab:red"}
+
+
+def _param_axis(ax, param: dict, axis: str, rows: list[dict]) -> list:
+    """Positions of each row's value of `param` on `axis`; sets log scale or categorical ticks."""
+    name = param["name"]
+    raw = [r["params"].get(name) for r in rows]
+    if param.get("categorical"):
+        cats = list(param.get("values") or dict.fromkeys(v for v in raw if v is not None))
+        pos = [cats.index(v) if v in cats else np.nan for v in raw]
+        ticks = (ax.set_xticks, ax.set_xticklabels) if axis == "x" else (ax.set_yticks, ax.set_yticklabels)
+        ticks[0](range(len(cats)))
+        ticks[1]([f"{c:g}" if isinstance(c, float) else str(c) for c in cats])
+        return pos
+    if param.get("log"):
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    return [np.nan if v is None else float(v) for v in raw]
+
+
+def plot_metric_vs_params(rows: list[dict], params: list[dict], metric: str, path: str | Path) -> Path:
+    """One panel per hyperparameter: each trial's best `metric` against its value (log axes where the
+    space is log), coloured by status, so the useful range of each parameter shows at a glance."""
+    plt = _plt()
+    n = max(1, len(params))
+    cols = min(n, 3)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.6 * cols, 3.6 * ((n + cols - 1) // cols)),
+                             squeeze=False)
+    for ax, param in zip(axes.flat, params):
+        xs = _param_axis(ax, param, "x", rows)
+        for status, color in _STATUS_COLORS.items():
+            pts = [(x, r["value"]) for x, r in zip(xs, rows) if r["status"] == status and r["value"] is not None
+                   and np.isfinite(x)]
+            if pts:
+                ax.scatter(*zip(*pts), s=22, color=color, alpha=0.8, label=status)
+        ax.set(xlabel=param["name"] + (" (log)" if param.get("log") and not param.get("categorical") else ""),
+               ylabel=metric)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(params):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper right", fontsize=8)
+    fig.suptitle(f"{metric} against each hyperparameter")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_search_layout(rows: list[dict], x: dict, y: dict, metric: str, path: str | Path) -> Path:
+    """The grid-versus-random picture (Bergstra & Bengio 2012, fig. 1) for a study: the tried points in
+    the plane of two hyperparameters, with each projection above and beside it showing the metric against
+    that parameter alone. A grid of k x k points tries only k distinct values of each parameter; random
+    search tries a new value of every parameter in every trial."""
+    plt = _plt()
+    fig = plt.figure(figsize=(6.4, 6.4))
+    gs = fig.add_gridspec(2, 2, width_ratios=(4, 1.3), height_ratios=(1.3, 4), wspace=0.05, hspace=0.05)
+    main = fig.add_subplot(gs[1, 0])
+    top = fig.add_subplot(gs[0, 0], sharex=main)
+    side = fig.add_subplot(gs[1, 1], sharey=main)
+    xs = _param_axis(main, x, "x", rows)
+    ys = _param_axis(main, y, "y", rows)
+    vals = [r["value"] for r in rows]
+    ok = [i for i in range(len(rows)) if np.isfinite(xs[i]) and np.isfinite(ys[i])]
+    good = [i for i in ok if vals[i] is not None and np.isfinite(vals[i])]
+    main.scatter([xs[i] for i in ok], [ys[i] for i in ok], s=30, c="tab:gray", alpha=0.5)
+    if good:
+        sc = main.scatter([xs[i] for i in good], [ys[i] for i in good], s=30, c=[vals[i] for i in good],
+                          cmap="viridis")
+        fig.colorbar(sc, ax=side, label=metric, fraction=0.5)
+        top.scatter([xs[i] for i in good], [vals[i] for i in good], s=14, color="tab:blue")
+        side.scatter([vals[i] for i in good], [ys[i] for i in good], s=14, color="tab:blue")
+    top.set_ylabel(metric)
+    side.set_xlabel(metric)
+    plt.setp(top.get_xticklabels(), visible=False)
+    plt.setp(side.get_yticklabels(), visible=False)
+    nx = len({xs[i] for i in ok})
+    ny = len({ys[i] for i in ok})
+    main.set(xlabel=f"{x['name']}: {nx} distinct values", ylabel=f"{y['name']}: {ny} distinct values")
+    main.grid(alpha=0.3)
+    top.set_title(f"{len(ok)} trials: {nx} values of {x['name']}, {ny} of {y['name']}")
+    path = Path(path)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_importance(importances: dict[str, float], path: str | Path, title: str = "parameter importance") -> Path:
+    """Horizontal bars, most important on top."""
+    plt = _plt()
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(items) + 1.2))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
+    for i, (_, v) in enumerate(items):
+        ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
+    ax.set(xlabel="importance (sums to 1)", title=title)
+    ax.set_xlim(0, max([v for _, v in items] + [0.01]) * 1.2)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
