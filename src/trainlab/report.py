@@ -94,7 +94,12 @@ def _param_axis(ax, param: dict, axis: str, rows: list[dict]) -> list:
         ticks[1]([f"{c:g}" if isinstance(c, float) else str(c) for c in cats])
         return pos
     if param.get("log"):
+        from matplotlib import ticker
+
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        target = ax.xaxis if axis == "x" else ax.yaxis
+        target.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        target.set_minor_formatter(ticker.NullFormatter())
     return [np.nan if v is None else float(v) for v in raw]
 
 

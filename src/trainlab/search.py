@@ -207,6 +207,14 @@ def load_study(name: str, storage: str | os.PathLike | None = None):
     """The Optuna study `name` in `storage`; ConfigError naming the studies there when it is missing."""
     import optuna
 
+    if not isinstance(storage, optuna.storages.BaseStorage):
+        url = normalize_url(storage)
+        if _is_sqlite(url):
+            from sqlalchemy.engine import make_url
+
+            database = make_url(url).database or ""
+            if database and not database.startswith("file:") and database != ":memory:" and not os.path.isfile(database):
+                raise ConfigError(f"study: no database file {database!r} (give --db or --storage)")
     st = storage if isinstance(storage, optuna.storages.BaseStorage) else open_storage(storage)
     try:
         return optuna.load_study(study_name=name, storage=st)
@@ -237,7 +245,7 @@ def _make_pruner(prune: str, epochs: int | None):
     if prune == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs or "auto", reduction_factor=3)
     if prune == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=3)
     return optuna.pruners.NopPruner()
 
 

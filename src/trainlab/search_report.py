@@ -40,8 +40,8 @@ def importances(study) -> tuple[dict[str, float], str]:
 def _params(study, meta: dict | None) -> list[dict]:
     if meta and meta.get("space"):
         space = parse_space(meta["space"])
-        return [{"name": p.name, "log": p.log, "categorical": p.discrete and not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in p.values),
+        # Discrete values go on an evenly spaced categorical axis unless they are log-spaced numbers.
+        return [{"name": p.name, "log": p.log, "categorical": p.discrete and not p.log,
                  "values": list(p.values), "text": p.text} for p in space]
     out: dict[str, dict] = {}
     for t in study.get_trials(deepcopy=False):

@@ -175,6 +175,8 @@ def _check_value(name: str, text: str, value: Any, base: Config) -> None:
         detail = str(err)
         if detail.startswith(f"{name}: "):
             detail = detail[len(name) + 2:]
+        elif detail.startswith("config: "):  # a rule across fields: its "got" is the whole config, left out
+            detail = detail[len("config: "):].split(", got {")[0] + f" (with {name}={value!r})"
         raise ConfigError(f"{name}: {text}: {detail}") from None
 
 
