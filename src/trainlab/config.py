@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 __all__ = ["Config", "ConfigError", "OPTIMIZERS", "SCHEDULES", "load_config", "make_config", "parse_override",
            "apply_overrides", "yaml_load"]
@@ -93,6 +93,11 @@ class Config(BaseModel):
     device: str = "auto"
     monitor_every: int = Field(50, ge=0, description="steps between update/weight-ratio measurements; 0: off")
     checkpoint_every_minutes: float | None = Field(None, gt=0.0)
+    # weight averaging and ensembles (trainlab ensemble)
+    ema: float | None = Field(None, gt=0.0, lt=1.0, validate_default=True, description="decay per optimizer update of an exponential moving average of the weights, e.g. 0.999; validated every epoch as val/acc_ema; None: off")
+    ema_warmup: bool = Field(False, description="ramp the EMA decay up as min(ema, (1 + t) / (10 + t)) after t updates (for short runs)")
+    snapshots: bool = Field(False, description="schedule cyclic_cosine: save the weights at the end of each cycle (snapshot ensemble)")
+    seeds: int = Field(1, ge=1, description="trainlab train: how many independent members to train, with seeds seed, seed+1, ...")
 
     @field_validator("lr", "weight_decay", "eps", "momentum", "dropout")
     @classmethod
@@ -120,6 +125,23 @@ class Config(BaseModel):
     def _milestones(cls, value: list[float]) -> list[float]:
         if any(m < 0 for m in value) or list(value) != sorted(value):
             raise ValueError("must be non-negative and increasing")
+        return value
+
+    @field_validator("ema")
+    @classmethod
+    def _ema_metric(cls, value: float | None, info: ValidationInfo) -> float | None:
+        metric = info.data.get("early_stop_metric", "")
+        if value is None and metric.endswith("_ema"):
+            raise ValueError(f"early_stop_metric {metric!r} is measured only with an EMA of the weights; "
+                             "set ema (e.g. ema=0.999)")
+        return value
+
+    @field_validator("snapshots")
+    @classmethod
+    def _snapshots(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("schedule") != "cyclic_cosine":
+            raise ValueError(f"needs schedule cyclic_cosine (a snapshot at the end of each cycle), "
+                             f"but schedule is {info.data.get('schedule')!r}")
         return value
 
     @model_validator(mode="after")

@@ -32,7 +32,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
             continue
         matches = [k for k in lr_mult if name == k or name.startswith(k + ".")]
         mult = lr_mult[max(matches, key=len)] if matches else 1.0
-        decay = p.ndim >= 2
+        decay = p.ndim >= 2 and weight_decay > 0  # one group when nothing decays: fewer optimizer dispatches
         groups.setdefault((mult, decay), []).append(p)
         names.setdefault((mult, decay), []).append(name)
     return [

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -20,12 +22,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..config import Config, ConfigError
-from ..monitor import UpdateRatio, divergence, grad_norm
+from ..distributed import (Dist, apply_sync_bn, batchnorm_warning, broadcast_object, first_decision, mean_across,
+                           reduce_means, scale_lr, shard_order, shard_size, shard_tensors, wrap_ddp)
+from ..monitor import UpdateRatio, divergence, grad_norm, judged_parameters, ratio_warnings
 from ..optim import build_optimizer
 from ..schedules import make_schedule
 from ..store import MetricBuffer, Store
 from ..tasks import Task, load_task
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .averaging import callbacks_for
+from .checkpoint import AsyncCheckpointer, load_checkpoint, rng_state, set_rng_state
 from .early_stopping import EarlyStopping
 from .evaluate import dataset_tensors, evaluate
 
@@ -59,6 +64,8 @@ class LoopState:
     step: int = 0
     epoch: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    rank: int = 0        # under torchrun: this process's rank (only rank 0 writes; run_dir is None elsewhere)
+    world_size: int = 1
 
 
 class Callback(Protocol):
@@ -91,10 +98,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def lr_schedule(hp: Config, steps_per_epoch: int) -> tuple[Callable[[int], float], int, int]:
-    """(factor(step), total optimizer updates, warmup updates) for `hp`, converting epochs to steps."""
+def lr_schedule(hp: Config, steps_per_epoch: int, world_size: int = 1) -> tuple[Callable[[int], float], int, int]:
+    """(factor(step), total optimizer updates, warmup updates) for `hp`, converting epochs to steps.
+
+    With `hp.lr_scaling` on, `hp.lr * factor(step)` is the scaled lr for `world_size` processes and a
+    warmup is added unless `hp` sets one (see `distributed.scale_lr`).
+    """
     total = hp.steps or hp.epochs * steps_per_epoch
-    warmup = hp.warmup_steps or round(hp.warmup_epochs * steps_per_epoch)
+    scaling = scale_lr(hp, world_size, steps_per_epoch)
+    warmup = scaling.warmup_steps
+    if warmup >= total and scaling.warmup_added:
+        raise ConfigError(f"scaling_warmup_epochs: the warmup that lr_scaling={hp.lr_scaling} adds is {warmup} updates, "
+                          f"not fewer than the run's {total}; set it lower (0: none) or train longer, "
+                          f"got {hp.scaling_warmup_epochs}")
     if warmup >= total:
         raise ConfigError(f"warmup_steps: must be fewer than the run's {total} optimizer updates, got {warmup}")
     main = total - warmup
@@ -106,7 +122,13 @@ def lr_schedule(hp: Config, steps_per_epoch: int) -> tuple[Callable[[int], float
         milestones=[s for s in (round(m * steps_per_epoch) - warmup for m in hp.milestones_epochs) if s >= 0],
         gamma=hp.gamma, period=period, period_mult=hp.restart_mult,
     )
+    if scaling.lr_scale != 1.0:
+        factor = _scaled(factor, scaling.lr_scale)
     return factor, total, warmup
+
+
+def _scaled(factor: Callable[[int], float], scale: float) -> Callable[[int], float]:
+    return lambda step: scale * factor(step)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -117,17 +139,22 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 class _Batches:
     """Minibatches in a given order: tensor slicing for in-memory data, a DataLoader otherwise."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device):
+    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1):
         self.n, self.bs, self.device = len(dataset), batch_size, device
+        self.rank, self.world = rank, world_size
         self.tensors = None
         if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
             self.tensors = tuple(t.to(device) for t in dataset.tensors)
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.bs)
+        """Batches per epoch on this rank (its shard of the data when several processes train)."""
+        return math.ceil(shard_size(self.n, self.world) / self.bs)
 
     def iterate(self, order: torch.Tensor, start: int):
+        """Batches in `order` (the whole epoch's order; this rank takes its shard), from batch `start`."""
+        if self.world > 1:
+            order = shard_order(order, self.rank, self.world)
         if self.tensors is not None:
             x, y = self.tensors
             order = order.to(self.device)
@@ -141,8 +168,45 @@ class _Batches:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
-def _train_subset(train: Dataset) -> Dataset:
-    n = min(len(train), _TRAIN_EVAL)
+def _grouped(batches, k: int):
+    """Micro-batches in groups of `k` (the last group may be shorter): ([x...], [y...]) per optimizer update."""
+    xs, ys = [], []
+    for x, y in batches:
+        xs.append(x)
+        ys.append(y)
+        if len(xs) == k:
+            yield xs, ys
+            xs, ys = [], []
+    if xs:
+        yield xs, ys
+
+
+def _accumulate(net: nn.Module, loss_fn: Callable, xs: list, ys: list, optimizer: torch.optim.Optimizer,
+                amp: bool) -> tuple[torch.Tensor, int]:
+    """Gradient accumulation: the gradient of the mean loss over all examples of the micro-batches.
+
+    Each micro-batch's mean loss is weighted by its share of the examples, so accumulating 2 x 16 gives
+    the gradient of one batch of 32 (and a short last micro-batch is weighted right). Under DDP only the
+    last backward all-reduces gradients (`no_sync`, as nanoGPT toggles require_backward_grad_sync).
+    Returns (the weighted mean loss, detached; the number of examples).
+    """
+    n = sum(len(y) for y in ys)
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=ys[0].device)
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        sync = net.no_sync() if hasattr(net, "no_sync") and i < len(xs) - 1 else nullcontext()
+        with sync:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                loss = loss_fn(net(x), y) * (len(y) / n)
+            loss.backward()
+        total += loss.detach().float()
+    return total, n
+
+
+def _train_subset(train: Dataset, n_val: int) -> Dataset:
+    """Training examples re-evaluated each epoch: as many as the validation split (at most 1000), so the
+    train/val gap compares numbers of the same precision."""
+    n = min(len(train), n_val, _TRAIN_EVAL)
     if isinstance(train, TensorDataset):
         return TensorDataset(*(t[:n] for t in train.tensors))
     return Subset(train, range(n))
@@ -161,28 +225,51 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         name: str | None = None, kind: str = "train", callbacks: Sequence[Callback] = (),
         quiet: bool = False, evaluate_test: bool = True, resume: int | None = None,
         runs_dir: str | os.PathLike = "trainlab-runs", model: nn.Module | None = None,
-        optimizer: torch.optim.Optimizer | None = None, checkpoints: bool = True) -> FitResult:
+        optimizer: torch.optim.Optimizer | None = None, checkpoints: bool = True,
+        schedule: Callable[[int], float] | None = None, dist: Dist | None = None) -> FitResult:
     """Train `task` with `hp`, storing the run in `store` (if given), and return the result.
 
     The best weights (by `hp.early_stop_metric`) are restored on every exit path: early stop, last
     epoch, divergence, Ctrl-C. The test split is evaluated once, on them, when `evaluate_test`.
     `resume=RUN` continues a run from its last checkpoint so that the result equals an uninterrupted run.
     `model`/`optimizer` replace the task's model and the optimizer `hp` names (transfer learning).
+    `schedule` (a pure factor(step)) replaces hp's schedule: the LR range test's exponential sweep.
+    Layers whose median update/weight ratio leaves [1e-4, 1e-2] are warned about at the end
+    (printed unless `quiet`, and kept in the run's summary as "ratio_warnings").
+    `dist` (from `trainlab.distributed.init()` under torchrun) trains data-parallel: DDP, each rank on its
+    shard, decisions agreed across ranks, and only rank 0 writes (run row, metrics, checkpoints, output);
+    the other ranks return the same status with `run_id` but no test result or checkpoint path.
     """
     started = time.perf_counter()
-    device = resolve_device(hp.device)
+    ddp = dist is not None and dist.ddp
+    rank, world = (dist.rank, dist.world_size) if ddp else (0, 1)
+    if rank:
+        store, quiet, evaluate_test = None, True, False
+    device = dist.device if ddp else resolve_device(hp.device)
     task = task or load_task(hp)
+    callbacks = [*callbacks_for(hp, store), *callbacks]  # EMA and snapshots, when hp asks for them
     torch.manual_seed(hp.seed)
     model = (model or task.build_model()).to(device)
+    if ddp:  # BatchNorm policy: per-device statistics, or SyncBatchNorm when hp.sync_bn
+        model = apply_sync_bn(model, dist, hp.sync_bn)
+    bn_warning = batchnorm_warning(model, hp.batch_size, world, hp.sync_bn)
+    if bn_warning and not rank:
+        warnings.warn(bn_warning, stacklevel=2)
     optimizer = optimizer or build_optimizer(hp, model)
-    batches = _Batches(task.train, hp.batch_size, device)
-    spe = len(batches)
-    factor, total, warmup = lr_schedule(hp, spe)
+    net = wrap_ddp(model, dist) if ddp else model  # forward/backward through net; all else on the plain model
+    batches = _Batches(task.train, hp.batch_size, device, rank, world)
+    accum = hp.accum_steps
+    spe = math.ceil(len(batches) / accum)  # optimizer updates per epoch
+    factor, total, warmup = lr_schedule(hp, spe, world)
+    factor = schedule or factor
     n_epochs = math.ceil(total / spe)
     val_data = dataset_tensors(task.val, device)
-    train_eval = dataset_tensors(_train_subset(task.train), device)
+    train_eval = dataset_tensors(_train_subset(task.train, len(task.val)), device)
+    if ddp:  # each rank evaluates its share of the examples; reduce_means combines the results
+        val_data, train_eval = shard_tensors(val_data, rank, world), shard_tensors(train_eval, rank, world)
     stopper = EarlyStopping(hp.early_stop_metric, hp.mode, hp.patience, hp.min_delta)
-    ratio = UpdateRatio(model, hp.monitor_every)
+    ratio = UpdateRatio(model, hp.monitor_every if not rank else 0)
+    ratio_log: dict[str, list[float]] = {n: [] for n in judged_parameters(model)}  # for the end-of-run warnings
     for g in optimizer.param_groups:
         g.setdefault("base_lr", g["lr"])
     amp = device.type == "cuda"
@@ -192,21 +279,28 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         loss_fn = lambda out, y: base_loss(out, y, label_smoothing=hp.label_smoothing)  # noqa: E731
 
     run_id = resume
+    scaling = scale_lr(hp, world, spe)  # the resolved lr, global batch and warmup, stored with the run
     if store is not None and resume is None:
         run_id = store.create_run(name=name or f"{task.name}-{hp.model}", hparams=hp.model_dump(mode="json"),
                                   seed=hp.seed, study=study, kind=kind)
+        store.update_run(run_id, summary={**scaling.summary(), "launch_id": dist.launch_id if ddp else None})
+    if ddp:  # rank 0 created the one row; every rank needs its id
+        run_id = broadcast_object(dist, run_id)
     run_dir = Path(runs_dir) / f"run-{run_id}" if (store is not None and checkpoints) else None
     buffer = MetricBuffer(store, run_id) if store is not None else None
-    state = LoopState(hp, task, model, optimizer, device, run_id, run_dir, spe, total)
+    state = LoopState(hp, task, model, optimizer, device, run_id, run_dir, spe, total, rank=rank, world_size=world)
 
     step, start_epoch, start_batch = 0, 0, 0
     reference = None
     best_state: dict[str, torch.Tensor] | None = None
     history: dict[str, list[float]] = {}
     if resume is not None:
-        if run_dir is None:
+        if run_dir is None and not rank:
             raise ConfigError(f"resume: run {resume} needs a store and checkpoints")
-        ckpt = load_checkpoint(run_dir / "last.pt", map_location=device)
+        ckpt = load_checkpoint(run_dir / "last.pt", map_location="cpu" if ddp else device) if not rank else None
+        if ddp:  # rank 0 reads the checkpoints (no shared disk needed); every rank resumes from them
+            best = load_checkpoint(run_dir / "best.pt")["model"] if not rank and (run_dir / "best.pt").is_file() else None
+            ckpt, best_state = broadcast_object(dist, (ckpt, best))
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, start_epoch, start_batch = ckpt["step"], ckpt["epoch"], ckpt["batch"]
@@ -215,13 +309,15 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         for cb in callbacks:
             if hasattr(cb, "load_state_dict") and type(cb).__name__ in ckpt.get("callbacks", {}):
                 cb.load_state_dict(ckpt["callbacks"][type(cb).__name__])
-        if (run_dir / "best.pt").is_file():
+        if not ddp and (run_dir / "best.pt").is_file():
             best_state = load_checkpoint(run_dir / "best.pt", map_location=device)["model"]
         set_rng_state(ckpt["rng"])
-        store.delete_metrics_after(run_id, step - 1)
-        store.update_run(run_id, status="running", reason=None)
+        if store is not None:
+            store.delete_metrics_after(run_id, step - 1)
+            store.update_run(run_id, status="running", reason=None)
 
     groups = optimizer.param_groups  # after any load_state_dict, which replaces the group dicts
+    writer = AsyncCheckpointer()
 
     def checkpoint(path_name: str, epoch: int, batch: int) -> Path | None:
         if run_dir is None:
@@ -232,10 +328,14 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
             "reference": reference, "history": history, "hparams": hp.model_dump(mode="json"),
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in callbacks if hasattr(cb, "state_dict")},
         }
-        return save_checkpoint(payload, run_dir / path_name)
+        return writer.save(payload, run_dir / path_name)
 
+    if ddp and resume is None:  # a torchrun restart resumes from last.pt, so there is one from the start
+        checkpoint("last.pt", 0, 0)
     if not quiet:
         _print_start(hp, task, run_id, spe, total, warmup, factor)
+        if ddp or hp.lr_scaling != "none" or hp.accum_steps > 1:
+            print(f"  {scaling.describe()}")
     progress = None
     if not quiet:
         from tqdm.auto import tqdm
@@ -246,12 +346,17 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     pending_from = step
     last_save = time.monotonic()
 
-    def drain(epoch: int) -> str | None:
-        """Read the buffered per-step losses: divergence check, metrics, progress."""
+    def drain(epoch: int, collective: bool = True) -> str | None:
+        """Read the buffered per-step losses: divergence check, metrics, progress.
+
+        Under DDP the losses are averaged across ranks first (one all-reduce per drain), so train/loss is the
+        global batch's loss and every rank judges divergence on the same numbers: no rank is left waiting.
+        """
         nonlocal pending, pending_from, reference
         if not pending:
             return None
-        values = torch.stack(pending).float().tolist()
+        values = torch.stack(pending).float()
+        values = (mean_across(dist, values) if ddp and collective else values).tolist()
         first = pending_from
         if reference is None:
             reference = max(values[0], math.log(max(task.num_classes, 2)))
@@ -266,6 +371,13 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         pending, pending_from = [], first + len(values)
         return divergence(values, first, reference, lrs)
 
+    def save_due() -> bool:
+        """Time for a mid-epoch last.pt? Under DDP rank 0's clock decides for all ranks, every _DRAIN steps."""
+        due = time.monotonic() - last_save > 60 * hp.checkpoint_every_minutes
+        if not ddp:
+            return due
+        return step % _DRAIN == 0 and first_decision(dist, True if due and not rank else None) is not None
+
     try:
         for epoch in range(start_epoch, n_epochs):
             state.epoch = epoch
@@ -274,19 +386,24 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
             model.train()
             stop: Stop | None = None
             order = epoch_order(batches.n, hp.seed, epoch)
-            for x, y in batches.iterate(order, start_batch):
+            micro = batches.iterate(order, start_batch)  # start_batch counts micro-batches
+            for x, y in (micro if accum == 1 else _grouped(micro, accum)):
                 if step >= total:
                     break
                 f = factor(step)
                 for g in groups:
                     g["lr"] = g["base_lr"] * f
-                if amp:
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        loss = loss_fn(model(x), y)
+                if accum > 1:  # x, y: lists of this update's micro-batches
+                    loss, n = _accumulate(net, loss_fn, x, y, optimizer, amp)
                 else:
-                    loss = loss_fn(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                    n = len(y)
+                    if amp:
+                        with torch.autocast("cuda", dtype=torch.bfloat16):
+                            loss = loss_fn(net(x), y)
+                    else:
+                        loss = loss_fn(net(x), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
                 measured = ratio.before(step)
                 if hp.grad_clip is not None:
                     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
@@ -295,13 +412,15 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
                 optimizer.step()
                 if measured:
                     ratios = ratio.after()
+                    for pname, values in ratio_log.items():
+                        values.append(ratios[pname])
                     if buffer is not None:
                         for pname, r in ratios.items():
                             buffer.add(step, epoch + 1, f"ratio/{pname}", r)
                         buffer.add(step, epoch + 1, "grad_norm", float(gnorm))
                 pending.append(loss.detach())
                 step += 1
-                seen += len(y)
+                seen += n
                 if len(pending) >= _DRAIN:
                     why = drain(epoch)
                     if why:
@@ -311,9 +430,11 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
                     state.step = step
                     for cb in callbacks:
                         stop = cb.on_step_end(state) or stop
+                    if ddp:  # a stop that any rank's callback asks for is taken by every rank, at this step
+                        stop = first_decision(dist, stop)
                     if stop:
                         break
-                if hp.checkpoint_every_minutes and time.monotonic() - last_save > 60 * hp.checkpoint_every_minutes:
+                if hp.checkpoint_every_minutes and save_due():
                     batch = start_batch + math.ceil(seen / hp.batch_size)
                     drain(epoch)
                     checkpoint("last.pt", epoch, batch)
@@ -328,9 +449,11 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
             seconds = time.perf_counter() - t0
             val = evaluate(model, task.val, loss_fn=task.loss, device=device, data=val_data)
             tr = evaluate(model, task.train, loss_fn=task.loss, device=device, data=train_eval)
+            if ddp:  # sums over every rank's shard: the same numbers on every rank, so decisions agree
+                val, tr = reduce_means(dist, val, len(val_data[1])), reduce_means(dist, tr, len(train_eval[1]))
             metrics = {"val/loss": val["loss"], "val/acc": val["acc"], "train/acc": tr["acc"],
                        "train/loss_eval": tr["loss"], "epoch_time_s": seconds,
-                       "samples_per_s": seen / seconds if seconds > 0 else float("nan")}
+                       "samples_per_s": seen * world / seconds if seconds > 0 else float("nan")}
             state.step, state.metrics = step, metrics
             for cb in callbacks:
                 stop = cb.on_epoch_end(state) or stop
@@ -354,17 +477,18 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
                 progress.write(f"epoch {epoch + 1}/{n_epochs}  val/acc {val['acc']:.4f}  val/loss {val['loss']:.4f}  "
                                f"train/acc {tr['acc']:.4f}  lr {hp.lr * factor(max(step - 1, 0)):.2e}  "
                                f"{metrics['samples_per_s']:.0f} samples/s")
-            if decision.stop:
-                status, reason = "completed", decision.reason
-                break
-            if stop is not None:
-                status, reason = stop.status, stop.reason
+            final = Stop("completed", decision.reason) if decision.stop else stop
+            if ddp:  # the lowest rank that stops (early stopping or a callback) decides for all: none waits
+                final = first_decision(dist, final)
+            if final is not None:
+                status, reason = final.status, final.reason
                 break
     except KeyboardInterrupt:
-        drain(state.epoch)
+        drain(state.epoch, collective=False)
         status = "stopped"
         reason = f"interrupted at step {step}" + (f"; resume with: trainlab train --resume {run_id}" if run_dir else "")
     except BaseException as err:
+        writer.close()
         if store is not None:
             if buffer is not None:
                 try:
@@ -377,7 +501,9 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         raise
     if progress is not None:
         progress.close()
+    writer.close()
 
+    layer_warnings = ratio_warnings(ratio_log)
     if best_state is not None:
         model.load_state_dict(best_state)
     state.step = step
@@ -387,7 +513,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     best_path = str(run_dir / "best.pt") if run_dir is not None and (run_dir / "best.pt").is_file() else None
     if store is not None:
         buffer.flush()
-        summary = {"steps": step, "seconds": time.perf_counter() - started}
+        summary = {"steps": step, "seconds": time.perf_counter() - started, "num_classes": task.num_classes,
+                   "ratio_warnings": [w.to_dict() for w in layer_warnings]}
         if test is not None:
             summary.update({"test/acc": test["acc"], "test/loss": test["loss"]})
         store.finish_run(run_id, status, reason=reason, best_metric=stopper.best, best_epoch=stopper.best_epoch,
@@ -397,5 +524,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         best = f"best {hp.early_stop_metric} {stopper.best:.4f} at epoch {stopper.best_epoch}" \
             if stopper.best is not None else "no validation"
         print(f"{status}: {best}{tail}" + (f" ({reason})" if reason else ""))
+        for w in layer_warnings:
+            print(f"warning: {w.message}")
     return FitResult(run_id, status, reason, stopper.best, stopper.best_epoch, len(history.get("val/acc", [])),
                      step, test, history, best_path, model, time.perf_counter() - started)
