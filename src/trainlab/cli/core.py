@@ -31,6 +31,10 @@ def cmd_train(args) -> int:
         if args.print_config:
             print(hp.to_yaml(), end="")
             return 0
+        if hp.seeds > 1:  # K independent members and their ensemble (cli/ensemble.py)
+            from .ensemble import cmd_train_members
+
+            return cmd_train_members(args, hp)
         task = load_task(hp)
         store = open_store(args)
         result = fit(task, hp, store=store, study=args.study, name=args.name, quiet=args.quiet,
