@@ -322,6 +322,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     def checkpoint(path_name: str, epoch: int, batch: int) -> Path | None:
         if run_dir is None:
             return None
+        if buffer is not None:
+            buffer.flush()  # every metric row up to the checkpoint's step is stored before the checkpoint lands
         payload = {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
             "batch": batch, "early_stopping": stopper.state_dict(), "rng": rng_state(),
