@@ -338,10 +338,9 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         _print_start(hp, task, run_id, spe, total, warmup, factor)
         if ddp or hp.lr_scaling != "none" or hp.accum_steps > 1:
             print(f"  {scaling.describe()}")
-    progress = None
+    progress = None  # one bar per epoch (loss, lr), then a line with the epoch's validation results
     if not quiet:
         from tqdm.auto import tqdm
-        progress = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, leave=False)
 
     status, reason = "completed", None
     pending: list[torch.Tensor] = []
@@ -369,7 +368,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
                 buffer.add(first + i, epoch + 1, "lr", lr)
         if progress is not None:
             progress.update(len(values))
-            progress.set_postfix(epoch=epoch + 1, loss=f"{values[-1]:.4f}", lr=f"{lrs[-1]:.2e}", refresh=False)
+            progress.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{lrs[-1]:.2e}", refresh=False)
         pending, pending_from = [], first + len(values)
         return divergence(values, first, reference, lrs)
 
@@ -388,6 +387,11 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
             model.train()
             stop: Stop | None = None
             order = epoch_order(batches.n, hp.seed, epoch)
+            if not quiet:
+                if progress is not None:
+                    progress.close()
+                progress = tqdm(total=min(spe * (epoch + 1), total) - step, desc=f"epoch {epoch + 1}/{n_epochs}",
+                                unit="step", dynamic_ncols=True, leave=False)
             micro = batches.iterate(order, start_batch)  # start_batch counts micro-batches
             for x, y in (micro if accum == 1 else _grouped(micro, accum)):
                 if step >= total:
@@ -476,9 +480,11 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
                 buffer.flush()
                 store.update_run(run_id, epochs=epoch + 1, best_metric=stopper.best, best_epoch=stopper.best_epoch)
             if progress is not None:
-                progress.write(f"epoch {epoch + 1}/{n_epochs}  val/acc {val['acc']:.4f}  val/loss {val['loss']:.4f}  "
-                               f"train/acc {tr['acc']:.4f}  lr {hp.lr * factor(max(step - 1, 0)):.2e}  "
-                               f"{metrics['samples_per_s']:.0f} samples/s")
+                progress.close()
+                progress = None
+                print(f"epoch {epoch + 1}/{n_epochs}  val/acc {val['acc']:.4f}  val/loss {val['loss']:.4f}  "
+                      f"train/acc {tr['acc']:.4f}  lr {hp.lr * factor(max(step - 1, 0)):.2e}  "
+                      f"{metrics['samples_per_s']:.0f} samples/s")
             final = Stop("completed", decision.reason) if decision.stop else stop
             if ddp:  # the lowest rank that stops (early stopping or a callback) decides for all: none waits
                 final = first_decision(dist, final)
