@@ -1,10 +1,18 @@
-"""Learning curves as plain arrays: smoothing, and (later) the diagnosis rules. No torch here."""
+"""Learning curves as plain arrays: smoothing, the learning-curve doctor's rules, and the analysis of
+the learning-rate range test. No torch here: every function takes lists or numpy arrays.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
 import numpy as np
 
-__all__ = ["moving_average", "ema_smooth"]
+__all__ = ["moving_average", "ema_smooth", "smoothing_window", "Finding", "diagnose", "init_loss_verdict",
+           "loss_trend", "lr_trial_summary", "pick_discrete_lr", "analyze_lr_sweep", "lrs_agree",
+           "INIT_LOSS_TOLERANCE"]
 
 
 def moving_average(values, window: int) -> np.ndarray:
@@ -42,3 +50,507 @@ def ema_smooth(values, beta: float = 0.98) -> np.ndarray:
             weight = beta * weight + (1 - beta)
         out[i] = avg / weight if weight > 0 else np.nan
     return out
+
+
+def smoothing_window(n_points: int) -> int:
+    """Moving-average window for a per-step loss curve: about 2% of the run, between 5 and 200 steps."""
+    return int(min(200, max(5, n_points // 50)))
+
+
+# --- the learning-curve doctor ---------------------------------------------------------------------
+# Thresholds. Each was checked on real runs built to show one fault (tests/test_doctor.py) and on
+# healthy runs (mnist1d resnet, digits mlp), where none of them fires.
+INIT_LOSS_TOLERANCE = 0.25   # initial loss within 25% of log C passes (healthy inits measured: within 5%)
+EXPLODE_FACTOR = 10.0        # a loss above 10x max(initial loss, log C) has exploded (the loop stops there too)
+GROWTH_FACTOR = 1.5          # the smoothed loss ends 1.5x above where it began: a slow divergence
+PLATEAU_FRACTION = 0.2       # slow start: the first 20% of the eventual drop comes after >= 20% of the run ...
+MIN_DROP = 0.2               # ... and the loss then drops by >= 20% of its initial value
+FLAT_DROP = 0.1              # barely moving: the smoothed loss ends less than 10% below where it began
+RISE_ACC = 0.01              # still rising: val acc up >= 1 point (train acc >= 0.5 point) over the last epochs
+GAP_ACC = 0.10               # overfitting: train acc - val acc >= 10 points ...
+VAL_LOSS_RISE = 0.10         # ... or val loss >= 10% above its minimum, >= 2 epochs later, while train loss fell
+NO_GAP_ACC = 0.05            # underfitting: gap below 5 points ...
+LOW_ACC = 0.90               # ... and train accuracy below 90%
+MIN_STEPS = 50               # per-step rules need at least this many steps
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosis of a learning curve.
+
+    `name` is a stable identifier (diverged, initial_loss, slow_start, lr_too_low, overfitting,
+    underfitting, train_longer, update_ratio); `diagnosis` the lecture's cause; `evidence` a line with
+    the numbers and the step or epoch range they come from (also in `numbers`, machine-readable);
+    `action` what to try next; `confidence` "high", "medium" or "low".
+    """
+
+    name: str
+    diagnosis: str
+    evidence: str
+    action: str
+    confidence: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.confidence}): {self.diagnosis}. {self.evidence}. Try: {self.action}."
+
+
+def _series(curves: Mapping[str, Any], key: str, axis: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(x, values) of one curve: a store-style {"step"/"epoch": [...], "value": [...]} or a plain sequence.
+
+    A plain sequence is indexed from 0 for steps and from 1 for epochs (the store's epochs are 1-based).
+    """
+    raw = curves.get(key)
+    if raw is None:
+        return None
+    if isinstance(raw, Mapping):
+        values = np.asarray(raw.get("value", ()), dtype=float)
+        x = raw.get(axis)
+    else:
+        values, x = np.asarray(raw, dtype=float), None
+    if values.size == 0:
+        return None
+    if x is None or len(x) != len(values) or any(v is None for v in x):
+        x = np.arange(len(values)) + (1 if axis == "epoch" else 0)
+    return np.asarray(x, dtype=float), values
+
+
+def _at(series: tuple[np.ndarray, np.ndarray] | None, x: float) -> float | None:
+    """The value of `series` at (or just before) position x."""
+    if series is None:
+        return None
+    xs, vs = series
+    i = int(np.searchsorted(xs, x, side="right")) - 1
+    return float(vs[max(i, 0)])
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _slope_rise(values: np.ndarray) -> float:
+    """Least-squares rise over the points given (slope x (n - 1)): a trend robust to one noisy epoch."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    t = np.arange(n, dtype=float)
+    return float(np.polyfit(t, values, 1)[0] * (n - 1))
+
+
+def loss_trend(losses: Sequence[float]) -> dict[str, float]:
+    """Start, end and minimum of a noisy per-step loss, judged on its moving average.
+
+    start: mean of the first window; end: mean of the last window; min: minimum of the moving average
+    after the first window; window: the moving-average window (`smoothing_window`). NaN/Inf are skipped.
+
+    >>> t = loss_trend([2.3] * 50 + [1.0] * 50)
+    >>> round(t["start"], 2), round(t["end"], 2)
+    (2.3, 1.0)
+    """
+    v = np.asarray(losses, dtype=float)
+    w = smoothing_window(len(v))
+    smooth = moving_average(v, w)
+    head, tail = v[:w][np.isfinite(v[:w])], v[-w:][np.isfinite(v[-w:])]
+    after = smooth[w:] if len(smooth) > w else smooth
+    return {"start": float(head.mean()) if head.size else math.nan,
+            "end": float(tail.mean()) if tail.size else math.nan,
+            "min": float(np.nanmin(after)) if np.isfinite(after).any() else math.nan,
+            "window": w}
+
+
+def init_loss_verdict(loss: float, num_classes: int, tolerance: float = INIT_LOSS_TOLERANCE) -> dict[str, Any]:
+    """Judge an initial cross-entropy loss against log(C): uniform predictions over C classes give log C.
+
+    Returns {"ok", "expected", "deviation" (relative), "tolerance", "message"}. Too high means confident,
+    wrong predictions at initialization (the output layer's scale is too large), too low means the
+    labels do not match the number of classes (or the loss is not a cross-entropy over C classes).
+
+    >>> init_loss_verdict(2.31, 10)["ok"], init_loss_verdict(9.8, 10)["ok"]
+    (True, False)
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, but got num_classes={num_classes!r}.")
+    expected = math.log(num_classes)
+    if not math.isfinite(loss):
+        return {"ok": False, "expected": expected, "deviation": math.inf, "tolerance": tolerance,
+                "message": f"initial loss is {loss}: the model's output is not finite at initialization"}
+    dev = (loss - expected) / expected
+    ok = abs(dev) <= tolerance
+    head = (f"initial loss {loss:.3g}, expected about {expected:.3g} = log({num_classes}) "
+            f"(tolerance {tolerance:.0%})")
+    if ok:
+        why = "initialization and labels look right"
+    elif dev > 0:
+        why = ("the output layer's scale is too large (confident, wrong predictions at initialization), "
+               "or labels do not match the number of classes")
+    else:
+        why = ("lower than chance: labels do not match the number of classes, the loss is not a "
+               "cross-entropy over them, or the model was not freshly initialized")
+    return {"ok": ok, "expected": expected, "deviation": dev, "tolerance": tolerance, "message": f"{head}: {why}"}
+
+
+def _rule_diverged(loss, lr, num_classes) -> Finding | None:
+    steps, v = loss
+    bad = ~np.isfinite(v)
+    first = v[np.isfinite(v)][:1]  # the loss at initialization: the loop's own reference
+    ref = max(float(first[0]) if first.size else 0.0, math.log(num_classes) if num_classes else 0.0)
+    over = np.zeros_like(bad) if ref <= 0 else (v > EXPLODE_FACTOR * ref)
+    hit = np.nonzero(bad | over)[0]
+    if hit.size:
+        i = int(hit[0])
+        what = "NaN" if np.isnan(v[i]) else "Inf" if np.isinf(v[i]) else f"{_g(v[i])} (over {EXPLODE_FACTOR:g}x {_g(ref)})"
+        lr_i = _at(lr, steps[i])
+        at_lr = f" at lr {_g(lr_i)}" if lr_i is not None else ""
+        return Finding("diverged", "learning rate too high (or bad initialization)",
+                       f"loss became {what} at step {int(steps[i])}{at_lr}",
+                       "lower the learning rate by 3-10x, add warmup or gradient clipping; "
+                       "if it explodes at any rate, check the initialization", "high",
+                       {"step": int(steps[i]), "loss": float(v[i]), "lr": lr_i, "reference": ref})
+    if len(v) < MIN_STEPS:
+        return None
+    t = loss_trend(v)
+    if t["end"] > GROWTH_FACTOR * t["start"]:
+        return Finding("diverged", "learning rate too high (or bad initialization)",
+                       f"smoothed loss grew from {_g(t['start'])} to {_g(t['end'])} over steps "
+                       f"{int(steps[0])}-{int(steps[-1])}",
+                       "lower the learning rate by 3-10x", "medium",
+                       {"start": t["start"], "end": t["end"], "steps": [int(steps[0]), int(steps[-1])]})
+    return None
+
+
+def _rule_initial_loss(loss, num_classes) -> Finding | None:
+    steps, v = loss
+    if not num_classes or num_classes < 2 or not np.isfinite(v[0]):
+        return None
+    l0 = float(v[0])  # the first step's loss, before any update (a later step may already have exploded)
+    verdict = init_loss_verdict(l0, num_classes)
+    if verdict["ok"]:
+        return None
+    return Finding("initial_loss", "check the initialization and the labels",
+                   f"{verdict['message'].split(':')[0]} (step {int(steps[0])})",
+                   "scale the output layer down (zero or small init of the last layer) and check that labels "
+                   "run over 0..C-1; `trainlab check init` measures it alone",
+                   "high" if abs(verdict["deviation"]) > 2 * INIT_LOSS_TOLERANCE else "medium",
+                   {"initial_loss": l0, "expected": verdict["expected"], "deviation": verdict["deviation"],
+                    "step": int(steps[0])})
+
+
+def _rule_slow_start(loss, lr) -> Finding | None:
+    steps, v = loss
+    n = len(v)
+    if n < MIN_STEPS:
+        return None
+    t = loss_trend(v)
+    drop = t["start"] - t["min"]
+    if not drop >= MIN_DROP * t["start"]:
+        return None
+    smooth = moving_average(v, t["window"])
+    below = np.nonzero(smooth < t["start"] - PLATEAU_FRACTION * drop)[0]
+    if not below.size:
+        return None
+    end = int(below[0])
+    frac = end / n
+    if frac < PLATEAU_FRACTION:
+        return None
+    confidence = "high" if frac >= 1.75 * PLATEAU_FRACTION else "medium"
+    note, action = "", ("a better initialization (He/Kaiming for ReLU, Xavier for tanh; not too small), "
+                        "or normalization layers (BatchNorm)")
+    if lr is not None:
+        lrs = lr[1][(lr[0] >= steps[0]) & (lr[0] <= steps[end])]
+        if lrs.size and np.nanmedian(lrs) < 0.75 * np.nanmax(lr[1]):  # still ramping up during the plateau
+            confidence, note = "low", (f"; the learning rate was still low then (median {_g(np.nanmedian(lrs))}, "
+                                       f"peak {_g(np.nanmax(lr[1]))}: warmup?)")
+            action = "a shorter warmup; if the plateau stays, a better initialization"
+    return Finding("slow_start", "bad initialization (loss flat for a long start, then drops)",
+                   f"smoothed loss stayed near {_g(t['start'])} for steps {int(steps[0])}-{int(steps[end])} "
+                   f"({frac:.0%} of the run), then fell to {_g(t['min'])}{note}",
+                   action, confidence,
+                   {"plateau_steps": [int(steps[0]), int(steps[end])], "plateau_fraction": frac,
+                    "start": t["start"], "min": t["min"]})
+
+
+def _rule_lr_too_low(loss, lr, train_acc_end, num_classes) -> Finding | None:
+    steps, v = loss
+    if len(v) < MIN_STEPS:
+        return None
+    t = loss_trend(v)
+    rel = (t["start"] - t["end"]) / t["start"] if t["start"] > 0 else math.nan
+    if not rel < FLAT_DROP:
+        return None
+    if train_acc_end is not None and train_acc_end >= LOW_ACC:
+        return None  # already fits the training data (fine-tuning a converged model): nothing to move
+    if num_classes and t["start"] < 0.3 * math.log(num_classes):
+        return None
+    lr_note = ""
+    if lr is not None and np.isfinite(lr[1]).any():
+        lr_note = f" (lr {_g(float(np.nanmax(lr[1])))} at most)"
+    return Finding("lr_too_low", "learning rate too low (the loss is barely moving)",
+                   f"smoothed loss went from {_g(t['start'])} to {_g(t['end'])} ({rel:.1%} lower) over steps "
+                   f"{int(steps[0])}-{int(steps[-1])}{lr_note}",
+                   "raise the learning rate by 10x (`trainlab check lr` finds one); if no rate moves it, "
+                   "check the initialization and that gradients reach every layer",
+                   "high" if rel < 0.3 * FLAT_DROP else "medium",
+                   {"start": t["start"], "end": t["end"], "relative_drop": rel,
+                    "steps": [int(steps[0]), int(steps[-1])]})
+
+
+def _tail(n: int) -> int:
+    """Epochs judged as 'the end of the run': the last quarter, at least 3 (all when fewer)."""
+    return min(n, max(3, n // 4))
+
+
+def _rule_train_longer(tr_acc, va_acc, va_loss) -> Finding | None:
+    (ep, va), tr = va_acc, tr_acc[1]
+    n = min(len(va), len(tr))
+    if n < 2:
+        return None
+    k = _tail(n)
+    rise_va, rise_tr = _slope_rise(va[n - k:n]), _slope_rise(tr[n - k:n])
+    if not (rise_va >= RISE_ACC and rise_tr >= RISE_ACC / 2 and va[n - 1] >= np.nanmax(va[:n]) - RISE_ACC):
+        return None
+    e0, e1 = int(ep[n - k]), int(ep[n - 1])
+    loss_note = ""
+    if va_loss is not None and len(va_loss[1]) >= n:
+        vl = va_loss[1]
+        loss_note = f"; val/loss {_g(vl[n - k])} -> {_g(vl[n - 1])}"
+    return Finding("train_longer", "still learning at the end of the run",
+                   f"val/acc rose {va[n - k]:.3f} -> {va[n - 1]:.3f} and train/acc {tr[n - k]:.3f} -> "
+                   f"{tr[n - 1]:.3f} over epochs {e0}-{e1}{loss_note}",
+                   "train longer (more epochs), keeping the learning-rate decay at the end",
+                   "high" if min(rise_va, rise_tr) >= 3 * RISE_ACC else "medium",
+                   {"epochs": [e0, e1], "val_acc_rise": rise_va, "train_acc_rise": rise_tr,
+                    "val_acc": float(va[n - 1]), "train_acc": float(tr[n - 1])})
+
+
+def _rule_overfitting(tr_acc, va_acc, va_loss, tr_loss) -> Finding | None:
+    (ep, va), tr = va_acc, tr_acc[1]
+    n = min(len(va), len(tr))
+    if n < 1:
+        return None
+    k = min(n, 3)
+    gap = float(np.nanmean(tr[n - k:n] - va[n - k:n]))
+    reasons, numbers = [], {"gap": gap, "epochs": [int(ep[n - k]), int(ep[n - 1])]}
+    if gap >= GAP_ACC:
+        reasons.append(f"train/acc {np.nanmean(tr[n - k:n]):.3f} vs val/acc {np.nanmean(va[n - k:n]):.3f} "
+                       f"(gap {gap * 100:.0f} points) over epochs {int(ep[n - k])}-{int(ep[n - 1])}")
+    if va_loss is not None and np.isfinite(va_loss[1]).sum() >= 3:
+        lep, vl = va_loss
+        i = int(np.nanargmin(vl))
+        end = float(vl[-1])
+        train_fell = True
+        if tr_loss is not None and len(tr_loss[1]) == len(vl):
+            train_fell = tr_loss[1][-1] < tr_loss[1][i]
+        if len(vl) - 1 - i >= 2 and end >= vl[i] * (1 + VAL_LOSS_RISE) and train_fell:
+            tl = (f" while training loss fell {_g(tr_loss[1][i])} -> {_g(tr_loss[1][-1])}"
+                  if tr_loss is not None and len(tr_loss[1]) == len(vl) else "")
+            reasons.append(f"val/loss rose from {_g(vl[i])} (epoch {int(lep[i])}) to {_g(end)} "
+                           f"(epoch {int(lep[-1])}){tl}")
+            numbers.update({"val_loss_min": float(vl[i]), "val_loss_min_epoch": int(lep[i]), "val_loss_end": end})
+    if not reasons:
+        return None
+    confidence = "high" if len(reasons) == 2 or gap >= 2 * GAP_ACC else "medium"
+    best = f" (best val/loss at epoch {numbers['val_loss_min_epoch']})" if "val_loss_min_epoch" in numbers else ""
+    return Finding("overfitting", "overfitting (the model fits the training set much better than new data)",
+                   "; ".join(reasons),
+                   f"increase regularization (weight decay, dropout, augmentation), stop earlier{best}, "
+                   "or get more data", confidence, numbers)
+
+
+def _rule_underfitting(tr_acc, va_acc) -> Finding | None:
+    (ep, va), tr = va_acc, tr_acc[1]
+    n = min(len(va), len(tr))
+    if n < 1:
+        return None
+    k = min(n, 3)
+    tr_end, va_end = float(np.nanmean(tr[n - k:n])), float(np.nanmean(va[n - k:n]))
+    gap = tr_end - va_end
+    if not (gap < NO_GAP_ACC and tr_end < LOW_ACC):
+        return None
+    return Finding("underfitting", "underfitting (no gap, but low accuracy: the model cannot fit the training set)",
+                   f"train/acc {tr_end:.3f} and val/acc {va_end:.3f} (gap {gap * 100:.1f} points) over epochs "
+                   f"{int(ep[n - k])}-{int(ep[n - 1])}, flat at the end",
+                   "train longer or use a bigger model (more width or depth); less regularization",
+                   "high" if tr_end < LOW_ACC - 0.2 else "medium",
+                   {"train_acc": tr_end, "val_acc": va_end, "gap": gap, "epochs": [int(ep[n - k]), int(ep[n - 1])]})
+
+
+def diagnose(curves: Mapping[str, Any], num_classes: int | None = None) -> list[Finding]:
+    """The learning-curve doctor: the lecture's rules applied to one run's curves; [] means healthy.
+
+    `curves` maps metric keys to store-style dicts ({"step": [...], "epoch": [...], "value": [...]}) or
+    plain sequences: "train/loss" and "lr" per step; "train/acc", "val/acc", "val/loss",
+    "train/loss_eval" per epoch (any may be missing: its rules are skipped). `num_classes` enables the
+    initial-loss rule. Noisy per-step losses are judged on a moving average (`loss_trend`).
+
+    Rules (thresholds are the module constants above):
+    diverged (NaN/Inf, or > EXPLODE_FACTOR x the initial loss; or smoothed loss ending GROWTH_FACTOR x
+    above its start), initial_loss (|L0 - log C| > INIT_LOSS_TOLERANCE log C), slow_start (flat for
+    >= PLATEAU_FRACTION of the run, then a drop), lr_too_low (less than FLAT_DROP lower at the end),
+    overfitting (gap >= GAP_ACC, or val loss rising VAL_LOSS_RISE above its minimum while training loss
+    falls), underfitting (gap < NO_GAP_ACC and train acc < LOW_ACC, curves flat), train_longer (val and
+    train accuracy still rising over the last epochs). A divergence silences the other curve rules (they
+    would describe the explosion's aftermath); lr_too_low, slow_start and train_longer silence
+    underfitting, and lr_too_low silences train_longer (they explain it, and their action comes first).
+
+    >>> [f.name for f in diagnose({"train/loss": [2.3] * 60 + [float("nan")]})]
+    ['diverged']
+    """
+    loss = _series(curves, "train/loss", "step")
+    lr = _series(curves, "lr", "step")
+    tr_acc = _series(curves, "train/acc", "epoch")
+    va_acc = _series(curves, "val/acc", "epoch")
+    va_loss = _series(curves, "val/loss", "epoch")
+    tr_loss = _series(curves, "train/loss_eval", "epoch")
+    findings: list[Finding] = []
+    if loss is not None:
+        init = _rule_initial_loss(loss, num_classes)
+        diverged = _rule_diverged(loss, lr, num_classes)
+        if diverged is not None:
+            return [f for f in (diverged, init) if f is not None]
+        if init is not None:
+            findings.append(init)
+        train_end = float(tr_acc[1][-1]) if tr_acc is not None else None
+        for f in (_rule_slow_start(loss, lr), _rule_lr_too_low(loss, lr, train_end, num_classes)):
+            if f is not None:
+                findings.append(f)
+    if tr_acc is not None and va_acc is not None:
+        too_low = any(f.name == "lr_too_low" for f in findings)
+        overfit = _rule_overfitting(tr_acc, va_acc, va_loss, tr_loss)
+        longer = None if too_low else _rule_train_longer(tr_acc, va_acc, va_loss)  # raise the lr first
+        under = None
+        if longer is None and not too_low and not any(f.name == "slow_start" for f in findings):
+            under = _rule_underfitting(tr_acc, va_acc)
+        findings += [f for f in (overfit, under, longer) if f is not None]
+    return findings
+
+
+# --- the learning-rate range test ------------------------------------------------------------------
+SIGNIFICANT_DROP = 0.10   # a trial's loss "drops significantly": its end is >= 10% below the initial loss
+TRIAL_SPIKE = 2.0         # a trial whose smoothed loss ever exceeded 2x the initial loss diverged, even if it came back
+SWEEP_BETA = 0.95         # EMA of the sweep's loss (fastai's 0.98 lags so much on 200 steps that on mnist1d mlp
+                          # the drop before the blow-up never shows; 0.9 leaves the minimum noisy)
+SWEEP_SKIP = 10           # the first sweep points are skipped: the EMA is still warming up on few values
+SWEEP_DIVERGE = 4.0       # the sweep is cut where the smoothed loss exceeds 4x its minimum so far
+SWEEP_RULE = "lr at the minimum of the smoothed loss, divided by 10"
+AGREE_DECADES = 1.0       # two suggestions agree when less than one decade apart (one step of the lecture's grid);
+                          # min/10 is conservative by design and measured 0.0-0.6 decade below the discrete pick
+
+
+def lr_trial_summary(losses: Sequence[float], stopped: str | None = None) -> dict[str, Any]:
+    """One discrete trial (a constant learning rate for ~100 steps from the shared initialization).
+
+    start: the first step's loss (the same for every trial: same weights, same first batch); end: mean of
+    the last 10% of the steps (at least 5), which smooths minibatch noise; status: "diverged" (NaN/Inf,
+    stopped by the loop's divergence check (`stopped`), or the smoothed loss went above TRIAL_SPIKE x
+    start at some point), "no drop" (end less than SIGNIFICANT_DROP below start), else "ok".
+
+    >>> lr_trial_summary([2.3] * 10 + [1.0] * 90)["status"]
+    'ok'
+    """
+    v = np.asarray(losses, dtype=float)
+    if v.size == 0:
+        return {"start": math.nan, "end": math.nan, "drop": math.nan, "status": "diverged", "why": "no steps"}
+    w = max(5, len(v) // 10)
+    start = float(v[0])
+    tail = v[-w:]
+    end = float(tail.mean()) if np.isfinite(tail).all() else math.nan
+    drop = (start - end) / start if math.isfinite(end) and start > 0 else math.nan
+    spike = float(np.nanmax(moving_average(v, 5))) if np.isfinite(v).any() else math.nan
+    if not np.isfinite(v).all():
+        status, why = "diverged", f"loss became {v[~np.isfinite(v)][0]} at step {int(np.argmax(~np.isfinite(v)))}"
+    elif stopped:
+        status, why = "diverged", stopped
+    elif spike > TRIAL_SPIKE * start:
+        status, why = "diverged", f"smoothed loss reached {spike:.3g}, over {TRIAL_SPIKE:g}x the initial {start:.3g}"
+    elif not drop >= SIGNIFICANT_DROP:
+        status, why = "no drop", f"loss {start:.3g} -> {end:.3g} ({drop:.0%} lower; {SIGNIFICANT_DROP:.0%} needed)"
+    else:
+        status, why = "ok", f"loss {start:.3g} -> {end:.3g} ({drop:.0%} lower)"
+    return {"start": start, "end": end, "drop": drop, "max_smoothed": spike, "status": status, "why": why}
+
+
+def pick_discrete_lr(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    """The lecture's pick: among trials with status "ok", the learning rate whose loss ends lowest (all
+    start from the same loss, so this is the largest drop). None when no trial dropped without diverging.
+
+    >>> pick_discrete_lr([{"lr": 0.1, "status": "diverged", "end": 9.0}, {"lr": 0.01, "status": "ok", "end": 0.5},
+    ...                   {"lr": 0.001, "status": "ok", "end": 1.2}])
+    0.01
+    """
+    ok = [r for r in rows if r["status"] == "ok" and math.isfinite(r["end"])]
+    return float(min(ok, key=lambda r: r["end"])["lr"]) if ok else None
+
+
+def analyze_lr_sweep(lrs: Sequence[float], losses: Sequence[float], beta: float = SWEEP_BETA,
+                     skip: int = SWEEP_SKIP, diverge: float = SWEEP_DIVERGE) -> dict[str, Any]:
+    """Read an exponential learning-rate sweep (Smith 2017): the suggested lr and how it was found.
+
+    Steps: the loss is smoothed with a bias-corrected EMA (`ema_smooth`, `beta`); the first `skip` points
+    are ignored; the curve is cut at divergence (the first NaN/Inf, or the first smoothed loss above
+    `diverge` x the minimum so far); the suggestion is SWEEP_RULE. Why that rule: the minimum of a
+    smoothed curve is stable under noise, while the steepest-slope point needs a derivative of a noisy
+    curve (the source of the confidently wrong picks users report from other finders); and a tenth of
+    the rate where the loss stops improving is still a rate at which it falls fast. No suggestion (None)
+    when the smoothed loss never falls SIGNIFICANT_DROP below its value after the skipped points.
+
+    Returns lrs/raw/smoothed (the finite points), skip, cut (index after the last kept point), cut_reason,
+    min_index, lr_at_min, loss_at_min, suggested_lr, rule and note.
+    """
+    lr = np.asarray(lrs, dtype=float)
+    v = np.asarray(losses, dtype=float)
+    if lr.shape != v.shape:
+        raise ValueError(f"lrs and losses must have the same length, but got {lr.size} and {v.size}.")
+    bad = np.nonzero(~np.isfinite(v))[0]
+    n_finite = int(bad[0]) if bad.size else v.size
+    dropped = int(v.size - np.isfinite(v).sum())
+    lr, v = lr[:n_finite], v[:n_finite]
+    out: dict[str, Any] = {"lrs": lr.tolist(), "raw": v.tolist(), "skip": skip, "rule": SWEEP_RULE,
+                           "dropped_nonfinite": dropped, "suggested_lr": None, "lr_at_min": None,
+                           "loss_at_min": None, "min_index": None, "cut": n_finite,
+                           "cut_reason": f"loss became NaN/Inf at step {n_finite}" if bad.size else None, "note": None}
+    if v.size <= skip + 2:
+        out["smoothed"] = ema_smooth(v, beta).tolist() if v.size else []
+        out["note"] = f"too few finite points ({v.size}) after skipping {skip}: the loss diverged at once"
+        return out
+    smooth = ema_smooth(v, beta)
+    out["smoothed"] = smooth.tolist()
+    running_min = np.minimum.accumulate(smooth[skip:])
+    over = np.nonzero(smooth[skip:] > diverge * running_min)[0]
+    cut = skip + int(over[0]) if over.size else v.size
+    if over.size:
+        out["cut"], out["cut_reason"] = cut, (f"smoothed loss {smooth[cut]:.3g} over {diverge:g}x its minimum "
+                                              f"{running_min[over[0]]:.3g} at lr {lr[cut]:.3g}")
+    else:
+        out["cut"] = cut
+    seg = smooth[skip:cut]
+    i = skip + int(np.argmin(seg))
+    out.update({"min_index": i, "lr_at_min": float(lr[i]), "loss_at_min": float(smooth[i])})
+    if not smooth[i] <= (1 - SIGNIFICANT_DROP) * smooth[skip]:
+        out["note"] = (f"the smoothed loss never fell {SIGNIFICANT_DROP:.0%} below {smooth[skip]:.3g} between lr "
+                       f"{lr[skip]:.3g} and {lr[cut - 1]:.3g}: no rate trains this model; check the model and data")
+        return out
+    out["suggested_lr"] = float(lr[i]) / 10
+    if i >= cut - 3 and out["cut_reason"] is None:
+        out["note"] = (f"the loss was still falling at the largest lr tried ({lr[cut - 1]:.3g}): the suggestion "
+                       "is a lower bound; extend the sweep's range")
+    return out
+
+
+def lrs_agree(a: float | None, b: float | None, decades: float = AGREE_DECADES) -> bool | None:
+    """Whether two suggested learning rates agree: less than `decades` decades apart (default one decade,
+    a factor of 10: one step of the lecture's 1e-1/1e-2/... grid). None if either is missing.
+
+    Why one decade: the discrete pick is only known to a decade, and the sweep's rule (a tenth of the
+    rate where the loss stops improving) is conservative by design; on mnist1d/digits with mlp, cnn and
+    resnet, Adam and momentum SGD, it landed 0.0-0.6 decade below the discrete pick. A full decade or
+    more means the two methods saw different curves: look at the plot.
+
+    >>> lrs_agree(3e-3, 1e-2), lrs_agree(1e-3, 1e-1), lrs_agree(None, 1e-3)
+    (True, False, None)
+    """
+    if a is None or b is None:
+        return None
+    return bool(abs(math.log10(a / b)) < decades)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .curves import moving_average
+from .curves import moving_average, smoothing_window
 from .store import Store
 
 __all__ = ["plot_run", "plot_schedule", "loss_window", "plot_metric_vs_params", "plot_search_layout",
-           "plot_importance"]
+           "plot_importance", "plot_lr_test", "plot_ratios"]
 
 
 def _plt():
@@ -24,7 +24,7 @@ def _plt():
 
 def loss_window(n_steps: int) -> int:
     """Moving-average window for a per-step loss curve: about 2% of the run, between 5 and 200 steps."""
-    return int(min(200, max(5, n_steps // 50)))
+    return smoothing_window(n_steps)  # the doctor judges curves on the same window
 
 
 def plot_run(store: Store, run_id: int, path: str | Path) -> Path:
@@ -182,6 +182,108 @@ def plot_importance(importances: dict[str, float], path: str | Path, title: str 
         ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
     ax.set(xlabel="importance (sums to 1)", title=title)
     ax.set_xlim(0, max([v for _, v in items] + [0.01]) * 1.2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_lr_test(path: str | Path, *, trials: list[dict] | None = None, sweep: dict | None = None,
+                 suggested: float | None = None, title: str = "learning-rate range test") -> Path:
+    """The LR test's figure: loss against learning rate on a log axis, the suggestion marked.
+
+    Left: the exponential sweep (every step as a faint point, the smoothed loss, the skipped start and
+    the divergence cut) and each discrete trial's final loss at its rate. Right (when `trials` holds
+    per-step "losses"): each trial's loss against the step, the picked one drawn thick. `trials` are
+    rows with lr, losses, end, status, picked; `sweep` is `curves.analyze_lr_sweep`'s dict.
+    """
+    plt = _plt()
+    trials = trials or []
+    panels = 2 if any(t.get("losses") for t in trials) else 1
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
+    ax = axes[0][0]
+    ys: list[float] = []
+    if sweep is not None and sweep.get("lrs"):
+        lrs, raw, smooth = (np.asarray(sweep[k], dtype=float) for k in ("lrs", "raw", "smoothed"))
+        skip, cut = sweep.get("skip", 0), sweep.get("cut", len(lrs))
+        ax.scatter(lrs, raw, s=4, alpha=0.3, color="tab:blue", label="sweep: loss per step")
+        ax.plot(lrs[skip:cut], smooth[skip:cut], color="tab:blue", lw=2, label="sweep: smoothed (EMA)")
+        if cut < len(lrs):
+            ax.plot(lrs[cut:], smooth[cut:], color="tab:blue", lw=1, ls=":", label="after the divergence cut")
+        if skip:
+            ax.axvspan(lrs[0], lrs[min(skip, len(lrs) - 1)], color="0.9", label=f"first {skip} points skipped")
+        if sweep.get("lr_at_min") is not None:
+            ax.plot([sweep["lr_at_min"]], [sweep["loss_at_min"]], "v", color="tab:blue", ms=9,
+                    label=f"sweep minimum at lr {sweep['lr_at_min']:.2g}")
+        if sweep.get("suggested_lr") is not None:
+            ax.axvline(sweep["suggested_lr"], color="tab:blue", ls="--", lw=1.2,
+                       label=f"sweep's suggestion {sweep['suggested_lr']:.2g} (minimum / 10)")
+        ys += [v for v in smooth[skip:cut] if np.isfinite(v)]
+    for t in trials:
+        end = t.get("end")
+        if end is None or not np.isfinite(end):
+            continue
+        marker = {"ok": "o", "no drop": "s"}.get(t.get("status"), "x")
+        ax.plot([t["lr"]], [end], marker, color="tab:orange", ms=8, mfc="none" if marker == "s" else None,
+                label=f"discrete trial, final loss ({t.get('status')})")
+        ys.append(end)
+    if suggested is not None:
+        ax.axvline(suggested, color="tab:red", lw=2, label=f"suggested lr {suggested:.2g} (not applied)")
+    if ys:
+        lo, hi = min(ys), max(ys)
+        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.25 * (hi - lo + 1e-9))
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate (log scale)", ylabel="training loss", title="loss against learning rate")
+    ax.legend(fontsize=7)
+    if panels == 2:
+        ax = axes[0][1]
+        colors = plt.cm.viridis(np.linspace(0, 0.9, len(trials)))
+        for t, c in zip(trials, colors):
+            v = np.asarray(t.get("losses") or [], dtype=float)
+            if not v.size:
+                continue
+            label = f"lr {t['lr']:g}: {t.get('status', '')}" + (" (picked)" if t.get("picked") else "")
+            ax.plot(np.arange(len(v)), moving_average(v, 5), color=c, lw=3 if t.get("picked") else 1.2, label=label)
+        finite = [x for t in trials for x in (t.get("losses") or []) if np.isfinite(x)]
+        if finite:
+            first = trials[0]["losses"][0] if trials[0].get("losses") else max(finite)
+            ax.set_ylim(0, 2.2 * first if np.isfinite(first) else None)
+        ax.set(xlabel="step (optimizer updates)", ylabel="training loss (moving average of 5)",
+               title="discrete trials: same initialization, constant lr")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_ratios(store: Store, run_id: int, path: str | Path, band: tuple[float, float] = (1e-4, 1e-2)) -> Path:
+    """Update/weight ratio per layer over the steps, log y, with the healthy band and 1e-3 marked.
+
+    One line per stored "ratio/<name>" series, biases left out (a bias that starts at zero has no
+    meaningful ratio). Raises ValueError when the run has no ratios (monitor_every=0).
+    """
+    plt = _plt()
+    keys = [k for k in store.metric_keys(run_id) if k.startswith("ratio/") and not k.endswith("bias")]
+    if not keys:
+        raise ValueError(f"run {run_id} has no update/weight ratios (trained with monitor_every=0?)")
+    m = store.metrics(run_id, keys)
+    run = store.run(run_id)
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    colors = plt.cm.viridis(np.linspace(0, 0.95, len(keys)))
+    for key, color in zip(keys, colors):
+        v = np.asarray(m[key]["value"], dtype=float)
+        v = np.where(v > 0, v, np.nan)  # a zero ratio has no place on a log axis
+        ax.plot(m[key]["step"], v, color=color, lw=1.2, marker=".", ms=3, label=key[len("ratio/"):])
+    ax.axhspan(band[0], band[1], color="tab:green", alpha=0.08, label=f"healthy band [{band[0]:g}, {band[1]:g}]")
+    ax.axhline(1e-3, color="tab:green", ls="--", lw=1.5, label="1e-3 (rule of thumb)")
+    ax.set_yscale("log")
+    ax.set(xlabel="step (optimizer updates)", ylabel="||W_after - W_before|| / ||W_before||",
+           title=f"run {run_id}: {run['name']}: update/weight ratio per layer")
+    ax.legend(fontsize=7, ncol=2 if len(keys) > 12 else 1, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["KINDS", "apply_lr", "cycle_ends", "make_schedule"]
+__all__ = ["KINDS", "apply_lr", "cycle_ends", "exponential_ramp", "make_schedule"]
 
 KINDS = ("constant", "step", "multistep", "cosine", "linear", "inverse_sqrt", "cyclic_cosine")
 
@@ -166,6 +166,32 @@ def cycle_ends(
             return ends
         ends.append(end)
         i += 1
+
+
+def exponential_ramp(total_steps: int, start_factor: float) -> Callable[[int], float]:
+    """``factor(step)`` rising geometrically from ``start_factor`` at step 0 to 1 at step
+    ``total_steps - 1`` (and on past it): the learning-rate range test's sweep (Smith 2017,
+    "Cyclical Learning Rates for Training Neural Networks", with the exponential spacing of
+    fastai's ``lr_find``). It is torch's ``ExponentialLR`` with ``gamma = start_factor ** (-1 / (total_steps - 1))``.
+    Not a training schedule: ``fit(..., schedule=exponential_ramp(...))`` runs the sweep.
+
+    Example:
+        >>> f = exponential_ramp(5, 1e-4)
+        >>> [f"{f(s):.0e}" for s in range(5)]
+        ['1e-04', '1e-03', '1e-02', '1e-01', '1e+00']
+    """
+    if not _is_int(total_steps, 2):
+        raise ValueError(f"total_steps must be an integer >= 2, but got total_steps={total_steps!r}.")
+    if not 0 < start_factor < 1:
+        raise ValueError(f"start_factor must be in (0, 1), but got start_factor={start_factor!r}.")
+    log_start = math.log(start_factor)
+
+    def factor(step: int) -> float:
+        if step < 0:
+            raise ValueError(f"step must be a non-negative integer, but got step={step!r}.")
+        return math.exp(log_start * (1 - step / (total_steps - 1)))
+
+    return factor
 
 
 def apply_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

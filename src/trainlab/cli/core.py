@@ -93,11 +93,11 @@ def cmd_runs(args) -> int:
 # --- plot ---------------------------------------------------------------------------------------
 
 def cmd_plot(args) -> int:
-    from ..report import plot_run
+    from ..report import plot_ratios, plot_run
 
     store = open_store(args)
     store.run(args.run)
-    path = plot_run(store, args.run, args.output)
+    path = (plot_ratios if args.ratios else plot_run)(store, args.run, args.output)
     print(f"wrote {path}")
     return 0
 
@@ -165,6 +165,7 @@ def register(sub) -> None:
     p = add_db(sub.add_parser("plot", help="plot a run's curves"))
     p.add_argument("run", type=int)
     p.add_argument("-o", "--output", default="curves.png")
+    p.add_argument("--ratios", action="store_true", help="update/weight ratio per layer instead (log y, 1e-3 band)")
     p.set_defaults(fn=cmd_plot)
 
     p = sub.add_parser("schedule", help="print (and plot) a learning-rate schedule")
