@@ -61,9 +61,15 @@ class Config(BaseModel):
     eps: float = Field(1e-8, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     # how long
-    batch_size: int = Field(32, ge=1, description="examples per optimizer update on one device")
+    batch_size: int = Field(32, ge=1, description="examples per forward/backward on one device (the per-device batch); global batch = batch_size x processes x accum_steps")
     epochs: int = Field(30, ge=1)
     steps: int | None = Field(None, ge=1, description="stop after this many optimizer updates (overrides epochs)")
+    # data parallel and large batches (torchrun / trainlab train --nproc K; Goyal et al. 2017)
+    accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer update (gradient accumulation); schedules count updates")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field("none", description="scale lr by the global batch over base_batch_size (linear: x k, sqrt: x sqrt(k))")
+    base_batch_size: int | None = Field(None, ge=1, description="global batch size at which lr was tuned; None: batch_size (one device, no accumulation)")
+    scaling_warmup_epochs: float = Field(5.0, ge=0.0, description="warmup added when lr_scaling is on and no warmup_steps/warmup_epochs is set; 0: none")
+    sync_bn: bool = Field(False, description="SyncBatchNorm across processes (CUDA); default: per-device BatchNorm statistics")
     # learning-rate schedule, counted in optimizer updates
     schedule: Literal["constant", "step", "multistep", "cosine", "linear", "inverse_sqrt", "cyclic_cosine"] = "cosine"
     warmup_steps: int = Field(0, ge=0)

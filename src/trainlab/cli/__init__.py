@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..train import CheckpointError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed (train --nproc relaunches it)
     try:
         return args.fn(args)
     except (ConfigError, CheckpointError, UsageError, RunNotFound) as err:

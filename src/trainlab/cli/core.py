@@ -16,7 +16,12 @@ def cmd_train(args) -> int:
     from ..config import load_config
     from ..tasks import load_task
     from ..train import fit
+    from .launch import fit_in_launch
 
+    if args.nproc is not None or args.max_restarts is not None:  # data-parallel: this command under torchrun
+        from .launch import torchrun_train
+
+        return torchrun_train(args)
     store = None
     if args.resume is not None:
         from ..config import make_config
@@ -24,8 +29,9 @@ def cmd_train(args) -> int:
         store = open_store(args)
         run = store.run(args.resume)
         hp = make_config(run["hparams"])
-        result = fit(load_task(hp), hp, store=store, resume=args.resume, quiet=args.quiet,
-                     runs_dir=args.runs_dir)
+        result = fit_in_launch(load_task(hp), hp, store, args, resume=args.resume)  # fit(), one rank under torchrun
+        if isinstance(result, int):  # a rank other than 0: rank 0 reports
+            return result
     else:
         hp = load_config(args.config, args.set)
         if args.print_config:
@@ -37,8 +43,9 @@ def cmd_train(args) -> int:
             return cmd_train_members(args, hp)
         task = load_task(hp)
         store = open_store(args)
-        result = fit(task, hp, store=store, study=args.study, name=args.name, quiet=args.quiet,
-                     runs_dir=args.runs_dir)
+        result = fit_in_launch(task, hp, store, args, study=args.study, name=args.name)
+        if isinstance(result, int):  # a rank other than 0, or a torchrun restart after the run ended
+            return result
     if args.json:
         print_json({"run": result.run_id, "status": result.status, "reason": result.reason,
                      "best_metric": result.best_metric, "best_epoch": result.best_epoch, "epochs": result.epochs,
@@ -153,6 +160,10 @@ def register(sub) -> None:
     p.add_argument("--runs-dir", default="trainlab-runs", help="where checkpoints go (default: trainlab-runs)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--nproc", type=int, metavar="K", help="data-parallel: run this command under torchrun with K "
+                   "processes (torchrun --nproc-per-node K -m trainlab train ...)")
+    p.add_argument("--max-restarts", type=int, metavar="N", help="with --nproc: torchrun restarts a failed worker "
+                   "group up to N times; each restart resumes the run from its last checkpoint")
     p.set_defaults(fn=cmd_train)
 
     p = add_db(sub.add_parser("runs", help="list runs, or show one"))
