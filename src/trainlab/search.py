@@ -48,6 +48,7 @@ import json
 import math
 import multiprocessing
 import os
+import socket
 import sys
 import threading
 import time
@@ -63,7 +64,7 @@ from .store import Store, normalize_url
 
 __all__ = [
     "STRATEGIES", "PRUNERS", "SearchResult", "PruningCallback", "run_search", "leaderboard", "open_storage",
-    "load_study", "study_meta", "default_study_name",
+    "load_study", "open_existing_storage", "study_meta", "default_study_name",
 ]
 
 STRATEGIES = ("grid", "random", "tpe")
@@ -109,12 +110,13 @@ def _sqlite_on_begin(conn: Any) -> None:
 
 
 def open_storage(url: str | os.PathLike | None, *, heartbeat_s: int | None = None, grace_s: int | None = None,
-                 on_stale=None):
+                 on_stale=None, check: bool = True):
     """Optuna's RDBStorage on `url` (a path or SQLAlchemy URL; None: ./trainlab.db).
 
     SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE (see the module docstring). With `heartbeat_s`,
     running trials record a heartbeat and a trial silent for `grace_s` (default 3 intervals) is stale;
     `on_stale(study, frozen_trial)` runs for each stale trial that `fail_stale_trials` fails.
+    `check=False` skips Optuna's schema-version check (about 0.3 s) when this process already made it.
     """
     import optuna
     from sqlalchemy import event
@@ -128,7 +130,8 @@ def open_storage(url: str | os.PathLike | None, *, heartbeat_s: int | None = Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=not check,
+                                                 **kwargs)
         except ImportError as err:
             raise ValueError(f"storage: cannot open {_shown(url)!r}: driver not installed ({err})") from None
         except Exception as err:  # sqlalchemy OperationalError and friends: one line, the cause
@@ -203,25 +206,31 @@ def study_meta(study) -> dict | None:
     return study.user_attrs.get(_META)
 
 
-def load_study(name: str, storage: str | os.PathLike | None = None):
-    """The Optuna study `name` in `storage`; ConfigError naming the studies there when it is missing."""
+def open_existing_storage(url: str | os.PathLike | None):
+    """open_storage for reading what is there: ConfigError, not a new empty file, when a SQLite file is missing."""
+    url = normalize_url(url)
+    if _is_sqlite(url):
+        from sqlalchemy.engine import make_url
+
+        database = make_url(url).database or ""
+        if database and not database.startswith("file:") and database != ":memory:" and not os.path.isfile(database):
+            raise ConfigError(f"study: no database file {database!r} (give --db or --storage)")
+    return open_storage(url)
+
+
+def load_study(name: str, storage=None):
+    """The Optuna study `name` in `storage` (a URL, a path or an Optuna storage); ConfigError naming the
+    studies there when it is missing."""
     import optuna
 
-    if not isinstance(storage, optuna.storages.BaseStorage):
-        url = normalize_url(storage)
-        if _is_sqlite(url):
-            from sqlalchemy.engine import make_url
-
-            database = make_url(url).database or ""
-            if database and not database.startswith("file:") and database != ":memory:" and not os.path.isfile(database):
-                raise ConfigError(f"study: no database file {database!r} (give --db or --storage)")
-    st = storage if isinstance(storage, optuna.storages.BaseStorage) else open_storage(storage)
+    st = storage if isinstance(storage, optuna.storages.BaseStorage) else open_existing_storage(storage)
     try:
         return optuna.load_study(study_name=name, storage=st)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
         listed = f"; studies there: {', '.join(names[:10])}" if names else "; there are none"
-        raise ConfigError(f"study: no study named {name!r} in {_shown(normalize_url(storage))}{listed}") from None
+        where = _shown(getattr(st, "url", "") or str(storage))
+        raise ConfigError(f"study: no study named {name!r} in {where}{listed}") from None
 
 
 def _make_sampler(strategy: str, space: Space, seed: int, trial_number: int, trials: int):
@@ -343,6 +352,7 @@ class _Plan:
     workers: int = 1
     worker: int = 0
     threads: int | None = None
+    deadline: float | None = None   # time.time() after which no trial starts and running trials stop
 
 
 def _log(plan: _Plan, message: str, bar=None) -> None:
@@ -411,11 +421,18 @@ def _run_trial(plan: _Plan, study, trial, space: Space, base: Config, store: Sto
     from .train import fit
 
     TrialState = optuna.trial.TrialState
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     with _Heartbeat(storage, trial._trial_id, plan.heartbeat_s):
         try:
             params = space.suggest(trial)
             hp = apply_overrides(base, params)
             callbacks = [PruningCallback(trial, hp.early_stop_metric)] if plan.prune != "none" else []
+            deadline = None
+            if plan.deadline is not None:
+                from .train.deadline import Deadline
+
+                deadline = Deadline(plan.deadline)
+                callbacks.append(deadline)
             result = fit(load_task(hp), hp, store=store, study=plan.study, name=_run_name(trial.number),
                          callbacks=callbacks, quiet=True, evaluate_test=False, runs_dir=plan.runs_dir,
                          checkpoints=plan.checkpoints)
@@ -429,6 +446,11 @@ def _run_trial(plan: _Plan, study, trial, space: Space, base: Config, store: Sto
     for key, value in (("run_id", result.run_id), ("status", result.status), ("reason", result.reason),
                        ("epochs", result.epochs)):
         trial.set_user_attr(key, value)
+    if result.status == "stopped" and deadline is not None and deadline.fired:  # the search's time is up
+        _tell(study, trial, state=TrialState.PRUNED)
+        _log(plan, f"trial {trial.number}: {_params_text(params)} -> stopped at the deadline after "
+                   f"{result.epochs} epochs (run {result.run_id})", bar)
+        return result.status
     if result.status == "stopped":  # Ctrl-C: requeue the same point so that resuming runs it again
         _tell(study, trial, state=TrialState.FAIL)
         _requeue(study, trial.number)
@@ -446,7 +468,7 @@ def _run_trial(plan: _Plan, study, trial, space: Space, base: Config, store: Sto
     return result.status
 
 
-def _work(plan: _Plan, bar=None, on_trial=None) -> int:
+def _work(plan: _Plan, bar=None, on_trial=None, check: bool = True) -> int:
     """A worker: claim trials until the budget is used up and no trial is left running; returns trials run."""
     import optuna
 
@@ -454,13 +476,16 @@ def _work(plan: _Plan, bar=None, on_trial=None) -> int:
     base = make_config(plan.config)
     store = Store(plan.db)
     on_stale = _OnStaleTrial(store, plan.grace_s)
-    storage = open_storage(plan.storage, heartbeat_s=plan.heartbeat_s, grace_s=plan.grace_s, on_stale=on_stale)
+    storage = open_storage(plan.storage, heartbeat_s=plan.heartbeat_s, grace_s=plan.grace_s, on_stale=on_stale,
+                           check=check)
     lock = _Lock(normalize_url(plan.storage))
     study = optuna.load_study(study_name=plan.study, storage=storage)
     study.pruner = _make_pruner(plan.prune, base.epochs if base.steps is None else None)
     done = 0
     try:
         while True:
+            if plan.deadline is not None and time.time() >= plan.deadline:
+                return done  # no trial starts after the deadline; running ones stop at their next step
             with lock.hold(plan.study):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -542,8 +567,8 @@ class SearchResult:
         return asdict(self)
 
 
-def leaderboard(study: str, db: str | os.PathLike | None = None, storage: str | os.PathLike | None = None,
-                *, store: Store | None = None) -> list[dict]:
+def leaderboard(study: str, db: str | os.PathLike | None = None, storage=None, *,
+                store: Store | None = None) -> list[dict]:
     """The study's trials ranked by their run's best validation metric (best first; no value last).
 
     Each row: rank, trial, run, status (the run's: completed/pruned/diverged/failed/running, or the
@@ -573,7 +598,7 @@ def leaderboard(study: str, db: str | os.PathLike | None = None, storage: str | 
         rows.append({"trial": t.number, "run": run["id"] if run else None, "status": status, "params": dict(t.params),
                      "value": value, "epochs": run["epochs"] if run else 0,
                      "reason": (run or {}).get("reason") or t.user_attrs.get("reason"),
-                     "retry_of": history[-1] if history else None})
+                     "retry_of": history[-1] if history else None, "worker": t.user_attrs.get("worker")})
     maximize = meta.get("mode", "max") == "max"
     rows.sort(key=lambda r: (r["value"] is None or not math.isfinite(r["value"]),
                              -(r["value"] or 0.0) if maximize else (r["value"] or 0.0), r["trial"]))
@@ -591,7 +616,9 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def _prepare(plan: _Plan, meta_in: dict, join: bool):
-    """Create the study, or check that the existing one was made by the same search. Returns its meta."""
+    """Create the study, or check that the existing one was made by the same search.
+
+    Returns (its meta, the Optuna storage, opened with the schema check)."""
     import optuna
 
     lock = _Lock(normalize_url(plan.storage))
@@ -609,7 +636,7 @@ def _prepare(plan: _Plan, meta_in: dict, join: bool):
                 study = optuna.create_study(study_name=plan.study, storage=storage,
                                             direction="maximize" if meta_in["mode"] == "max" else "minimize")
                 study.set_user_attr(_META, meta_in)
-                return meta_in
+                return meta_in, storage
             meta = study_meta(study)
             if meta is None:
                 raise ConfigError(f"study: {plan.study!r} exists but was not made by trainlab search; "
@@ -623,7 +650,7 @@ def _prepare(plan: _Plan, meta_in: dict, join: bool):
                 if meta_in.get("trials") and meta_in["trials"] != meta.get("trials"):
                     meta = {**meta, "trials": meta_in["trials"]}  # the latest budget, for joining workers
                     study.set_user_attr(_META, meta)
-            return meta
+            return meta, storage
     finally:
         lock.close()
 
@@ -641,7 +668,7 @@ def run_search(hp: Config | None = None, space: Space | Mapping[str, str] | str 
                db: str | os.PathLike | None = None, storage: str | os.PathLike | None = None, prune: str = "none",
                epochs: int | None = None, seed: int | None = None, runs_dir: str | os.PathLike = "trainlab-runs",
                checkpoints: bool = True, heartbeat_s: int = DEFAULT_HEARTBEAT_S, grace_s: int | None = None,
-               quiet: bool = False) -> SearchResult:
+               quiet: bool = False, deadline: float | None = None) -> SearchResult:
     """Search `space` around the config `hp` and return the ranked leaderboard.
 
     `trials` is the study's total (a grid defaults to, and is capped at, its number of points; random
@@ -651,11 +678,28 @@ def run_search(hp: Config | None = None, space: Space | Mapping[str, str] | str 
     ./trainlab.db). `study` defaults to a name derived from config, space, strategy and pruning. With
     `space=None` and an existing `study`, the worker joins it with the settings it was created with
     (another machine's worker: `run_search(study="s", storage="postgresql://...")`).
-    `epochs` overrides hp.epochs; `seed` (default hp.seed) seeds the samplers.
+    `epochs` overrides hp.epochs; `seed` (default hp.seed) seeds the samplers. `deadline` (a time.time()
+    timestamp) bounds the search's wall-clock time: no trial starts after it, and a running trial stops at
+    its next step (run status "stopped", reason "budget reached", told to Optuna as pruned).
 
     >>> r = run_search(Config(model="mlp", epochs=3), {"lr": "loguniform(1e-4, 1e-1)"}, trials=8)
     >>> r.best["params"], r.best["value"]
     """
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what Optuna's INFO lines would
+    try:
+        return _run_search(hp, space, strategy=strategy, trials=trials, workers=workers, study=study, db=db,
+                           storage=storage, prune=prune, epochs=epochs, seed=seed, runs_dir=runs_dir,
+                           checkpoints=checkpoints, heartbeat_s=heartbeat_s, grace_s=grace_s, quiet=quiet,
+                           deadline=deadline)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, prune, epochs, seed, runs_dir,
+                checkpoints, heartbeat_s, grace_s, quiet, deadline=None) -> SearchResult:
     started = time.perf_counter()
     _check_choice("strategy", strategy, STRATEGIES)
     _check_choice("prune", prune, PRUNERS)
@@ -691,8 +735,8 @@ def run_search(hp: Config | None = None, space: Space | Mapping[str, str] | str 
                      "metric": base.early_stop_metric, "mode": base.mode, "trials": trials}
     plan = _Plan(study=study, db=db_url, storage=storage_url, strategy=strategy, prune=prune, space={}, config={},
                  trials=0, seed=0, heartbeat_s=heartbeat_s, grace_s=grace_s or 3 * heartbeat_s,
-                 runs_dir=str(runs_dir), checkpoints=checkpoints, quiet=quiet, workers=workers)
-    meta = _prepare(plan, plan_meta, join)
+                 runs_dir=str(runs_dir), checkpoints=checkpoints, quiet=quiet, workers=workers, deadline=deadline)
+    meta, ostorage = _prepare(plan, plan_meta, join)
     plan.strategy, plan.prune, plan.space, plan.config, plan.seed = (
         meta["strategy"], meta["prune"], meta["space"], meta["config"], meta["seed"])
     space = parse_space(plan.space)
@@ -703,9 +747,7 @@ def run_search(hp: Config | None = None, space: Space | Mapping[str, str] | str 
         n = size
     plan.trials = n
 
-    import optuna
-
-    ostudy = load_study(study, storage_url)
+    ostudy = load_study(study, ostorage)
     before = _finished(ostudy.get_trials(deepcopy=False))
     bar = None
     if not quiet:
@@ -718,14 +760,15 @@ def run_search(hp: Config | None = None, space: Space | Mapping[str, str] | str 
     exitcodes: list[int] = []
     try:
         if workers == 1:
-            _work(plan, bar=bar, on_trial=(lambda: _update_bar(bar, ostudy, n)) if bar is not None else None)
+            _work(plan, bar=bar, on_trial=(lambda: _update_bar(bar, ostudy, n)) if bar is not None else None,
+                  check=False)
         else:
             exitcodes = _run_workers(plan, workers, bar, ostudy, n)
     finally:
         if bar is not None:
             _update_bar(bar, ostudy, n)
             bar.close()
-    rows = leaderboard(study, db_url, storage_url)
+    rows = leaderboard(study, db_url, ostorage)
     trials_now = ostudy.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for r in rows:

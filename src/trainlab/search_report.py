@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from .report import plot_importance, plot_metric_vs_params, plot_search_layout
-from .search import leaderboard, load_study, study_meta
+from .search import leaderboard, load_study, open_existing_storage, study_meta
 from .space import parse_space
 
 __all__ = ["write_search_report", "importances"]
@@ -61,9 +61,10 @@ def _fmt(value) -> str:
 
 def write_search_report(study_name: str, out_dir: str | os.PathLike, db=None, storage=None) -> Path:
     """Write DIR/index.html (and its PNG figures) for study `study_name`; returns the page's path."""
-    study = load_study(study_name, storage if storage is not None else db)
+    st = open_existing_storage(storage if storage is not None else db)
+    study = load_study(study_name, st)
     meta = study_meta(study) or {}
-    rows = leaderboard(study_name, db if db is not None else storage, storage if storage is not None else db)
+    rows = leaderboard(study_name, db if db is not None else storage, st)
     metric = meta.get("metric", "value")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
