@@ -187,7 +187,8 @@ def test_trial_summary_statuses():
     assert lr_trial_summary([2.3] * 100)["status"] == "no drop"
     spiky = [2.3] * 10 + [6.0] * 10 + [1.0] * 80
     s = lr_trial_summary(spiky)
-    assert s["status"] == "diverged" and "over 2x the initial" in s["why"]
+    assert s["status"] == "unstable" and "over 2x the initial" in s["why"]
+    assert pick_discrete_lr([{"lr": 0.1, **s}, {"lr": 0.01, "status": "ok", "end": 1.5}]) == 0.01
     assert lr_trial_summary([2.3, 2.2, float("nan")])["status"] == "diverged"
     assert lr_trial_summary([2.3] * 50, stopped="loss became 1e4 at step 49")["why"] == "loss became 1e4 at step 49"
 

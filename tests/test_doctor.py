@@ -14,6 +14,14 @@ from trainlab.doctor import diagnose_run
 from trainlab.models import build_model
 
 
+
+def strict_json(text):
+    """Parse JSON as a strict parser would: NaN/Infinity are not JSON."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """The CI machine has 2 shared cores: torch's thread pool only adds contention for models this small."""
@@ -66,7 +74,7 @@ def test_too_high_lr_diverges_and_the_doctor_says_learning_rate_too_high(db, cap
     assert f"at step {d.numbers['step']} at lr 1" in d.evidence
     # the command line gives the same, as JSON
     assert main(["diagnose", str(r.run_id), "--db", db, "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    out = strict_json(capsys.readouterr().out)
     assert out["run"] == r.run_id and out["status"] == "diverged" and out["healthy"] is False
     assert [x["name"] for x in out["findings"]] == ["diverged"]
 
@@ -112,7 +120,7 @@ def test_short_run_is_told_to_train_longer_from_the_command_line(db, tmp_path, c
     rc = main(["train", "--set", "model=mlp", "--set", "epochs=3", "--db", db, "--quiet", "--json",
                "--runs-dir", str(tmp_path / "runs")])
     assert rc == 0
-    run_id = json.loads(capsys.readouterr().out)["run"]
+    run_id = strict_json(capsys.readouterr().out)["run"]
     f = found(Store(db), run_id)
     assert list(f) == ["train_longer"]
     assert f["train_longer"].numbers["epochs"] == [1, 3] and f["train_longer"].numbers["val_acc_rise"] > 0.03

@@ -30,8 +30,8 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from .config import Config, apply_overrides
-from .curves import (AGREE_DECADES, FLAT_DROP, analyze_lr_sweep, init_loss_verdict, loss_trend, lr_trial_summary,
-                     lrs_agree, pick_discrete_lr)
+from .curves import (AGREE_DECADES, FLAT_DROP, analyze_lr_sweep, init_loss_verdict, json_safe, loss_trend,
+                     lr_trial_summary, lrs_agree, pick_discrete_lr)
 from .schedules import exponential_ramp
 from .store import Store
 from .tasks import Task, load_task
@@ -63,7 +63,7 @@ class CheckResult:
         return self.verdict == "pass"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return json_safe(asdict(self))
 
 
 @dataclass
@@ -96,7 +96,7 @@ class LRTestResult:
         return self.verdict == "pass"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return json_safe(asdict(self))
 
 
 # --- helpers ------------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def _record(store: Store | None, name: str, hp: Config, summary: dict[str, Any],
     if run_id is None:
         run_id = store.create_run(name=f"check-{name}", hparams=hp.model_dump(mode="json"), seed=hp.seed,
                                   study=study, kind="check")
-    store.finish_run(run_id, "completed", reason=summary.get("message"), summary=summary)
+    store.finish_run(run_id, "completed", reason=summary.get("message"), summary=json_safe(summary))
     return run_id
 
 
@@ -311,8 +311,9 @@ def check_lr(task: Task | None, hp: Config, store: Store | None = None, *, metho
     """The learning-rate range test on all training data with a small weight decay (`weight_decay`).
 
     method "discrete" (the lecture's): each of `lrs` for `steps` updates at a constant rate, every trial
-    from the same initialization and data order; the pick is the rate whose loss ends lowest among those
-    that dropped >= 10% without diverging (`curves.pick_discrete_lr`). method "sweep" (Smith 2017): one
+    from the same initialization and data order; the pick is the rate whose loss ends lowest (mean of
+    the last 20% of the steps) among those that dropped >= 10% without diverging or spiking above 2x
+    the initial loss (`curves.lr_trial_summary`, `curves.pick_discrete_lr`). method "sweep" (Smith 2017): one
     run of `sweep_steps` updates with the rate rising exponentially over `sweep_range`; read with
     `curves.analyze_lr_sweep` (smoothed, first points skipped, NaN/Inf dropped, cut at divergence; the
     suggestion is the lr at the minimum of the smoothed loss divided by 10). "both" runs the two and says
@@ -369,6 +370,9 @@ def check_lr(task: Task | None, hp: Config, store: Store | None = None, *, metho
     if rows:
         parts.append(f"discrete trial picks {discrete_lr:g}" if discrete_lr is not None
                      else "no discrete trial dropped significantly without diverging")
+        ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["end"])
+        if len(ok) > 1 and ok[1]["end"] < 1.1 * ok[0]["end"]:  # a near tie: the grid cannot tell them apart
+            parts[-1] += f" ({ok[1]['lr']:g} close behind: loss {ok[1]['end']:.3g} vs {ok[0]['end']:.3g})"
     if sweep is not None:
         parts.append(f"sweep suggests {sweep_lr:.3g} (min of smoothed loss at lr {sweep['lr_at_min']:.3g})"
                      if sweep_lr is not None else f"sweep has no suggestion ({sweep['note']})")
@@ -414,5 +418,5 @@ def _record_lr(store: Store, hp: Config, result: LRTestResult, rows: list[dict],
                "suggested_lr": result.suggested_lr, "rule": result.rule, "discrete_lr": result.discrete_lr,
                "sweep_lr": result.sweep_lr, "agree": result.agree, "agreement": result.agreement,
                "table": result.table, "sweep": sweep_brief, "settings": result.settings, "plot": result.plot}
-    store.finish_run(run_id, "completed", reason=result.message, summary=summary)
+    store.finish_run(run_id, "completed", reason=result.message, summary=json_safe(summary))
     return run_id

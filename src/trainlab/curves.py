@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["moving_average", "ema_smooth", "smoothing_window", "Finding", "diagnose", "init_loss_verdict",
+__all__ = ["moving_average", "ema_smooth", "smoothing_window", "json_safe", "Finding", "diagnose", "init_loss_verdict",
            "loss_trend", "lr_trial_summary", "pick_discrete_lr", "analyze_lr_sweep", "lrs_agree",
            "INIT_LOSS_TOLERANCE"]
 
@@ -50,6 +50,22 @@ def ema_smooth(values, beta: float = 0.98) -> np.ndarray:
             weight = beta * weight + (1 - beta)
         out[i] = avg / weight if weight > 0 else np.nan
     return out
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN/Inf float (numpy's too) turned into None, through dicts, lists and tuples:
+    strict JSON, and PostgreSQL's JSON type, have no NaN.
+
+    >>> json_safe({"a": [1.0, float("nan")], "b": np.float64("inf")})
+    {'a': [1.0, None], 'b': None}
+    """
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def smoothing_window(n_points: int) -> int:
@@ -92,7 +108,7 @@ class Finding:
     numbers: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return json_safe(asdict(self))
 
     def __str__(self) -> str:
         return f"{self.name} ({self.confidence}): {self.diagnosis}. {self.evidence}. Try: {self.action}."
@@ -429,7 +445,7 @@ def diagnose(curves: Mapping[str, Any], num_classes: int | None = None) -> list[
 
 # --- the learning-rate range test ------------------------------------------------------------------
 SIGNIFICANT_DROP = 0.10   # a trial's loss "drops significantly": its end is >= 10% below the initial loss
-TRIAL_SPIKE = 2.0         # a trial whose smoothed loss ever exceeded 2x the initial loss diverged, even if it came back
+TRIAL_SPIKE = 2.0         # a trial whose smoothed loss ever exceeded 2x the initial loss is unstable, even if it came back
 SWEEP_BETA = 0.95         # EMA of the sweep's loss (fastai's 0.98 lags so much on 200 steps that on mnist1d mlp
                           # the drop before the blow-up never shows; 0.9 leaves the minimum noisy)
 SWEEP_SKIP = 10           # the first sweep points are skipped: the EMA is still warming up on few values
@@ -443,9 +459,10 @@ def lr_trial_summary(losses: Sequence[float], stopped: str | None = None) -> dic
     """One discrete trial (a constant learning rate for ~100 steps from the shared initialization).
 
     start: the first step's loss (the same for every trial: same weights, same first batch); end: mean of
-    the last 10% of the steps (at least 5), which smooths minibatch noise; status: "diverged" (NaN/Inf,
-    stopped by the loop's divergence check (`stopped`), or the smoothed loss went above TRIAL_SPIKE x
-    start at some point), "no drop" (end less than SIGNIFICANT_DROP below start), else "ok".
+    the last 20% of the steps (at least 5), which smooths minibatch noise; status: "diverged" (NaN/Inf,
+    or stopped by the loop's divergence check: `stopped`), "unstable" (the smoothed loss went above
+    TRIAL_SPIKE x start at some point, even if it came back down), "no drop" (end less than
+    SIGNIFICANT_DROP below start), else "ok". Only "ok" trials can be picked.
 
     >>> lr_trial_summary([2.3] * 10 + [1.0] * 90)["status"]
     'ok'
@@ -453,7 +470,7 @@ def lr_trial_summary(losses: Sequence[float], stopped: str | None = None) -> dic
     v = np.asarray(losses, dtype=float)
     if v.size == 0:
         return {"start": math.nan, "end": math.nan, "drop": math.nan, "status": "diverged", "why": "no steps"}
-    w = max(5, len(v) // 10)
+    w = max(5, len(v) // 5)
     start = float(v[0])
     tail = v[-w:]
     end = float(tail.mean()) if np.isfinite(tail).all() else math.nan
@@ -464,7 +481,7 @@ def lr_trial_summary(losses: Sequence[float], stopped: str | None = None) -> dic
     elif stopped:
         status, why = "diverged", stopped
     elif spike > TRIAL_SPIKE * start:
-        status, why = "diverged", f"smoothed loss reached {spike:.3g}, over {TRIAL_SPIKE:g}x the initial {start:.3g}"
+        status, why = "unstable", f"smoothed loss reached {spike:.3g}, over {TRIAL_SPIKE:g}x the initial {start:.3g}"
     elif not drop >= SIGNIFICANT_DROP:
         status, why = "no drop", f"loss {start:.3g} -> {end:.3g} ({drop:.0%} lower; {SIGNIFICANT_DROP:.0%} needed)"
     else:

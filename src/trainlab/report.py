@@ -220,13 +220,16 @@ def plot_lr_test(path: str | Path, *, trials: list[dict] | None = None, sweep: d
             ax.axvline(sweep["suggested_lr"], color="tab:blue", ls="--", lw=1.2,
                        label=f"sweep's suggestion {sweep['suggested_lr']:.2g} (minimum / 10)")
         ys += [v for v in smooth[skip:cut] if np.isfinite(v)]
+    shown = set()
     for t in trials:
         end = t.get("end")
         if end is None or not np.isfinite(end):
             continue
-        marker = {"ok": "o", "no drop": "s"}.get(t.get("status"), "x")
+        status = t.get("status")
+        marker = {"ok": "o", "no drop": "s"}.get(status, "x")
         ax.plot([t["lr"]], [end], marker, color="tab:orange", ms=8, mfc="none" if marker == "s" else None,
-                label=f"discrete trial, final loss ({t.get('status')})")
+                label=None if status in shown else f"discrete trial, final loss ({status})")
+        shown.add(status)
         ys.append(end)
     if suggested is not None:
         ax.axvline(suggested, color="tab:red", lw=2, label=f"suggested lr {suggested:.2g} (not applied)")
