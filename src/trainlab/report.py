@@ -159,6 +159,9 @@ def plot_search_layout(rows: list[dict], x: dict, y: dict, metric: str, path: st
         side.scatter([vals[i] for i in good], [ys[i] for i in good], s=14, color="tab:blue")
     top.set_ylabel(metric)
     side.set_xlabel(metric)
+    from matplotlib.ticker import MaxNLocator
+
+    side.xaxis.set_major_locator(MaxNLocator(2))
     plt.setp(top.get_xticklabels(), visible=False)
     plt.setp(side.get_yticklabels(), visible=False)
     nx = len({xs[i] for i in ok})

@@ -711,6 +711,9 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
         raise ConfigError(f"heartbeat_s: must be an integer >= 1 (seconds), got {heartbeat_s!r}")
     db_url = normalize_url(db if db is not None else storage)
     storage_url = normalize_url(storage if storage is not None else db)
+    if workers > 1 and _is_sqlite(storage_url) and (":memory:" in storage_url or storage_url in ("sqlite://",
+                                                                                                  "sqlite:///")):
+        raise ConfigError(f"storage: worker processes cannot share an in-memory database, got {storage_url!r}")
     join = space is None
     if join and study is None:
         raise ConfigError("space: give a search space (or --study NAME of an existing study to join)")

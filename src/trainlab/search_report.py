@@ -83,7 +83,6 @@ def write_search_report(study_name: str, out_dir: str | os.PathLike, db=None, st
         figures.append(("layout.png", "where the trials fell: the two most important parameters"))
     if imp:
         plot_importance(imp, out / "importance.png")
-        figures.append(("importance.png", "parameter importance"))
 
     tried = [r for r in rows if r["params"]]
     distinct = [(p["name"], p.get("text", ""), len({repr(r["params"].get(p["name"])) for r in tried
@@ -116,6 +115,7 @@ def write_search_report(study_name: str, out_dir: str | os.PathLike, db=None, st
         h.append(f"<h2>{html.escape(caption)}</h2><img src='{file}' alt='{html.escape(caption)}'>")
     h.append("<h2>parameter importance</h2>")
     if imp:
+        h.append("<img src='importance.png' alt='parameter importance'>")
         h.append("<table><tr><th>parameter</th><th>importance</th></tr>" + "".join(
             f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in imp.items()) + "</table>")
     h.append(f"<p class='note'>{html.escape(imp_note)}</p>")
