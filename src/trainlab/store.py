@@ -627,6 +627,73 @@ class Store:
                 series["value"].append(nan if value is None else value)
         return out
 
+    def metric_buckets(
+        self, run_ids: Sequence[int], keys: Sequence[str], buckets: int
+    ) -> dict[int, dict[str, dict[str, Any]]]:
+        """Metrics of many runs downsampled in the database, for plots: min, max and mean per bucket of steps.
+
+        For each run and key, steps 0..last (last: the largest step logged) are
+        cut into ranges of ``width = ceil((last + 1) / buckets)`` steps, so at
+        most ``buckets`` of them. Each range holding rows gives "first"/"last"
+        (its smallest and largest step), "min", "max", "mean" (over the non-NaN
+        values; None when all are NaN), "count" (rows) and "nan" (NaN rows):
+        every spike survives as some bucket's min or max, and a series of at most
+        ``buckets`` evenly spaced points (one per epoch, say) keeps every point.
+        Runs and keys without rows, and unknown run ids, are left out. Only
+        reads, in one transaction.
+
+        >>> store.metric_buckets([run], ["train/loss"], 2)[run]["train/loss"]["max"]   # steps 0..3: 4, 1, 9, 2
+        [4.0, 9.0]
+
+        Returns run id -> key -> {"width": w, "first": [...], "last": [...], "min": [...], "max": [...],
+        "mean": [...], "count": [...], "nan": [...]}, lists ordered by step.
+        """
+        buckets = _as_int("buckets", buckets, nullable=False)
+        if buckets < 1:
+            raise ValueError(f"buckets must be at least 1, got {buckets}")
+        run_ids = [_as_int("run_ids", r, nullable=False) for r in run_ids]
+        keys = [_as_str("keys", k, nullable=False) for k in ([keys] if isinstance(keys, str) else keys)]
+        if not run_ids or not keys:
+            return {}
+        m = _metrics.alias("m")
+        # the last step of each (run, key): one index lookup each, no scan
+        lasts = [
+            sa.select(sa.func.max(m.c.step)).where(m.c.run_id == _runs.c.id, m.c.key == key).scalar_subquery()
+            for key in keys
+        ]
+        value = _metrics.c.value
+        bucket = _metrics.c.step // sa.bindparam("width", type_=sa.BigInteger)
+        query = (  # built once: per run and key only the parameters change
+            sa.select(
+                sa.func.min(_metrics.c.step), sa.func.max(_metrics.c.step), sa.func.min(value), sa.func.max(value),
+                sa.func.avg(value), sa.func.count(value), sa.func.count(),
+            )
+            .where(_metrics.c.run_id == sa.bindparam("run_id"), _metrics.c.key == sa.bindparam("key"))
+            .group_by(bucket)
+            .order_by(sa.func.min(_metrics.c.step))
+        )
+        out: dict[int, dict[str, dict[str, Any]]] = {}
+        with self._read() as conn:
+            found = conn.execute(sa.select(_runs.c.id, *lasts).where(_runs.c.id.in_(run_ids)).order_by(_runs.c.id))
+            for run_id, *last_steps in found.all():
+                for key, last in zip(keys, last_steps):
+                    if last is None:
+                        continue
+                    width = max(1, -(-(last + 1) // buckets))
+                    series: dict[str, Any] = {"width": width, "first": [], "last": [], "min": [], "max": [],
+                                              "mean": [], "count": [], "nan": []}
+                    params = {"run_id": run_id, "key": key, "width": width}
+                    for first, last_in, lo, hi, mean, n_values, n_rows in conn.execute(query, params):
+                        series["first"].append(first)
+                        series["last"].append(last_in)
+                        series["min"].append(None if lo is None else float(lo))
+                        series["max"].append(None if hi is None else float(hi))
+                        series["mean"].append(None if mean is None else float(mean))
+                        series["count"].append(n_rows)
+                        series["nan"].append(n_rows - n_values)
+                    out.setdefault(run_id, {})[key] = series
+        return out
+
     def metric_keys(self, run_id: int) -> list[str]:
         """The metric keys a run has logged, sorted."""
         query = sa.select(_metrics.c.key).where(_metrics.c.run_id == run_id).distinct().order_by(_metrics.c.key)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import core, diagnostics, ensemble, search
+from . import core, dashboard, diagnostics, ensemble, search
 from .common import UsageError
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = [core, search, ensemble, diagnostics]
+COMMAND_MODULES = [core, search, dashboard, ensemble, diagnostics]
 
 
 def build_parser() -> argparse.ArgumentParser:
