@@ -122,9 +122,17 @@ def lr_schedule(hp: Config, steps_per_epoch: int, world_size: int = 1) -> tuple[
         milestones=[s for s in (round(m * steps_per_epoch) - warmup for m in hp.milestones_epochs) if s >= 0],
         gamma=hp.gamma, period=period, period_mult=hp.restart_mult,
     )
+    if hp.schedule == "cyclic_cosine" and not hp.restart_period_epochs and main % period:
+        factor = _held_after(factor, warmup + hp.cycles * period - 1)
     if scaling.lr_scale != 1.0:
         factor = _scaled(factor, scaling.lr_scale)
     return factor, total, warmup
+
+
+def _held_after(factor: Callable[[int], float], last: int) -> Callable[[int], float]:
+    """`cycles` equal cycles rarely divide the run: hold the last cycle's final lr over the few steps
+    left, instead of starting a new cycle at full rate just before the end."""
+    return lambda step: factor(min(step, last))
 
 
 def _scaled(factor: Callable[[int], float], scale: float) -> Callable[[int], float]:
@@ -286,7 +294,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         store.update_run(run_id, summary={**scaling.summary(), "launch_id": dist.launch_id if ddp else None})
     if ddp:  # rank 0 created the one row; every rank needs its id
         run_id = broadcast_object(dist, run_id)
-    run_dir = Path(runs_dir) / f"run-{run_id}" if (store is not None and checkpoints) else None
+    run_dir = Path(runs_dir).resolve() / f"run-{run_id}" if (store is not None and checkpoints) else None
     buffer = MetricBuffer(store, run_id) if store is not None else None
     state = LoopState(hp, task, model, optimizer, device, run_id, run_dir, spe, total, rank=rank, world_size=world)
 
@@ -301,6 +309,9 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         if ddp:  # rank 0 reads the checkpoints (no shared disk needed); every rank resumes from them
             best = load_checkpoint(run_dir / "best.pt")["model"] if not rank and (run_dir / "best.pt").is_file() else None
             ckpt, best_state = broadcast_object(dist, (ckpt, best))
+        if ckpt.get("world_size", 1) != world:  # steps, epoch positions and the lr depend on it
+            raise ConfigError(f"resume: run {resume} was trained by {ckpt.get('world_size', 1)} process(es); "
+                              f"resume it with as many (trainlab train --nproc K), got {world}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, start_epoch, start_batch = ckpt["step"], ckpt["epoch"], ckpt["batch"]
@@ -329,6 +340,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
             "batch": batch, "early_stopping": stopper.state_dict(), "rng": rng_state(),
             "reference": reference, "history": history, "hparams": hp.model_dump(mode="json"),
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in callbacks if hasattr(cb, "state_dict")},
+            "world_size": world,
         }
         return writer.save(payload, run_dir / path_name)
 
