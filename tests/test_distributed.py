@@ -206,6 +206,9 @@ def test_ddp_2x16_equals_one_process_with_batch_32_and_writes_once(task, tmp_pat
     assert sorted(p.name for p in runs.iterdir()) == ["run-1"]
     assert sorted(p.name for p in (runs / "run-1").iterdir()) == ["best.pt", "last.pt"]
     assert load_checkpoint(runs / "run-1" / "last.pt")["step"] == STEPS
+    with pytest.raises(ConfigError, match=r"resume: run 1 was trained by 2 process\(es\); resume it with as many"):
+        fit(task, hp2, store=store, resume=1, runs_dir=runs, quiet=True)
+    assert store.run(1)["status"] == "completed", "a refused resume leaves the run as it was"
 
 
 class _StopOnRank1:
