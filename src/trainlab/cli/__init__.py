@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import core, dashboard, diagnostics, ensemble, search
+from . import core, dashboard, diagnostics, ensemble, search, transfer
 from .common import UsageError
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = [core, search, dashboard, ensemble, diagnostics]
+COMMAND_MODULES = [core, search, dashboard, ensemble, diagnostics, transfer]
 
 
 def build_parser() -> argparse.ArgumentParser:
