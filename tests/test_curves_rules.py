@@ -308,3 +308,21 @@ def test_exponential_ramp_matches_torch_exponential_lr():
 def test_exponential_ramp_rejects_bad_arguments(args, message):
     with pytest.raises(ValueError, match=message):
         exponential_ramp(*args)
+
+
+def test_the_default_runs_late_val_loss_wander_is_noise_not_overfitting():
+    # measured: `trainlab train` (mnist1d resnet, defaults), per epoch; test/acc 0.988
+    val_loss = [0.3471, 0.1839, 0.1377, 0.1012, 0.0746, 0.1152, 0.0852, 0.0781, 0.0646, 0.1189, 0.0418, 0.0492,
+                0.0517, 0.0542, 0.0538, 0.0393, 0.0526, 0.0439, 0.0513, 0.0490, 0.0444, 0.0469, 0.0409, 0.0570,
+                0.0494, 0.0473, 0.0478, 0.0497, 0.0517, 0.0529]
+    val_acc = [0.8925, 0.9325, 0.96, 0.9575, 0.9775, 0.9675, 0.9675, 0.975, 0.9825, 0.97, 0.9825, 0.98, 0.98,
+               0.9825, 0.9825, 0.99, 0.985, 0.99, 0.985, 0.985, 0.985, 0.9875, 0.9875, 0.9875, 0.9875, 0.985, 0.99,
+               0.9875, 0.9875, 0.985]
+    train_acc = [0.9175, 0.9475, 0.985, 0.9925, 0.9825, 0.9875, 0.985, 0.995, 0.985, 0.995] + [1.0] * 20
+    train_loss = list(np.geomspace(0.31, 0.0002, 30))
+    curves = {"val/loss": epochs(val_loss), "val/acc": epochs(val_acc), "train/acc": epochs(train_acc),
+              "train/loss_eval": epochs(train_loss)}
+    assert diagnose(curves) == []
+    # the same epochs with a real, steady rise on top are overfitting
+    risen = val_loss[:20] + [v + 0.01 * (i + 1) for i, v in enumerate(val_loss[20:])]
+    assert names(diagnose({**curves, "val/loss": epochs(risen)})) == ["overfitting"]

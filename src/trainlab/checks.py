@@ -163,9 +163,8 @@ def check_init(task: Task | None, hp: Config, store: Store | None = None, *, bat
     device = resolve_device(hp.device)
     with _rng_kept():
         net = _fresh_model(task, hp, model).to(device)
-        x, y = dataset_tensors(task.train)
-        order = epoch_order(len(y), hp.seed, 0)[: batches * hp.batch_size]
-        x, y = x[order], y[order]
+        # the first minibatches of the first epoch, as fit() would draw them (only these are read)
+        x, y = dataset_tensors(_sample(task.train, batches * hp.batch_size, hp.seed))
         net.train()
         losses, logits = [], []
         with torch.no_grad():

@@ -278,7 +278,7 @@ def plot_ratios(store: Store, run_id: int, path: str | Path, band: tuple[float, 
         raise ValueError(f"run {run_id} has no update/weight ratios (trained with monitor_every=0?)")
     m = store.metrics(run_id, keys)
     run = store.run(run_id)
-    fig, ax = plt.subplots(figsize=(10, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 6 + 0.15 * len(keys)))
     colors = plt.cm.viridis(np.linspace(0, 0.95, len(keys)))
     for key, color in zip(keys, colors):
         v = np.asarray(m[key]["value"], dtype=float)
@@ -289,7 +289,14 @@ def plot_ratios(store: Store, run_id: int, path: str | Path, band: tuple[float, 
     ax.set_yscale("log")
     ax.set(xlabel="step (optimizer updates)", ylabel="||W_after - W_before|| / ||W_before||",
            title=f"run {run_id}: {run['name']}: update/weight ratio per layer")
-    ax.legend(fontsize=7, ncol=2 if len(keys) > 12 else 1, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    lr = store.metrics(run_id, ["lr"]).get("lr")
+    if lr:  # the schedule explains most of the ratios' trend
+        twin = ax.twinx()
+        twin.plot(lr["step"], lr["value"], color="0.6", lw=1, ls=":", label="learning rate (right axis)")
+        twin.set_yscale("log")
+        twin.set_ylabel("learning rate", color="0.4")
+        ax.plot([], [], color="0.6", lw=1, ls=":", label="learning rate (right axis)")
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
