@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import core, dashboard, diagnostics, ensemble, search, transfer
+from . import core, dashboard, diagnostics, ensemble, recipe, search, transfer
 from .common import UsageError
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = [core, search, dashboard, ensemble, diagnostics, transfer]
+COMMAND_MODULES = [core, search, dashboard, ensemble, diagnostics, transfer, recipe]
 
 
 def build_parser() -> argparse.ArgumentParser:

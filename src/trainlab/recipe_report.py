@@ -1,0 +1,400 @@
+"""The recipe's report: a static `index.html` with PNG figures beside it; it opens from the disk with no
+server and no network (no script, no external file).
+
+Every step's verdict, message and evidence; the initial-loss check; the overfit curve; the LR-test
+curve with the pick; the coarse grid as a heatmap of learning rate x weight decay; the refined runs'
+learning curves (every step as a point plus a moving average) with the doctor's findings; how much the
+chosen config's validation score varies across folds; the final model's curves, config, validation and
+test accuracy. Figures are drawn from the store, so a resumed recipe's report shows earlier steps too.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .curves import moving_average, smoothing_window
+from .store import RunNotFound, Store
+
+__all__ = ["write_report", "plot_overfit", "plot_grid_heatmap", "plot_refine_curves", "plot_cv_spread",
+           "steps_from_store"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    _plt().close(fig)
+    return path
+
+
+# --- figures ------------------------------------------------------------------------------------------
+
+def plot_overfit(store: Store, attempts: Sequence[dict], path: str | Path) -> Path:
+    """Step 2: each attempt's training loss per step (points and moving average) and its accuracy on the
+    small sample (checked after each pass over it), one colour per learning rate."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    colors = plt.cm.viridis(np.linspace(0, 0.85, max(1, len(attempts))))
+    for a, c in zip(attempts, colors):
+        if a.get("run") is None:
+            continue
+        m = store.metrics(a["run"], ["train/loss", "val/acc"])
+        label = f"lr {a['lr']:g}: {a['verdict']}"
+        if "train/loss" in m:
+            s, v = np.asarray(m["train/loss"]["step"]), np.asarray(m["train/loss"]["value"], dtype=float)
+            ax1.scatter(s, v, s=3, alpha=0.25, color=c)
+            ax1.plot(s, moving_average(v, max(2, smoothing_window(len(v)) // 2)), color=c, lw=2, label=label)
+        if "val/acc" in m:
+            ax2.plot(m["val/acc"]["step"], m["val/acc"]["value"], "o-", ms=3, color=c, label=label)
+    ax1.set(xlabel="step", ylabel="training loss", title="loss on the small sample (points: per step)")
+    ax1.set_yscale("log")
+    ax2.axhline(1.0, color="0.5", ls="--", lw=1)
+    ax2.set(xlabel="step", ylabel="accuracy on the sample", title="training accuracy on the sample (target 100%)",
+            ylim=(0, 1.05))
+    for ax in (ax1, ax2):
+        ax.legend(fontsize=8)
+    return _save(fig, Path(path))
+
+
+def plot_grid_heatmap(rows: Sequence[dict], path: str | Path, metric: str = "val/acc") -> Path:
+    """Step 4: best validation accuracy of each (learning rate, weight decay) as a heatmap; a point
+    stopped early (pruned, or at the deadline) is marked with its epochs."""
+    plt = _plt()
+    lrs = sorted({r["lr"] for r in rows if r.get("lr") is not None})
+    wds = sorted({r["weight_decay"] for r in rows if r.get("weight_decay") is not None}, reverse=True)
+    grid = np.full((len(wds), len(lrs)), np.nan)
+    notes = {}
+    for r in rows:
+        if r.get("lr") is None or r.get("value") is None:
+            continue
+        i, j = wds.index(r["weight_decay"]), lrs.index(r["lr"])
+        grid[i, j] = r["value"]
+        notes[(i, j)] = "" if r["status"] == "completed" else f"\n{r['status']}, {r['epochs']} ep"
+    fig, ax = plt.subplots(figsize=(1.6 * max(3, len(lrs)) + 2, 1.0 * max(2, len(wds)) + 1.6))
+    finite = grid[np.isfinite(grid)]
+    vmin = float(finite.min()) if finite.size else 0.0
+    vmax = float(finite.max()) if finite.size else 1.0
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=vmin, vmax=max(vmax, vmin + 1e-6), aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        text = "not run" if not np.isfinite(v) else f"{v:.4f}{notes.get((i, j), '')}"
+        light = np.isfinite(v) and v < (vmin + vmax) / 2
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if light else "black")
+    ax.set_xticks(range(len(lrs)), [f"{v:.3g}" for v in lrs])
+    ax.set_yticks(range(len(wds)), [f"{v:g}" for v in wds])
+    ax.set(xlabel="learning rate", ylabel="weight decay", title=f"coarse grid: best {metric}")
+    fig.colorbar(im, ax=ax, label=metric)
+    return _save(fig, Path(path))
+
+
+def plot_refine_curves(store: Store, runs: Sequence[dict], path: str | Path) -> Path:
+    """Step 5: one panel per refined run: training loss per step (faint points) and its moving average,
+    validation and training accuracy per epoch on the right axis. `runs`: {"run", "title"} dicts."""
+    plt = _plt()
+    n = max(1, len(runs))
+    cols = min(n, 4)
+    rows_n = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, r in zip(axes.flat, runs):
+        m = store.metrics(r["run"], ["train/loss", "val/acc", "train/acc"])
+        if "train/loss" in m:
+            s, v = np.asarray(m["train/loss"]["step"]), np.asarray(m["train/loss"]["value"], dtype=float)
+            ax.scatter(s, v, s=2, alpha=0.15, color="tab:blue")
+            ax.plot(s, moving_average(v, smoothing_window(len(v))), color="tab:blue", lw=1.8, label="train loss (MA)")
+            ax.set_yscale("log")
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
+        ax2 = ax.twinx()
+        for key, color in (("val/acc", "tab:orange"), ("train/acc", "tab:green")):
+            if key in m:
+                ax2.plot(m[key]["step"], m[key]["value"], "o-", ms=2.5, lw=1.2, color=color, label=key)
+        ax2.set_ylim(max(0.0, min([0.8] + [x for k in ("val/acc", "train/acc") if k in m
+                                           for x in m[k]["value"] if x == x]) - 0.02), 1.005)
+        ax2.set_ylabel("accuracy", fontsize=8)
+        ax.set_title(r["title"], fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax2.tick_params(labelsize=7)
+        if r is runs[0]:
+            h1, l1 = ax.get_legend_handles_labels()
+            h2, l2 = ax2.get_legend_handles_labels()
+            ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="center right")
+    return _save(fig, Path(path))
+
+
+def plot_cv_spread(candidates: Sequence[dict], path: str | Path, chosen: dict | None = None,
+                   final_members: Sequence[dict] = ()) -> Path:
+    """Selection noise: each candidate's validation accuracy on every fold (points), their mean and
+    standard deviation (bar), the chosen one in red; the final members' scores beside them."""
+    plt = _plt()
+    labels, fig_h = [], 3.6
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * (len(candidates) + 1) + 2), fig_h))
+    for i, c in enumerate(candidates):
+        p = c["point"]
+        labels.append(f"lr {p['lr']:.3g}\nwd {p['weight_decay']:g}" + (f"\nw {p['width']}" if p.get("width") else ""))
+        vals = [v for v in c["folds"].values() if v is not None]
+        is_chosen = chosen is not None and p == chosen["point"]
+        color = "tab:red" if is_chosen else "tab:blue"
+        ax.scatter([i] * len(vals), vals, color=color, s=28, zorder=3)
+        if vals:
+            ax.errorbar([i + 0.12], [c["mean"]], yerr=[c["std"] or 0.0], fmt="_", ms=16, color=color, capsize=4)
+    if final_members:
+        i = len(candidates)
+        labels.append("final\n(cosine)")
+        vals = [m["val_acc"] for m in final_members if m.get("val_acc") is not None]
+        ax.scatter([i] * len(vals), vals, color="tab:green", s=28, marker="D", zorder=3)
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set(ylabel="best val/acc", title="validation accuracy per fold (split_seed): points; mean +- std: bars")
+    return _save(fig, Path(path))
+
+
+def _lr_test_inputs(store: Store, run_id: int) -> tuple[list[dict], dict | None, float | None]:
+    """The LR test's trials and sweep, rebuilt from its stored run (summary + per-step metrics)."""
+    run = store.run(run_id)
+    s = run.get("summary") or {}
+    m = store.metrics(run_id)
+    trials = []
+    for row in s.get("table") or []:
+        losses = m.get(f"lr_test/discrete/{row['lr']:g}/loss", {}).get("value", [])
+        trials.append({**row, "losses": losses, "end": row.get("end") if row.get("end") is not None else math.nan})
+    sweep = None
+    if "lr_test/sweep/lr" in m:
+        sweep = {**(s.get("sweep") or {}), "lrs": m["lr_test/sweep/lr"]["value"],
+                 "raw": m["lr_test/sweep/loss"]["value"], "smoothed": m["lr_test/sweep/smoothed"]["value"]}
+    return trials, sweep, s.get("suggested_lr")
+
+
+# --- html ---------------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
+h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.15em;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:.8em;font-weight:600;color:#fff;margin-left:6px}
+.pass,.done,.healthy,.completed{background:#2e7d32}.fail,.failed{background:#c62828}.stop,.findings{background:#ef6c00}
+.continue{background:#1565c0}.stopped,.interrupted,.notrun{background:#757575}
+table{border-collapse:collapse;font-size:.85em;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+th{background:#f5f5f5}.msg{font-size:.95em;margin:6px 0}.box{background:#f7f9fc;border:1px solid #d6e0ef;padding:10px 14px;border-radius:6px}
+img{max-width:100%;border:1px solid #eee;margin:6px 0}pre{background:#f5f5f5;padding:8px;overflow-x:auto;font-size:.8em}
+.big{font-size:1.25em;font-weight:600}.muted{color:#666;font-size:.85em}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def _kv_table(ev: dict, keys: Sequence[str] | None = None) -> str:
+    """Scalars of the evidence as a two-column table; lists and dicts go to a collapsed JSON block."""
+    keys = keys or [k for k, v in ev.items() if not isinstance(v, (list, dict))]
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_num(ev[k]))}</td></tr>" for k in keys if k in ev)
+    return f"<table>{rows}</table>" if rows else ""
+
+
+def _details(ev: dict) -> str:
+    text = json.dumps(ev, indent=1, default=str)
+    if len(text) > 60000:
+        text = text[:60000] + "\n... (cut)"
+    return f"<details><summary class='muted'>all evidence (JSON)</summary><pre>{_e(text)}</pre></details>"
+
+
+def _img(name: str, alt: str) -> str:
+    return f"<img src='{_e(name)}' alt='{_e(alt)}'>"
+
+
+def _table(rows: Sequence[dict], cols: Sequence[str]) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_e(_num(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def steps_from_store(store: Store, study: str) -> list[dict]:
+    """The study's step runs as dicts (key, number, title, verdict, message, evidence, seconds, run_id,
+    status), the latest run of each key, in the order they ran."""
+    latest: dict[str, dict] = {}
+    for run in store.runs(study=study, kind="step"):
+        s = run.get("summary") or {}
+        if s.get("key"):
+            latest[s["key"]] = {"key": s["key"], "number": s.get("step"), "title": s.get("title", s["key"]),
+                                "verdict": s.get("verdict", run["status"]), "message": s.get("message", run.get("reason")),
+                                "evidence": s.get("evidence", {}), "seconds": s.get("seconds", 0.0),
+                                "run_id": run["id"], "status": run["status"]}
+    return sorted(latest.values(), key=lambda d: d["run_id"])
+
+
+def _section_figures(store: Store, step: dict, out: Path, warnings: list[str]) -> str:
+    """The figures (and their tables) of one step; failures to draw are noted, not fatal."""
+    key, ev = step["key"], step.get("evidence") or {}
+    parts = []
+    try:
+        if key == "init" and "initial_loss" in ev:
+            parts.append(_kv_table(ev, ["initial_loss", "expected", "deviation", "tolerance", "num_classes",
+                                        "batches", "examples", "logit_std", "top_class_share", "weight_decay"]))
+        elif key == "overfit" and ev.get("attempts"):
+            plot_overfit(store, ev["attempts"], out / "overfit.png")
+            parts.append(_img("overfit.png", "overfit curve"))
+            parts.append(_table(ev["attempts"], ["lr", "verdict", "steps", "max_steps", "cause", "message"]))
+        elif key == "lr" and ev.get("check_run") is not None:
+            from .report import plot_lr_test
+
+            trials, sweep, suggested = _lr_test_inputs(store, ev["check_run"])
+            plot_lr_test(out / "lr_test.png", trials=trials, sweep=sweep, suggested=suggested,
+                         title=f"LR range test ({ev.get('trial_steps')} steps per trial): pick {suggested}")
+            parts.append(_img("lr_test.png", "learning-rate test"))
+            parts.append(_table(ev.get("table") or [], ["lr", "status", "start", "end", "drop", "picked", "why"]))
+        elif key == "coarse" and ev.get("rows"):
+            plot_grid_heatmap(ev["rows"], out / "coarse_grid.png")
+            parts.append(_img("coarse_grid.png", "coarse grid heatmap"))
+            parts.append(_kv_table(ev, ["epochs", "prune", "center", "search_seconds", "epoch_s", "overhead_s"]))
+        elif key.startswith("refine-") and ev.get("candidates"):
+            k = key.split("-", 1)[1]
+            runs = []
+            for c in ev["candidates"]:
+                for fold, run_id in c["runs"].items():
+                    if run_id is not None:
+                        v = c["folds"].get(fold)
+                        runs.append({"run": run_id, "title": f"lr {c['point']['lr']:.3g} wd {c['point']['weight_decay']:g} "
+                                     f"fold {fold}: {v:.4f}" if v is not None else f"fold {fold}"})
+            if runs:
+                plot_refine_curves(store, runs[:16], out / f"refine_{k}.png")
+                parts.append(_img(f"refine_{k}.png", f"refined runs, round {k}"))
+            plot_cv_spread(ev["candidates"], out / f"cv_{k}.png", chosen=ev.get("best"))
+            parts.append(_img(f"cv_{k}.png", f"validation spread over folds, round {k}"))
+            rows = [{"lr": c["point"]["lr"], "weight_decay": c["point"]["weight_decay"], "width": c["point"].get("width"),
+                     "dropout": c["point"].get("dropout"), "epochs": c["point"].get("epochs"),
+                     **{f"fold {f}": v for f, v in c["folds"].items()}, "mean": c["mean"], "std": c["std"]}
+                    for c in ev["candidates"]]
+            cols = ["lr", "weight_decay", "width", "dropout", "epochs"] + [f"fold {f}" for f in
+                                                                          sorted({f for c in ev["candidates"] for f in c["folds"]})] + ["mean", "std"]
+            parts.append(_table(rows, cols))
+            parts.append(_refine_findings(store, runs))
+        elif key.startswith("doctor-"):
+            for r in ev.get("runs", []):
+                items = "".join(f"<li><b>{_e(f['name'])}</b> ({_e(f['confidence'])}): {_e(f['diagnosis'])}. "
+                                f"{_e(f['evidence'])}. <i>Try: {_e(f['action'])}</i></li>" for f in r["findings"])
+                parts.append(f"<p>run {_e(r['run'])} (fold {_e(r['fold'])}): "
+                             + (f"<ul>{items}</ul>" if items else "healthy: no finding") + "</p>")
+            parts.append(f"<p class='box'><b>next move: {_e(ev.get('move'))}</b>. Reason: {_e(ev.get('reason'))}. "
+                         f"Changes: {_e(ev.get('changes') or 'none')}</p>")
+        elif key == "final" and ev.get("members"):
+            for mem in ev["members"]:
+                if mem.get("run") is not None:
+                    from .report import plot_run
+
+                    name = f"final_fold{mem['fold']}.png"
+                    plot_run(store, mem["run"], out / name)
+                    parts.append(_img(name, f"final model, fold {mem['fold']}"))
+            parts.append(_table(ev["members"], ["run", "fold", "status", "epochs", "best_epoch", "val_acc", "checkpoint"]))
+    except (RunNotFound, KeyError, ValueError, TypeError) as err:  # a report with a gap beats no report
+        warnings.append(f"{key}: could not draw ({type(err).__name__}: {err})")
+        parts.append(f"<p class='muted'>figure not drawn: {_e(type(err).__name__)}: {_e(err)}</p>")
+    return "".join(parts)
+
+
+def _refine_findings(store: Store, runs: Sequence[dict]) -> str:
+    from .doctor import diagnose_run
+
+    items = []
+    for r in runs:
+        try:
+            d = diagnose_run(store, r["run"])
+        except RunNotFound:
+            continue
+        found = "; ".join(f"{f.name} ({f.confidence}): {f.evidence}" for f in d.findings) or "healthy"
+        items.append(f"<li>{_e(r['title'])} (run {r['run']}): {_e(found)}</li>")
+    return "<p>The doctor on each refined run:</p><ul class='muted'>" + "".join(items) + "</ul>" if items else ""
+
+
+def write_report(store: Store, study: str, out: str | Path, *, result=None) -> Path:
+    """Write `out/index.html` and its figures for the recipe study `study`; returns the HTML's path.
+
+    `result` (a RecipeResult) adds the run's status and budget; without it the steps are read from the
+    store (`steps_from_store`).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = [s.to_dict() for s in result.steps] if result is not None else steps_from_store(store, study)
+    latest: dict[str, dict] = {}
+    for s in steps:
+        latest[s["key"]] = s   # a resumed step appears once, with its last outcome
+    steps = list(latest.values())
+    warnings: list[str] = []
+    final = next((s for s in steps if s["key"] == "final" and s["status"] == "completed"), None)
+    status = result.status if result is not None else ("completed" if final else "partial")
+    head = [f"<h1>trainlab recipe: {_e(study)}</h1>",
+            f"<p>status <span class='badge {_e(status)}'>{_e(status)}</span>"
+            + (f" &mdash; {_e(result.reason)}" if result is not None and result.reason else "") + "</p>"]
+    if final:
+        ev = final["evidence"]
+        cv = ev.get("cv") or {}
+        head.append(
+            "<div class='box'><p class='big'>test accuracy {:.2%} &middot; validation accuracy {:.2%}{}</p>"
+            "<p>{} &middot; chosen on validation only (mean over folds {}: {:.4f} +- {:.4f}); the test split was "
+            "evaluated once, for this final model. Config: <a href='final.yaml'>final.yaml</a> "
+            "(<code>trainlab train final.yaml</code>).</p></div>".format(
+                ev["test_acc"], ev["val_acc"], f" +- {ev['val_std']:.2%}" if ev.get("ensemble") else "",
+                _e(final["message"].split(":")[0]), _e(", ".join(cv.get("folds", {}).keys())),
+                cv.get("mean", float("nan")), cv.get("std", float("nan"))))
+    if result is not None:
+        used = sum(s.get("seconds") or 0.0 for s in steps)
+        plan_rows = []
+        from .recipe import PHASE_OF_STEP
+
+        for phase, planned in result.plan.items():
+            spent = sum(s.get("seconds") or 0.0 for s in steps if PHASE_OF_STEP.get(s["number"]) == phase)
+            plan_rows.append({"phase": phase, "planned share (s)": round(planned, 1), "spent (s)": round(spent, 1)})
+        head.append(f"<p>budget {result.budget_s:.0f} s; steps took {used:.0f} s in all "
+                    f"(this run: {result.seconds:.0f} s)</p>" + _table(plan_rows, ["phase", "planned share (s)", "spent (s)"]))
+    overview = [{"step": s["number"] if s["number"] <= 7 else "final", "title": s["title"], "verdict": s["verdict"],
+                 "seconds": round(s.get("seconds") or 0.0, 1), "message": s["message"]} for s in steps]
+    head.append("<h2>Steps</h2>" + _table(overview, ["step", "title", "verdict", "seconds", "message"]))
+    body = []
+    for s in steps:
+        label = f"Step {s['number']}" if s["number"] <= 7 else "Final model"
+        rnd = f" (round {s['key'].rsplit('-', 1)[1]})" if "-" in s["key"] else ""
+        v = s["verdict"]
+        body.append(f"<h2 id='{_e(s['key'])}'>{_e(label)}: {_e(s['title'])}{_e(rnd)} "
+                    f"<span class='badge {_e(v)}'>{_e(v)}</span></h2>"
+                    f"<p class='msg'>{_e(s['message'])}</p>")
+        body.append(_section_figures(store, s, out, warnings))
+        if s["key"] == "final" and final:
+            yaml_path = out / "final.yaml"
+            if yaml_path.is_file():
+                body.append(f"<p>final config (<a href='final.yaml'>final.yaml</a>):</p><pre>{_e(yaml_path.read_text())}</pre>")
+            if (s["evidence"] or {}).get("members"):
+                body.append("<p class='muted'>" + ("The final model is an ensemble: one member per validation fold "
+                            "(split_seed), each trained with the chosen config and early-stopped on its own fold; "
+                            "their predicted probabilities are averaged. Its validation accuracy is the members' "
+                            "mean on their own folds." if s["evidence"].get("ensemble") else
+                            "The final model is one run, early-stopped on validation; its best checkpoint is kept.")
+                            + "</p>")
+        body.append(_details(s.get("evidence") or {}))
+    if warnings:
+        body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>")
+    page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>trainlab recipe: {_e(study)}</title><style>{_CSS}</style></head><body>"
+            + "".join(head) + "".join(body) + "</body></html>")
+    path = out / "index.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
