@@ -362,7 +362,7 @@ def check_lr(task: Task | None, hp: Config, store: Store | None = None, *, metho
     elif discrete_lr is not None or method == "discrete":
         suggested = discrete_lr
         rule = ("discrete: the rate whose loss drops most in "
-                f"{steps} steps (>= 10% below the initial loss) without diverging")
+                f"{steps} steps (>= 10% below the initial loss) without diverging or spiking over 2x the initial loss")
     else:
         suggested, rule = sweep_lr, f"sweep (no discrete trial dropped without diverging): {sweep['rule']}"
     parts = []
