@@ -10,7 +10,7 @@
 Timings on a shared 2-core CPU machine are noisy: read the ratios, not the absolute numbers.
 Writes benchmarks/results/distributed[_quick].json and distributed[_quick].png.
 
-    python benchmarks/distributed.py [--quick]
+    python benchmarks/distributed.py [--quick] [--epochs 15] [--skip-throughput]
 """
 
 from __future__ import annotations
@@ -113,6 +113,8 @@ def figure(lb: dict, tp: dict, path: Path) -> None:
     a.legend(fontsize=8)
     a.grid(alpha=0.3)
     labels = list(tp)
+    if not labels:
+        b.set_axis_off()
     b.barh(range(len(labels)), [tp[k]["samples_per_s"] for k in labels])
     b.set_yticks(range(len(labels)), [k.replace(", ", "\n", 1) for k in labels], fontsize=8)
     b.set_xlabel("training samples/s (median)")
@@ -125,15 +127,17 @@ def figure(lb: dict, tp: dict, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="1 seed, 6 epochs, 1 throughput repetition (smoke run)")
+    parser.add_argument("--epochs", type=int, default=15, help="epochs of every large-batch arm (default 15)")
+    parser.add_argument("--skip-throughput", action="store_true", help="only the large-batch arms")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
     seeds = [0] if args.quick else [0, 1, 2]
-    epochs = 6 if args.quick else 15
+    epochs = 6 if args.quick else args.epochs
     print(f"large batch: mnist1d cnn width 32, momentum SGD, a = {LR}, cosine, {epochs} epochs, seeds {seeds}")
     lb = large_batch(epochs, seeds)
     print("throughput: the real command line, 2 epochs each")
-    tp = throughput(epochs=2, reps=1 if args.quick else 2)
+    tp = {} if args.skip_throughput else throughput(epochs=2, reps=1 if args.quick else 2)
 
     print(f"\n{'arm':32} {'test/acc mean':>13} {'sd':>7} {'final val/acc':>13}  statuses")
     for name, arm in lb.items():
@@ -148,7 +152,7 @@ def main() -> int:
     for label, row in tp.items():
         print(f"{label:55} {row['samples_per_s']:10.0f} {row['ratio']:13.2f}")
     RESULTS.mkdir(exist_ok=True)
-    stem = "distributed_quick" if args.quick else "distributed"
+    stem = "distributed" + ("_quick" if args.quick else "") + (f"_e{epochs}" if not args.quick and epochs != 15 else "")
     out = {"quick": args.quick, "lr_a": LR, "epochs": epochs, "seeds": seeds, "large_batch": lb, "throughput": tp,
            "warm_minus_small_points": 100 * (warm - small),
            "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
