@@ -30,6 +30,16 @@ def test_train_json_and_runs_listing(trained, capsys):
     assert out.splitlines()[0].split()[:4] == ["id", "name", "study", "status"] and "mnist1d-mlp" in out
 
 
+def test_runs_kind_filter(trained, capsys):
+    db, _ = trained
+    assert main(["check", "init", "--set", "model=mlp", "--db", db]) == 0
+    capsys.readouterr()
+    assert main(["runs", "--db", db, "--kind", "check", "--json"]) == 0
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["check-init"]
+    assert main(["runs", "--db", db, "--kind", "all", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+
 def test_runs_show(trained, capsys):
     db, _ = trained
     assert main(["runs", "show", "1", "--db", db, "--json"]) == 0

@@ -87,7 +87,8 @@ def cmd_runs(args) -> int:
         return 0
     if args.action is not None:
         raise UsageError(f"runs: unknown action {args.action!r}; use: trainlab runs [show ID]")
-    rows = [_run_row(r) for r in store.runs(study=args.study)]
+    kind = None if args.kind == "all" else args.kind
+    rows = [_run_row(r) for r in store.runs(study=args.study, kind=kind)]
     if args.json:
         print_json(rows)
     elif rows:
@@ -170,6 +171,7 @@ def register(sub) -> None:
     p.add_argument("action", nargs="?", help="show")
     p.add_argument("id", nargs="?", type=int)
     p.add_argument("--study")
+    p.add_argument("--kind", default="train", help="train (default), check, step, or all")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_runs)
 
