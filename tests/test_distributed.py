@@ -321,6 +321,8 @@ def test_nproc_relaunches_the_same_command_under_torchrun(tmp_path, capsys):
     assert "--nproc: must be at least 1, got 0" in capsys.readouterr().err
     assert main(["train", "--nproc", "2", "--set", "lr_scaling=cube", "--db", str(tmp_path / "t.db")]) == 2
     assert "lr_scaling: input should be" in capsys.readouterr().err
+    assert main(["train", "--nproc", "2", "--set", "seeds=3", "--db", str(tmp_path / "t.db")]) == 2
+    assert "--nproc: trains one run data-parallel, not an ensemble of seeds; got seeds=3" in capsys.readouterr().err
     assert not (tmp_path / "t.db").exists(), "bad input writes nothing"
 
 

@@ -64,6 +64,8 @@ def torchrun_train(args) -> int:
     if args.print_config:
         print(hp.to_yaml(), end="")
         return 0
+    if hp.seeds > 1:
+        raise UsageError(f"--nproc: trains one run data-parallel, not an ensemble of seeds; got seeds={hp.seeds}")
     cmd = torchrun_command(args.argv, args.nproc, args.max_restarts or 0)
     if any(t.split("=", 1)[0] not in _OURS and any(o.startswith(t.split("=", 1)[0]) for o in _OURS)
            for t in args.argv if t.startswith("--") and len(t.split("=", 1)[0]) > 2):
