@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $@
 
 run: $(STAMP)
-	$(VENV)/bin/trainlab train
+	$(VENV)/bin/trainlab recipe
 
 system-deps:
 	bash scripts/system-deps.sh

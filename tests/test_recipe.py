@@ -58,7 +58,12 @@ def test_search_sizing_fits_the_share():
     assert size_refine(1000, 1.5, 2)["epochs"] == 20                       # capped at 20
     assert size_refine(63, 1.5, 2) == {"n_lrs": 3, "n_wds": 1, "epochs": 14, "short": False}
     assert size_refine(5, 1.0, 1) == {"n_lrs": 1, "n_wds": 1, "epochs": 2, "short": True}
-    assert size_final(90, 1.5, 2) == {"members": 2, "epochs": 60, "patience": 15}
+    # the start-up of each training counts once per round: 6 rounds x (2 s + E x 1.5 s) <= 75 s -> E = 7 -> 5
+    assert size_coarse(75, 1.5, 2, run_s=2.0)["epochs"] == 5 and size_coarse(75, 1.5, 2, run_s=8.0)["epochs"] == 3
+    assert size_refine(90, 1.5, 2, run_s=3.0) == {"n_lrs": 3, "n_wds": 1, "epochs": 18, "short": False}
+    # the final model keeps 15% of its time in hand: 0.85 x 90 s / 1.5 s = 51 epochs
+    assert size_final(90, 1.5, 2) == {"members": 2, "epochs": 51, "patience": 12}
+    assert size_final(90, 1.5, 2, run_s=6.0)["epochs"] == 47
     assert size_final(90, 1.5, 1)["members"] == 1 and size_final(1, 9.0, 8) == {"members": 3, "epochs": 1,
                                                                                   "patience": 5}
 
@@ -73,6 +78,8 @@ def test_doctor_move_priority():
     assert choose_move([f("overfitting")], {**point, "weight_decay": 0.0}, 32)["changes"] == {"weight_decay": 1e-4}
     assert choose_move([f("overfitting")], {**point, "weight_decay": 1e-2}, 32)["changes"] == {"dropout": 0.1}
     assert choose_move([f("underfitting")], point, 32)["changes"] == {"width": 64}
+    assert choose_move([f("update_ratio_high"), f("train_longer")], point, 32)["move"] == "train longer"
+    assert choose_move([f("update_ratio_high")], point, 32)["changes"] == {"lr": pytest.approx(0.01 / 3)}
     assert choose_move([f("train_longer")], point, 32)["changes"] == {"epochs": 24}
     healthy = choose_move([], point, 32)
     assert healthy["move"] == "add decay" and healthy["changes"] == {} and "cosine" in healthy["reason"]

@@ -116,12 +116,20 @@ def _sha_cost(n: int, epochs: int, workers: int) -> float:
     return cost
 
 
+def _epochs_fitting(seconds: float, rounds: int, epoch_s: float, run_s: float, cap: int) -> int:
+    """Most epochs E with rounds x (run_s + E x epoch_s) <= seconds (cap when epoch_s is 0)."""
+    if epoch_s <= 0:
+        return cap
+    return int(max(0.0, seconds / max(1, rounds) - run_s) // epoch_s)
+
+
 def size_coarse(seconds: float, epoch_s: float, workers: int, n_lrs: int = 4, n_wds: int = 3,
-                max_epochs: int = MAX_COARSE_EPOCHS) -> dict[str, Any]:
+                max_epochs: int = MAX_COARSE_EPOCHS, run_s: float = 0.0) -> dict[str, Any]:
     """How big a coarse grid fits in `seconds`: {"n_lrs", "n_wds", "epochs", "prune"}.
 
-    Plain grid with the most epochs (at most `max_epochs`) that fit; successive halving ("sha") when it
-    reaches more epochs than the plain grid and the plain grid gets fewer than 3; a smaller grid (4x3,
+    Each training costs `run_s` (start-up, measured) plus `epoch_s` per epoch; `workers` train side by
+    side. Plain grid with the most epochs (at most `max_epochs`) that fit; successive halving ("sha") when
+    it reaches more epochs than the plain grid and the plain grid gets fewer than 3; a smaller grid (4x3,
     3x3, 3x2, 2x2, 3x1, 2x1, 1x1) when not even one epoch of every point fits. At least 1 epoch of 1 point.
 
     >>> size_coarse(75, 1.5, 2)
@@ -131,11 +139,11 @@ def size_coarse(seconds: float, epoch_s: float, workers: int, n_lrs: int = 4, n_
     shapes = [(a, b) for a, b in shapes if a <= n_lrs and b <= n_wds] or [(1, 1)]
     for a, b in shapes:
         n = a * b
-        plain = int(seconds // (_rounds(n, workers) * epoch_s)) if epoch_s > 0 else max_epochs
+        plain = _epochs_fitting(seconds, _rounds(n, workers), epoch_s, run_s, max_epochs)
         if plain >= 1:
             plain = min(plain, max_epochs)
-            sha = max([e for e in range(1, max_epochs + 1) if _sha_cost(n, e, workers) * epoch_s <= seconds],
-                      default=0)
+            sha = max([e for e in range(1, max_epochs + 1)
+                       if _rounds(n, workers) * run_s + _sha_cost(n, e, workers) * epoch_s <= seconds], default=0)
             if plain < 3 and n >= 6 and sha > plain:
                 return {"n_lrs": a, "n_wds": b, "epochs": sha, "prune": "sha"}
             return {"n_lrs": a, "n_wds": b, "epochs": plain, "prune": "none"}
@@ -144,7 +152,7 @@ def size_coarse(seconds: float, epoch_s: float, workers: int, n_lrs: int = 4, n_
 
 def size_refine(seconds: float, epoch_s: float, workers: int, n_lrs: int = 3, n_wds: int = 2,
                 folds: int = len(FOLDS), min_epochs: int = MIN_REFINE_EPOCHS,
-                max_epochs: int = MAX_REFINE_EPOCHS) -> dict[str, Any]:
+                max_epochs: int = MAX_REFINE_EPOCHS, run_s: float = 0.0) -> dict[str, Any]:
     """How big a refine grid fits: {"n_lrs", "n_wds", "epochs", "short"}; every point runs on `folds` folds.
 
     The grid shrinks (3x2, 3x1, 1x1) until `min_epochs` fit; at 1x1 the epochs go below it (at least 2,
@@ -156,23 +164,28 @@ def size_refine(seconds: float, epoch_s: float, workers: int, n_lrs: int = 3, n_
     shapes = [(3, 2), (3, 1), (1, 1)]
     shapes = [(a, b) for a, b in shapes if a <= n_lrs and b <= n_wds] or [(1, 1)]
     for a, b in shapes:
-        e = int(seconds // (_rounds(a * b * folds, workers) * epoch_s)) if epoch_s > 0 else max_epochs
+        e = _epochs_fitting(seconds, _rounds(a * b * folds, workers), epoch_s, run_s, max_epochs)
         if e >= min_epochs:
             return {"n_lrs": a, "n_wds": b, "epochs": min(e, max_epochs), "short": False}
     a, b = shapes[-1]
-    e = int(seconds // (_rounds(a * b * folds, workers) * epoch_s)) if epoch_s > 0 else 2
+    e = _epochs_fitting(seconds, _rounds(a * b * folds, workers), epoch_s, run_s, 2)
     return {"n_lrs": a, "n_wds": b, "epochs": max(2, min(e, max_epochs)), "short": True}
 
 
-def size_final(seconds: float, epoch_s: float, workers: int, max_epochs: int = MAX_FINAL_EPOCHS) -> dict[str, int]:
+FINAL_SAFETY = 0.85   # the final model is sized to 85% of its time: a cosine cut by the deadline never decays
+
+
+def size_final(seconds: float, epoch_s: float, workers: int, max_epochs: int = MAX_FINAL_EPOCHS,
+               run_s: float = 0.0, safety: float = FINAL_SAFETY) -> dict[str, int]:
     """The final model: {"members", "epochs", "patience"}. One member per worker (at most MAX_MEMBERS),
-    trained side by side, each for as many epochs as fit; patience a quarter of them (at least 5).
+    trained side by side, each for as many epochs as fit in `safety` x `seconds` (the deadline still
+    stops it, but then its learning rate never decayed); patience a quarter of them (at least 5).
 
     >>> size_final(90, 1.5, 2)
-    {'members': 2, 'epochs': 60, 'patience': 15}
+    {'members': 2, 'epochs': 51, 'patience': 12}
     """
     members = max(1, min(workers, MAX_MEMBERS))
-    epochs = int(seconds // epoch_s) if epoch_s > 0 else max_epochs
+    epochs = _epochs_fitting(safety * seconds, 1, epoch_s, run_s, max_epochs)
     epochs = max(1, min(epochs, max_epochs))
     return {"members": members, "epochs": epochs, "patience": max(5, epochs // 4)}
 
@@ -186,9 +199,10 @@ def choose_move(findings: Sequence[dict], point: dict[str, Any], default_width: 
     """The next move from the doctor's findings on the chosen refine runs.
 
     `findings`: Finding dicts (name, diagnosis, evidence, action, confidence, ...). Priority: a
-    divergence or too-large updates (lower the rate by 3), a rate too low (raise it by 3), overfitting
-    (weight decay x10, from 1e-4 when 0), underfitting (twice the width), still learning (twice the
-    epochs), else healthy: add decay, which the final model does. Returns {"move", "reason",
+    divergence (lower the rate by 3), a rate too low (raise it by 3), overfitting (weight decay x10, from
+    1e-4 when 0; then dropout +0.1), underfitting (twice the width), still learning (twice the epochs),
+    update/weight ratios out of band (rate down or up by 3), else healthy: add decay, which the final
+    model does. Returns {"move", "reason",
     "changes": {field: new value}}; "changes" is empty for "add decay".
 
     >>> choose_move([{"name": "overfitting", "evidence": "gap 9 points"}], {"weight_decay": 0.0}, 32)["changes"]
@@ -200,9 +214,8 @@ def choose_move(findings: Sequence[dict], point: dict[str, Any], default_width: 
         f = names[name]
         return f"{name} ({f.get('confidence', '?')}): {f.get('evidence', '')}"
 
-    if "diverged" in names or "update_ratio_high" in names:
-        key = "diverged" if "diverged" in names else "update_ratio_high"
-        return {"move": "lower lr", "reason": why(key), "changes": {"lr": point["lr"] / 3}}
+    if "diverged" in names:
+        return {"move": "lower lr", "reason": why("diverged"), "changes": {"lr": point["lr"] / 3}}
     if "lr_too_low" in names:
         return {"move": "raise lr", "reason": why("lr_too_low"), "changes": {"lr": point["lr"] * 3}}
     if "overfitting" in names:
@@ -221,6 +234,12 @@ def choose_move(findings: Sequence[dict], point: dict[str, Any], default_width: 
     if "train_longer" in names:
         return {"move": "train longer", "reason": why("train_longer"),
                 "changes": {"epochs": int(point.get("epochs") or 10) * 2}}
+    # The update/weight-ratio warnings come last: they are judged on medians over the run, and with Adam
+    # and BatchNorm ratios near 1e-2 are common in healthy runs; a curve finding says more.
+    if "update_ratio_high" in names:
+        return {"move": "lower lr", "reason": why("update_ratio_high"), "changes": {"lr": point["lr"] / 3}}
+    if "update_ratio_low" in names:
+        return {"move": "raise lr", "reason": why("update_ratio_low"), "changes": {"lr": point["lr"] * 3}}
     found = ", ".join(sorted(names)) or "none"
     return {"move": "add decay", "reason": f"no finding that step 5 can act on (findings: {found}); "
             "the final model adds the decay (cosine)", "changes": {}}
@@ -385,7 +404,7 @@ class _Recipe:
         if phase == "checks":
             return 0.0
         trainings = len(FOLDS) if phase == "refine" else 1
-        return self.overhead() + 2 * _rounds(trainings, self.workers) * self.epoch_seconds()
+        return self.overhead() + _rounds(trainings, self.workers) * (self.run_seconds() + 2 * self.epoch_seconds())
 
     def left(self, phase: str) -> float:
         return max(0.0, self.deadline(phase) - time.time())
@@ -455,24 +474,43 @@ class _Recipe:
     # ---- timings
     def epoch_seconds(self) -> float:
         """Seconds per epoch of one training in a search worker: measured on the last search's runs when
-        there is one, else estimated from the LR test's seconds per step (x1.5 for a worker's one thread)."""
+        there is one, else estimated from the LR test's seconds per step (x1.3 with several workers)."""
         for s in reversed(self.steps):
             measured = s.evidence.get("epoch_s")
             if measured:
                 return float(measured)
         step_s = self.evidence("lr").get("step_s") or self.evidence("overfit").get("step_s") or 0.01
-        factor = 1.5 if self.workers > 1 else 1.0
+        factor = 1.3 if self.workers > 1 else 1.0   # processes side by side share memory bandwidth
         return float(step_s) * self.spe * 1.15 * factor
 
+    def run_seconds(self) -> float:
+        """Start-up seconds of one training in a search (task, model, first validation), as last measured."""
+        for s in reversed(self.steps):
+            if "run_s" in s.evidence:
+                return float(s.evidence["run_s"])
+        return 0.0
+
     def _measure(self, runs: Sequence[dict], search_seconds: float, n_workers: int) -> dict[str, float]:
-        """Seconds per epoch (run seconds / epochs, median) and per-search overhead, from a search's runs."""
-        per = [r["summary"]["seconds"] / r["epochs"] for r in runs
-               if r.get("epochs") and (r.get("summary") or {}).get("seconds")]
-        if not per:
+        """From a search's runs: seconds per epoch (fit's epoch_time_s of full epochs, +10% for the
+        validation after each), start-up seconds per training (the rest of a run's time), and the search's
+        own overhead (its wall time beyond the trainings' time per worker: process start-up, Optuna)."""
+        per_epoch, fixed, busy = [], [], 0.0
+        for r in runs:
+            secs, epochs = (r.get("summary") or {}).get("seconds"), r.get("epochs")
+            if not secs or not epochs:
+                continue
+            busy += secs
+            times = self.store.metrics(r["id"], ["epoch_time_s"]).get("epoch_time_s", {}).get("value", [])
+            if r["status"] != "completed":
+                times = times[:-1]   # the last epoch of a run stopped early is partial
+            if times:
+                epoch_s = 1.1 * statistics.fmean(times)
+                per_epoch.append(epoch_s)
+                fixed.append(max(0.0, secs - epoch_s * epochs))
+        if not per_epoch:
             return {}
-        epoch_s = statistics.median(per)
-        busy = sum(r["summary"]["seconds"] for r in runs if (r.get("summary") or {}).get("seconds")) / max(1, n_workers)
-        return {"epoch_s": epoch_s, "overhead_s": max(0.0, search_seconds - busy)}
+        return {"epoch_s": statistics.median(per_epoch), "run_s": statistics.median(fixed),
+                "overhead_s": max(0.0, search_seconds - busy / max(1, n_workers))}
 
     def overhead(self) -> float:
         for s in reversed(self.steps):
@@ -572,7 +610,7 @@ class _Recipe:
         if plan is None:
             center = float(self.evidence("lr").get("suggested_lr") or self.hp.lr)
             seconds = ctx["seconds"] - self.overhead()
-            size = size_coarse(seconds, self.epoch_seconds(), self.workers)
+            size = size_coarse(seconds, self.epoch_seconds(), self.workers, run_s=self.run_seconds())
             exponents = {4: COARSE_LR_EXPONENTS, 3: (0.5, 0.0, -0.5), 2: (0.0, -0.5), 1: (0.0,)}[size["n_lrs"]]
             lrs = _log_grid(center, exponents)
             wds = list(COARSE_WEIGHT_DECAYS[:size["n_wds"]])
@@ -608,7 +646,7 @@ class _Recipe:
                 ranked = self.evidence("coarse")["ranked"]
                 best = ranked[0]
                 other = next((r for r in ranked[1:] if r["weight_decay"] != best["weight_decay"]), None)
-                size = size_refine(seconds, epoch_s, self.workers)
+                size = size_refine(seconds, epoch_s, self.workers, run_s=self.run_seconds())
                 lrs = _log_grid(best["lr"], REFINE_LR_EXPONENTS if size["n_lrs"] == 3 else (0.0,))
                 wds = [best["weight_decay"]] + ([other["weight_decay"]] if other and size["n_wds"] == 2 else [])
                 point = {k_: getattr(self.hp, k_) for k_ in ("width", "dropout")}
@@ -617,7 +655,7 @@ class _Recipe:
                 point = {**incumbent["point"], **move["changes"]}
                 lrs, wds = [point["lr"]], [point["weight_decay"]]
                 epochs = int(point.get("epochs") or incumbent["point"]["epochs"])
-                fit_e = int(seconds // (_rounds(len(FOLDS), self.workers) * epoch_s)) if epoch_s else epochs
+                fit_e = _epochs_fitting(seconds, _rounds(len(FOLDS), self.workers), epoch_s, self.run_seconds(), epochs)
                 short = fit_e < epochs
                 epochs = max(2, min(epochs, fit_e))
             plan = {"lrs": lrs, "wds": wds, "epochs": epochs, "short": short, "round": k,
@@ -697,8 +735,8 @@ class _Recipe:
         incumbent = ev5["incumbent"]
         epoch_s = self.epoch_seconds()
         nxt_epochs = int(ev6["changes"].get("epochs") or incumbent["point"]["epochs"])
-        cost = _rounds(len(FOLDS), self.workers) * max(2, min(nxt_epochs, MIN_REFINE_EPOCHS)) * epoch_s \
-            + self.overhead()
+        cost = _rounds(len(FOLDS), self.workers) * (self.run_seconds() + max(2, min(nxt_epochs, MIN_REFINE_EPOCHS))
+                                                    * epoch_s) + self.overhead()
         left = self.left("refine")
         ev = {"round": k, "incumbent": incumbent, "move": ev6["move"], "time_left_s": left,
               "next_round_cost_s": cost, "improved": ev5.get("improved")}
@@ -732,7 +770,7 @@ class _Recipe:
         plan = ctx["plan"]
         if plan is None:
             seconds = ctx["seconds"] - self.overhead()
-            size = size_final(seconds, self.epoch_seconds(), self.workers)
+            size = size_final(seconds, self.epoch_seconds(), self.workers, run_s=self.run_seconds())
             plan = {**size, "study": f"{self.study}/final", "trainings": size["members"], "prune": "none",
                     "point": incumbent["point"], "folds": list(range(size["members"]))}
             self.save_plan(ctx, plan)
@@ -757,10 +795,14 @@ class _Recipe:
         self.out.mkdir(parents=True, exist_ok=True)
         header = (f"# trainlab recipe, study {self.study}: the final config (train it with: trainlab train {yaml_path.name})\n"
                   f"# chosen on validation: mean val/acc {incumbent['mean']:.4f} +- {incumbent['std']:.4f} over folds "
-                  f"{', '.join(incumbent['folds'])} (constant lr, {incumbent['point']['epochs']} epochs); "
+                  f"{', '.join(sorted(incumbent['folds']))} (constant lr, {incumbent['point']['epochs']} epochs); "
                   f"final model val/acc {val_mean:.4f}, test/acc {ens.ensemble_acc:.4f}\n")
         yaml_path.write_text(header + hp_final.to_yaml())
         kind = f"ensemble of {len(usable)} (one per validation fold)" if len(usable) > 1 else "one model"
+        cut = [m for m in usable if m["status"] == "stopped"]
+        if cut:
+            kind += (f" (cut at the budget after {min(m['epochs'] for m in cut)} of {plan['epochs']} epochs: "
+                     "the decay did not finish)")
         msg = (f"{kind}: val/acc {val_mean:.4f}" + (f" +- {val_std:.4f}" if len(usable) > 1 else "")
                + f", test/acc {ens.ensemble_acc:.4f}; lr {plan['point']['lr']:.3g}, weight decay "
                f"{plan['point']['weight_decay']:g}, cosine over {plan['epochs']} epochs, patience {plan['patience']}")

@@ -352,7 +352,7 @@ def write_report(store: Store, study: str, out: str | Path, *, result=None) -> P
             "evaluated once, for this final model. Config: <a href='final.yaml'>final.yaml</a> "
             "(<code>trainlab train final.yaml</code>).</p></div>".format(
                 ev["test_acc"], ev["val_acc"], f" +- {ev['val_std']:.2%}" if ev.get("ensemble") else "",
-                _e(final["message"].split(":")[0]), _e(", ".join(cv.get("folds", {}).keys())),
+                _e(final["message"].split(": val/acc")[0]), _e(", ".join(sorted(cv.get("folds", {})))),
                 cv.get("mean", float("nan")), cv.get("std", float("nan"))))
     if result is not None:
         used = sum(s.get("seconds") or 0.0 for s in steps)
