@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from pg import pg_url  # noqa: F401  (fixture: a fresh PostgreSQL database)
 from trainlab.cli import main
 from trainlab.config import Config
 from trainlab.dashboard import create_app
@@ -131,20 +132,20 @@ def test_runs_without_a_study_are_reachable(client, trained):
 
 
 def _doctor_names(store, run):
-    """What trainlab's own doctor says about a run, straight from its full curves."""
-    from trainlab.curves import diagnose
+    """What trainlab's own doctor (`trainlab diagnose`) says about a run."""
+    from trainlab.doctor import diagnose_run
 
-    found = [f.name for f in diagnose(store.metrics(run["id"]), num_classes=run["summary"].get("num_classes"))]
+    found = [f.name for f in diagnose_run(store, run["id"]).findings]
     status = ["diverged"] if run["status"] == "diverged" else []
     return status + [n for n in found if n not in status]
 
 
 def test_study_badges_are_the_doctors_findings(client, trained):
     """The study page answers at once and diagnoses in the background; asked again, it has every finding."""
-    from trainlab.dashboard.findings import find_diagnose
+    import importlib.util
 
-    if find_diagnose() is None:
-        pytest.skip("this tree has no learning-curve doctor yet (trainlab.curves.diagnose, issue 3)")
+    if importlib.util.find_spec("trainlab.doctor") is None:
+        pytest.skip("this tree has no learning-curve doctor yet (trainlab.doctor, issue 3)")
     key = _study_key(client, "sweep")
     deadline = time.monotonic() + 60
     while True:
@@ -173,7 +174,7 @@ def test_doctor_absent_or_broken(trained):
     assert not none.available
     assert none.findings(healthy) == [] and [f["name"] for f in none.findings(diverged)] == ["diverged"]
 
-    def broken(curves, num_classes=None):
+    def broken(store, run):
         raise RuntimeError("rule exploded")
 
     found = Doctor(store, diagnose=broken).findings(healthy, wait=True)
@@ -181,8 +182,8 @@ def test_doctor_absent_or_broken(trained):
                       "evidence": "", "action": "", "source": "doctor"}]
     calls = []
 
-    def counting(curves, num_classes=None):
-        calls.append(sorted(curves))
+    def counting(store, run):
+        calls.append(run["id"])
         return []
 
     doctor = Doctor(store, diagnose=counting)
@@ -194,7 +195,15 @@ def test_doctor_absent_or_broken(trained):
             break
         time.sleep(0.05)
     assert len(calls) == 2 and doctor.findings({**healthy, "updated": "later"}) == []
-    assert calls[0] == ["lr", "train/acc", "train/loss", "train/loss_eval", "val/acc", "val/loss"]
+    assert calls == [healthy["id"]] * 2
+
+
+def test_the_dashboard_starts_without_torch(trained):
+    """The doctor imports torch (through trainlab.monitor); the dashboard imports it only when diagnosing."""
+    code = ("import sys; from trainlab.dashboard import create_app; "
+            f"create_app({str(trained['path'])!r}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_run_page_api(client, trained):
@@ -278,6 +287,27 @@ def test_store_metric_buckets(tmp_path):
         store.metric_buckets([a], ["loss"], 0)
     with pytest.raises(ValueError, match=r"^run_ids: expected an integer, got 'x'$"):
         store.metric_buckets(["x"], ["loss"], 2)
+
+
+def test_many_runs_are_read_in_parallel_parts_alike(tmp_path):
+    """A cold study of many runs is read in parts on threads; the answer is the one-query answer."""
+    from trainlab.dashboard.app import _SeriesCache, _study_series
+
+    store = Store(tmp_path / "many.db")
+    rng = np.random.default_rng(1)
+    for r in range(60):
+        run = store.create_run(name=f"r{r}", hparams={"lr": float(r)}, study="many")
+        steps = int(rng.integers(20, 400))
+        store.log_metrics(run, [(s, 1, "train/loss", float(v)) for s, v in enumerate(rng.random(steps))]
+                          + [(steps - 1, 1, "val/acc", 0.5)])
+    runs = store.runs(study="many")
+    cache = _SeriesCache(open_read_only(tmp_path / "many.db"))
+    assert cache.threads >= 1
+    cache.threads = 2  # as on any machine with 2 cores or more
+    parallel = cache.get(runs, ("train/loss", "val/acc"), 40, _study_series)
+    serial = store.metric_buckets([r["id"] for r in runs], ("train/loss", "val/acc"), 40)
+    assert parallel == {r["id"]: _study_series(serial[r["id"]]) for r in runs}
+    assert _SeriesCache(Store("sqlite://")).threads == 1  # one in-memory connection is never shared
 
 
 @pytest.mark.parametrize("url, status, message", [
@@ -408,6 +438,51 @@ def test_the_store_is_opened_read_only(trained, tmp_path):
     with pytest.raises(ValueError, match=r"^db: no store at .*nope\.db"):
         create_app(missing)
     assert not missing.exists()  # a dashboard never creates a store
+
+
+def test_postgresql_store_reads_alike(trained, pg_url):
+    """The same real runs copied into PostgreSQL: the same answers, and the dashboard's connection cannot write."""
+    sqlite = Store(trained["path"])
+    pg = Store(pg_url)
+    ids = {}
+    for run in sqlite.runs(kind=None):
+        new = pg.create_run(name=run["name"], hparams=run["hparams"], seed=run["seed"], study=run["study"])
+        m = sqlite.metrics(run["id"])
+        pg.log_metrics(new, [(s, e, k, v) for k, series in m.items()
+                             for s, e, v in zip(series["step"], series["epoch"], series["value"])])
+        pg.finish_run(new, run["status"], run["reason"], best_metric=run["best_metric"], best_epoch=run["best_epoch"],
+                      epochs=run["epochs"], summary=run["summary"], checkpoint=run["checkpoint"])
+        ids[run["id"]] = new
+    pg.close()
+    answers = []
+    for db in (trained["path"], pg_url):
+        with TestClient(create_app(db, [HOST])) as client:
+            key = _study_key(client, "sweep")
+            study = _ok(client, f"/api/studies/{key}?points=40")
+            metrics = _ok(client, f"/api/runs/{study['runs'][0]['id']}/metrics?points=30")
+            assert client.get("/api/runs/987654").status_code == 404
+            assert [s["name"] for s in _ok(client, "/api/studies")["studies"]] == ["sweep", "(no study)"]
+            answers.append((study, metrics))
+    (s_study, s_metrics), (p_study, p_metrics) = answers
+    assert [ids[r["id"]] for r in s_study["runs"]] == [r["id"] for r in p_study["runs"]]
+    for a, b in zip(s_study["runs"], p_study["runs"]):
+        assert (a["name"], a["status"], a["hparams"], [x["name"] for x in a["badges"]][:1]) == \
+               (b["name"], b["status"], b["hparams"], [x["name"] for x in b["badges"]][:1])
+        for series in ("loss", "val"):
+            if a[series] is None:
+                assert b[series] is None
+                continue
+            assert a[series]["x"] == b[series]["x"] and a[series]["n"] == b[series]["n"]
+            for field in set(a[series]) - {"x", "n", "nan", "width"}:
+                assert b[series][field] == pytest.approx(a[series][field], rel=1e-4), (series, field)
+    assert set(s_metrics["series"]) == set(p_metrics["series"])
+    for key, series in s_metrics["series"].items():
+        assert p_metrics["series"][key]["x"] == series["x"]
+        assert p_metrics["series"][key]["hi"] == pytest.approx(series["hi"], rel=1e-9)
+    reader = open_read_only(pg_url)
+    with pytest.raises(Exception, match="read-only transaction"):
+        reader.create_run(name="x", hparams={})
+    assert len(reader.runs(kind=None)) == 4
 
 
 # --------------------------------------------------------------------------------- the process
@@ -623,3 +698,61 @@ def test_the_page_in_chromium(trained, server, tmp_path):
         for name in ("study.png", "run.png"):
             shutil.copy(tmp_path / name, Path(shots) / name)
     assert (tmp_path / "study.png").stat().st_size > 10_000
+
+
+def test_runs_in_progress_update_without_a_reload(trained, tmp_path):
+    """A run written while its study page and its run page are open shows its new state by polling alone."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (scripts/system-deps.sh installs Debian's chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    from trainlab.dashboard import Server, bind
+
+    path = tmp_path / "live.db"
+    shutil.copy(trained["path"], path)
+    writer = Store(path)  # a writer beside the dashboard, as a training is
+    run = writer.create_run(name="in-progress", hparams={"lr": 0.1}, study="live")
+    writer.log_metrics(run, [(s, 1, "train/loss", 2.3 - s / 100) for s in range(50)])
+    server = Server(create_app(path, allowed_hosts("127.0.0.1"), poll_s=0.5), bind("127.0.0.1", 0)).start()
+    base = f"http://127.0.0.1:{server.port}/"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(base + "#/")
+            page.wait_for_selector("body[data-ready=studies]")
+            page.click("#studies a:text-is('live')")
+            page.wait_for_selector("body[data-ready=study]")
+            card = page.locator(f'.card[data-run="{run}"]')
+            expect(card.locator(".pill")).to_have_text("running")
+            expect(page.locator("#live")).to_contain_text("live: runs in progress")
+            page.evaluate("() => { window.stillHere = true; }")  # gone if the page reloaded
+
+            writer.log_metrics(run, [(s, 2, "train/loss", 1.8 - s / 1000) for s in range(50, 100)]
+                               + [(99, 2, "val/acc", 0.61)])
+            writer.finish_run(run, "completed", best_metric=0.61, best_epoch=2, epochs=2)
+            expect(card.locator(".pill")).to_have_text("completed", timeout=20_000)
+            expect(card.locator(".card-sub")).to_contain_text("best 0.61")
+            expect(page.locator(f'#runs-table tr[data-run="{run}"]')).to_contain_text("0.61")
+            expect(page.locator("#live")).to_have_text("", timeout=20_000)  # polling stops when all are done
+            assert page.evaluate("() => window.stillHere") is True
+
+            # the run page of a running run follows it too
+            second = writer.create_run(name="second", hparams={"lr": 0.2}, study="live")
+            writer.log_metrics(second, [(s, 1, "train/loss", 2.0) for s in range(10)])
+            page.goto(base + f"#/run/{second}")
+            page.wait_for_selector("body[data-ready=run]")
+            expect(page.locator("h1 .pill")).to_have_text("running")
+            page.evaluate("() => { window.stillHere = true; }")
+            writer.log_metrics(second, [(9, 1, "val/acc", 0.3)])
+            writer.finish_run(second, "diverged", reason="loss became NaN at step 10 (lr 0.2)")
+            expect(page.locator("h1 .badge")).to_have_text("diverged", timeout=20_000)
+            expect(page.locator(".findings")).to_contain_text("loss became NaN at step 10")
+            assert page.evaluate("() => window.stillHere") is True
+            browser.close()
+        assert errors == []
+    finally:
+        server.stop()
+        writer.close()

@@ -25,16 +25,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _checkpoint_error() -> type:
+    """train's CheckpointError, without importing torch for commands that never train (dashboard, runs)."""
+    checkpoint = sys.modules.get(f"{__package__.rpartition('.')[0]}.train.checkpoint")
+    return checkpoint.CheckpointError if checkpoint is not None else UsageError  # not imported: not raised
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..config import ConfigError
     from ..store import RunNotFound
-    from ..train import CheckpointError
 
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed (train --nproc relaunches it)
     try:
         return args.fn(args)
-    except (ConfigError, CheckpointError, UsageError, RunNotFound) as err:
+    except (ConfigError, _checkpoint_error(), UsageError, RunNotFound) as err:  # evaluated only on an error
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"trainlab: error: {msg}", file=sys.stderr)
         return 2

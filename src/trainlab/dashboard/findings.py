@@ -2,9 +2,11 @@
 
 A finding is a dict {"name", "severity" ("error" | "warning" | "info"), "message", "evidence",
 "action", "source" ("status" | "doctor")}. A run's final status gives the first (diverged, failed,
-pruned, stopped, with the stored reason as evidence); the learning-curve doctor (`diagnose` in
-`trainlab.curves`, or `trainlab.doctor` should it move there) adds its own. The dashboard never
-diagnoses by itself.
+pruned, stopped, with the stored reason as evidence); the learning-curve doctor adds its own:
+`trainlab.doctor.diagnose_run` (the curve rules plus the update/weight-ratio warnings, what
+`trainlab diagnose` prints), else `trainlab.curves.diagnose` on the run's curves. The dashboard never
+diagnoses by itself. The doctor module imports torch (through `monitor`), so it is imported on
+first use, in the background, not when the dashboard starts.
 
 The doctor reads a run's full curves, which for 200 runs of 5,000 steps is seconds of reading, so
 the study page does not wait for it: `Doctor.get(run)` answers from a cache kept per run while the
@@ -15,12 +17,14 @@ None ("pending"); the page asks again shortly. The run page waits (`wait=True`):
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-__all__ = ["Doctor", "status_findings", "find_diagnose", "DOCTOR_KEYS"]
+__all__ = ["Doctor", "status_findings", "find_doctor", "DOCTOR_KEYS"]
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +51,27 @@ def status_findings(run: dict) -> list[dict[str, Any]]:
              "evidence": reason, "action": "", "source": "status"}]
 
 
-def find_diagnose() -> Callable | None:
-    """The learning-curve doctor's `diagnose(curves, num_classes=None)`, if this trainlab has one."""
-    for module in ("trainlab.doctor", "trainlab.curves"):
-        try:
-            fn = getattr(importlib.import_module(module), "diagnose", None)
-        except ImportError:
-            continue
-        if callable(fn):
-            return fn
-    return None
+def find_doctor() -> Callable[[Any, dict], list] | None:
+    """This trainlab's doctor as `fn(store, run) -> findings`, or None when it has none. Imports it."""
+    try:
+        diagnose_run = importlib.import_module("trainlab.doctor").diagnose_run
+        return lambda store, run: diagnose_run(store, run["id"]).findings
+    except (ImportError, AttributeError):
+        pass
+    try:
+        diagnose = importlib.import_module("trainlab.curves").diagnose
+    except (ImportError, AttributeError):
+        return None
+    return lambda store, run: diagnose(store.metrics(run["id"], list(DOCTOR_KEYS)),
+                                       num_classes=(run.get("summary") or {}).get("num_classes"))
+
+
+def _has_doctor() -> bool:
+    """Whether find_doctor() will find one, without importing it (and torch)."""
+    if importlib.util.find_spec("trainlab.doctor") is not None:
+        return True
+    curves = importlib.import_module("trainlab.curves")  # numpy only
+    return callable(getattr(curves, "diagnose", None))
 
 
 def _as_finding(item: Any) -> dict[str, Any]:
@@ -73,13 +88,14 @@ def _as_finding(item: Any) -> dict[str, Any]:
 class Doctor:
     """The doctor's findings per run, cached while the run's `updated` time is unchanged.
 
-    ``diagnose``: the doctor function (default: `find_diagnose()`; None when there is none, and
-    then every run has no doctor findings).
+    ``diagnose``: ``fn(store, run) -> findings`` (default: `find_doctor()`, looked up on first use;
+    None: no doctor, and no run has doctor findings).
     """
 
     def __init__(self, store: Any, diagnose: Callable | None | str = "find", max_entries: int = 10_000):
         self.store = store
-        self.diagnose = find_diagnose() if diagnose == "find" else diagnose
+        self._diagnose = diagnose if diagnose != "find" else None if not _has_doctor() else "find"
+        self._find_lock = threading.Lock()
         self.max_entries = max_entries
         self._done: OrderedDict[int, tuple[str, list]] = OrderedDict()
         self._queue: OrderedDict[int, dict] = OrderedDict()
@@ -88,40 +104,54 @@ class Doctor:
 
     @property
     def available(self) -> bool:
-        return self.diagnose is not None
+        return self._diagnose is not None
 
-    def findings(self, run: dict, *, wait: bool = False) -> list[dict[str, Any]] | None:
+    @property
+    def diagnose(self) -> Callable | None:
+        with self._find_lock:  # one import, by whichever thread needs it first
+            if self._diagnose == "find":
+                self._diagnose = find_doctor()
+        return self._diagnose
+
+    def findings(self, run: dict, *, wait: bool = False, queue: bool = True) -> list[dict[str, Any]] | None:
         """Status findings plus the doctor's; None while the doctor's are pending (only without ``wait``)."""
-        found = self.get(run, wait=wait)
+        found = self.get(run, wait=wait, queue=queue)
         if found is None:
             return None
         status = status_findings(run)
         names = {f["name"] for f in status}
         return status + [f for f in found if f["name"] not in names]  # the loop's own reason wins
 
-    def get(self, run: dict, *, wait: bool = False) -> list[dict[str, Any]] | None:
-        """The doctor's findings for ``run`` (a store row); None when queued and not ``wait``."""
-        if self.diagnose is None:
+    def get(self, run: dict, *, wait: bool = False, queue: bool = True) -> list[dict[str, Any]] | None:
+        """The doctor's findings for ``run`` (a store row); None when not known yet and not ``wait``
+        (then queued for the background, unless ``queue`` is False: call `queue()` later)."""
+        if not self.available:
             return []
         with self._cond:
             hit = self._done.get(run["id"])
             if hit is not None and hit[0] == run["updated"]:
                 self._done.move_to_end(run["id"])
                 return hit[1]
-            if not wait:
+        if wait:
+            return self._compute(run)
+        if queue:
+            self.queue([run])
+        return None
+
+    def queue(self, runs: list[dict]) -> None:
+        """Diagnose these runs in the background thread (started if idle)."""
+        if not runs or not self.available:
+            return
+        with self._cond:
+            for run in runs:
                 self._queue[run["id"]] = run
-                if self._worker is None:
-                    self._worker = threading.Thread(target=self._work, name="trainlab-doctor", daemon=True)
-                    self._worker.start()
-                self._cond.notify()
-                return None
-        return self._compute(run)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="trainlab-doctor", daemon=True)
+                self._worker.start()
 
     def _compute(self, run: dict) -> list[dict[str, Any]]:
         try:
-            curves = self.store.metrics(run["id"], list(DOCTOR_KEYS))
-            found = [_as_finding(f) for f in self.diagnose(curves, num_classes=(run.get("summary") or {}).get("num_classes"))
-                     or []]
+            found = [_as_finding(f) for f in self.diagnose(self.store, run) or []]
         except Exception as err:  # a doctor bug (or a run deleted meanwhile) must not take a page down
             log.warning("doctor failed on run %s: %s", run["id"], err)
             found = [{"name": "doctor failed", "severity": "info", "message": f"{type(err).__name__}: {err}",
@@ -133,11 +163,17 @@ class Doctor:
         return found
 
     def _work(self) -> None:
-        """Diagnose queued runs until the queue is empty; the thread then ends (a new one starts on demand)."""
+        """Diagnose queued runs until the queue is empty; the thread then ends (a new one starts on demand).
+
+        It rests as long as it worked after each run: background work at most half the time, so the
+        pages it shares the process (and the GIL) with stay quick while 200 runs are diagnosed.
+        """
         while True:
             with self._cond:
                 if not self._queue:
                     self._worker = None
                     return
                 _, run = self._queue.popitem(last=False)
+            started = time.perf_counter()
             self._compute(run)
+            time.sleep(min(1.0, time.perf_counter() - started))

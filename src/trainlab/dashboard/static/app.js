@@ -375,8 +375,8 @@
     if (gen !== generation) return;
     window.tlFirstScreenMs = performance.now();
     performance.mark("tl:study-first-screen");
-    for (let i = 0; i < rest.length; i += 24) {
-      rest.slice(i, i + 24).forEach(draw);
+    for (let i = 0; i < rest.length; i += 50) {
+      rest.slice(i, i + 50).forEach(draw);
       await new Promise(res => requestAnimationFrame(res));
       if (gen !== generation) return;
     }
