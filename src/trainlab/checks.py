@@ -32,6 +32,7 @@ from torch.utils.data import Subset, TensorDataset
 from .config import Config, apply_overrides
 from .curves import (AGREE_DECADES, FLAT_DROP, analyze_lr_sweep, init_loss_verdict, json_safe, loss_trend,
                      lr_trial_summary, lrs_agree, pick_discrete_lr)
+from .curves import LECTURE_LRS, LR_TEST_WEIGHT_DECAY, SWEEP_RANGE, SWEEP_STEPS, TRIAL_STEPS
 from .schedules import exponential_ramp
 from .store import Store
 from .tasks import Task, load_task
@@ -40,12 +41,6 @@ from .train.evaluate import dataset_tensors
 from .train.loop import epoch_order
 
 __all__ = ["CheckResult", "LRTestResult", "check_init", "check_overfit", "check_lr", "LECTURE_LRS"]
-
-LECTURE_LRS = (1e-1, 1e-2, 1e-3, 1e-4)   # the lecture's discrete trial
-LR_TEST_WEIGHT_DECAY = 1e-4              # "a small weight decay" during the LR test
-SWEEP_RANGE = (1e-6, 10.0)               # the exponential sweep's first and last learning rate (7 decades)
-SWEEP_STEPS = 200
-TRIAL_STEPS = 100
 
 
 @dataclass

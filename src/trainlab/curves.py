@@ -456,6 +456,12 @@ def diagnose(curves: Mapping[str, Any], num_classes: int | None = None) -> list[
 
 
 # --- the learning-rate range test ------------------------------------------------------------------
+# The LR range test's settings (used by checks.py and the command line, which must not import torch).
+LECTURE_LRS = (1e-1, 1e-2, 1e-3, 1e-4)   # the lecture's discrete trial
+LR_TEST_WEIGHT_DECAY = 1e-4              # "a small weight decay" during the LR test
+SWEEP_RANGE = (1e-6, 10.0)               # the exponential sweep's first and last learning rate (7 decades)
+SWEEP_STEPS = 200
+TRIAL_STEPS = 100
 SIGNIFICANT_DROP = 0.10   # a trial's loss "drops significantly": its end is >= 10% below the initial loss
 TRIAL_SPIKE = 2.0         # a trial whose smoothed loss ever exceeded 2x the initial loss is unstable, even if it came back
 SWEEP_BETA = 0.95         # EMA of the sweep's loss (fastai's 0.98 lags so much on 200 steps that on mnist1d mlp
