@@ -10,10 +10,11 @@ for validation), tested on the generator's 1000 test examples. Several subsets (
 In every cell all strategies share the hyperparameters (Adam, lr 3e-3, cosine; epochs per size; the best
 epoch by val/loss) and the features computed once; the advisor sees only the target's train+val data.
 
-    python benchmarks/transfer.py [--quick]
+    python benchmarks/transfer.py [--quick | --holdout]
 
-Writes benchmarks/results/transfer.json (transfer_quick.json with --quick) and, for the full run,
-benchmarks/results/transfer.png. One torch thread (two OpenMP threads on a busy 2-core machine spin
+Writes benchmarks/results/transfer.json (transfer_quick.json with --quick, transfer_holdout.json with
+--holdout: 150 and 1500 examples, a fresh subset, cells the advisor was not tuned on) and, for the full
+run, benchmarks/results/transfer.png. One torch thread (two OpenMP threads on a busy 2-core machine spin
 against each other).
 """
 
@@ -44,6 +45,8 @@ SOURCE = {"model": "resnet", "width": 16, "epochs": 5}
 SIZES = {50: ((0, 1, 2), 30, 32), 500: ((0, 1), 12, 32), 4000: ((0,), 4, 64)}
 QUICK_SOURCE = {"model": "resnet", "width": 8, "epochs": 2}
 QUICK_SIZES = {50: ((0,), 10, 32), 500: ((0,), 3, 32)}
+# sizes and a subset seed the advisor's thresholds and EVIDENCE were not set on: an out-of-sample check
+HOLDOUT_SIZES = {150: ((3,), 20, 32), 1500: ((3,), 6, 64)}
 
 
 def _example():
@@ -83,8 +86,8 @@ def run_cell(source, example, n: int, different: bool, seeds, epochs: int, batch
                 probes.append(r.probes)
         advice.append({"seed": seed, "strategy": a.strategy, "size": a.size, "similarity": a.similarity,
                        "lecture_strategy": a.lecture_strategy, "top_score": a.top_score, "input_score": a.input_score,
-                       "stage_scores": a.stage_scores, "peak_stage": a.peak_stage, "seconds": advise_s,
-                       "reasons": a.reasons})
+                       "gain": a.gain, "stage_scores": a.stage_scores, "peak_stage": a.peak_stage,
+                       "seconds": advise_s, "reasons": a.reasons})
     means = {s: statistics.fmean(v) for s, v in test.items()}
     best = max(means, key=means.get)
     picks = [a["strategy"] for a in advice]
@@ -106,13 +109,15 @@ def run_cell(source, example, n: int, different: bool, seeds, epochs: int, batch
 
 
 def print_table(cells: list[dict], strategies: list[str]) -> None:
-    head = f"{'target':20}" + "".join(f"{s:>11}" for s in strategies) + "   best        advisor (gap)     lecture (gap)"
+    head = (f"{'target':20}{'gain':>6}" + "".join(f"{s:>11}" for s in strategies)
+            + "   best        advisor (gap)     lecture (gap)")
     print(head)
     print("-" * len(head))
     for c in cells:
         accs = {s: c["strategies"][s]["test_acc"]["mean"] for s in strategies}
         name = f"{c['similarity']}-{c['n_train']} (x{len(c['seeds'])})"
-        line = f"{name:20}" + "".join(f"{100 * accs[s]:11.1f}" for s in strategies)
+        gain = statistics.fmean(a["gain"] for a in c["advisor"]["per_seed"])
+        line = f"{name:20}{gain:6.2f}" + "".join(f"{100 * accs[s]:11.1f}" for s in strategies)
         adv, lec = c["advisor"], c["lecture"]
         flag = "  <- table wrong here" if lec["gap_points"] > 1.0 else ""
         print(f"{line}   {c['best']:11} {adv['pick']:11} {adv['gap_points']:4.1f}   {lec['strategy']:11} "
@@ -147,9 +152,10 @@ def plot(cells: list[dict], strategies: list[str], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0].plot([], [], "v", color="black", label="advisor's pick")
     axes[0].plot([], [], "s", color="white", markeredgecolor="black", label="lecture's table")
-    axes[0].legend(fontsize=7, ncol=2, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle("Transfer from a resnet trained on mnist1d: test accuracy per strategy (mean, sd over subsets)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -157,10 +163,14 @@ def plot(cells: list[dict], strategies: list[str], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: smaller source, two sizes, one subset")
+    parser.add_argument("--holdout", action="store_true", help="150 and 1500 examples, subsets not used to tune")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.quick and args.holdout:
+        parser.error("--quick and --holdout: choose one")
     torch.set_num_threads(args.threads)
-    source_cfg, sizes = (QUICK_SOURCE, QUICK_SIZES) if args.quick else (SOURCE, SIZES)
+    source_cfg, sizes = (QUICK_SOURCE, QUICK_SIZES) if args.quick else (SOURCE, HOLDOUT_SIZES if args.holdout else SIZES)
+    mode = "quick" if args.quick else "holdout" if args.holdout else "full"
     example = _example()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lecture's table more than 1 point below the best in: {', '.join(wrong) or 'no cell'}")
     print(f"total {total:.0f}s")
     out = {
-        "benchmark": "transfer", "quick": args.quick, "command": "python benchmarks/transfer.py"
-        + (" --quick" if args.quick else ""),
+        "benchmark": "transfer", "mode": mode, "command": "python benchmarks/transfer.py"
+        + {"full": "", "quick": " --quick", "holdout": " --holdout"}[mode],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "threads": args.threads, "python": sys.version.split()[0]},
         "source": {**source_cfg, "test_acc": result.test["acc"], "train_examples": len(load_task(hp).train)},
@@ -201,10 +211,10 @@ def main(argv: list[str] | None = None) -> int:
                     "lecture_wrong": wrong, "seconds": total},
     }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("transfer_quick.json" if args.quick else "transfer.json")
+    path = RESULTS / {"full": "transfer.json", "quick": "transfer_quick.json", "holdout": "transfer_holdout.json"}[mode]
     path.write_text(json.dumps(out, indent=1))
     print(f"wrote {path}")
-    if not args.quick:
+    if mode == "full":
         plot(cells, strategies, RESULTS / "transfer.png")
         print(f"wrote {RESULTS / 'transfer.png'}")
     return 0

@@ -448,3 +448,23 @@ def test_cli_advise_run_and_compare_store_their_runs(src, capsys):
     assert main(["transfer", "run", *common]) == 2
     assert "give --strategy" in capsys.readouterr().err
     assert len(src.store.runs()) == before + 3
+
+
+def test_cli_weights_file_source_records_its_architecture(src, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    save_file(src.source.model.state_dict(), str(tmp_path / "source.safetensors"))
+    db = tmp_path / "runs.db"
+    rc = main(["transfer", "run", "--source", str(tmp_path / "source.safetensors"), "--arch", "resnet", "--set",
+               "width=8", "--set", "epochs=1", "--target", f"{EXAMPLE}:build_shuffled", "--strategy", "linear",
+               "--json", "--db", str(db), "--runs-dir", str(tmp_path / "runs")])
+    assert rc == 0
+    row = json.loads(capsys.readouterr().out)
+    store = Store(db)
+    run = store.run(row["run"])
+    assert run["study"] == "transfer-source-mnist1d-different-200" and run["hparams"]["model"] == "resnet"
+    again = load_source(row["run"], store=store)  # the run rebuilds from its hyperparameters and best.pt
+    for key, value in again.model.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(value, src.source.model.state_dict()[key]), key
+    store.close()

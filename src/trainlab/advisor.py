@@ -51,6 +51,7 @@ EVIDENCE = {  # where benchmarks/transfer.py found the table wrong on mnist1d, w
     ("plenty", "similar"): ("full", "with as many examples per class as a source is trained on, fine-tuning every "
                             "stage (discriminative learning rates) beat fine-tuning a few"),
 }
+EVIDENCE[("plenty", "different")] = EVIDENCE[("a lot", "different")]
 
 
 def ridge_cv_accuracy(x: torch.Tensor, y: torch.Tensor, num_classes: int, folds: int = 5, seed: int = 0,

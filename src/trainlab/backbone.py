@@ -100,7 +100,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConfigError(f"weights: no such file {str(path)!r}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ConfigError(f"weights: {str(path)!r} is safetensors, which needs the safetensors package "
+                              "(pip install safetensors)") from None
 
         try:
             return load_file(str(path))

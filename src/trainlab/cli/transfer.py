@@ -35,6 +35,7 @@ def _setup(args):
         hp = load_config(None, {"task": args.target, **overrides})
         task = load_task(hp)
         source = load_source(args.source, arch=args.arch, hp=hp, input_shape=tuple(task.train[0][0].shape))
+        hp = source.hp  # with model=ARCH for a built-in architecture, so the runs record it
         store = open_store(args)
     return store, source, prepare_target(task, hp), hp
 
