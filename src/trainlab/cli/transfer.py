@@ -72,7 +72,9 @@ def cmd_transfer(args) -> int:
         if args.json:
             print_json(advice.to_dict() | ({"result": result.row()} if result else {}))
             return 0
-        print(f"target {task.name}: {advice.size} data, {advice.similarity} to {source.name} -> {advice.strategy}")
+        size = "very little data" if advice.size == "little" else "quite a lot of data"
+        similarity = "similar to" if advice.similarity == "similar" else "very different from"
+        print(f"target {task.name}: {size}, {similarity} {source.name} -> {advice.strategy}")
         for reason in advice.reasons:
             print(f"  - {reason}")
         if result:
