@@ -254,3 +254,25 @@ def test_report_renders_in_chromium(resumed):
                     "Step 4: coarse grid", "Step 5: refine", "Step 6: doctor", "Step 7: loop", "Final model: final model"):
         assert heading in text
     assert "test accuracy" in text and "validation accuracy" in text and "split_seed" in text
+
+
+# --- the deadline: a fit() callback, and run_search(deadline=...) ------------------------------------------
+
+def test_deadline_stops_fit_and_search(tmp_path):
+    from trainlab import fit, load_task
+    from trainlab.search import run_search
+    from trainlab.train.deadline import BUDGET_REACHED, Deadline
+
+    hp = load_config(None, ["task=digits", "model=mlp", "width=8", "epochs=50", "monitor_every=0"])
+    cb = Deadline(time.time())
+    r = fit(load_task(hp), hp, callbacks=[cb], quiet=True, evaluate_test=False)
+    assert cb.fired and r.status == "stopped" and r.reason == BUDGET_REACHED and r.steps == 1
+    assert r.best_metric is not None                     # the partial epoch is still validated
+    cb = Deadline(time.time() + 3600)
+    r = fit(load_task(hp), load_config(None, ["task=digits", "model=mlp", "width=8", "epochs=1"]), callbacks=[cb],
+            quiet=True, evaluate_test=False)
+    assert not cb.fired and r.status == "completed"
+    # a search whose deadline has passed starts no trial
+    res = run_search(hp, {"lr": "grid(0.01, 0.001)"}, strategy="grid", db=tmp_path / "s.db", study="late",
+                     quiet=True, checkpoints=False, deadline=time.time() - 1)
+    assert res.leaderboard == [] and not res.complete

@@ -176,16 +176,17 @@ FINAL_SAFETY = 0.85   # the final model is sized to 85% of its time: a cosine cu
 
 
 def size_final(seconds: float, epoch_s: float, workers: int, max_epochs: int = MAX_FINAL_EPOCHS,
-               run_s: float = 0.0, safety: float = FINAL_SAFETY) -> dict[str, int]:
-    """The final model: {"members", "epochs", "patience"}. One member per worker (at most MAX_MEMBERS),
-    trained side by side, each for as many epochs as fit in `safety` x `seconds` (the deadline still
-    stops it, but then its learning rate never decayed); patience a quarter of them (at least 5).
+               run_s: float = 0.0, safety: float = FINAL_SAFETY, members: int | None = None) -> dict[str, int]:
+    """The final model: {"members", "epochs", "patience"}. `members` (default: one per worker, at most
+    MAX_MEMBERS) trained `workers` at a time, each for as many epochs as fit in `safety` x `seconds` (the
+    deadline still stops it, but then its learning rate never decayed); patience a quarter of the
+    epochs (at least 5).
 
     >>> size_final(90, 1.5, 2)
     {'members': 2, 'epochs': 51, 'patience': 12}
     """
-    members = max(1, min(workers, MAX_MEMBERS))
-    epochs = _epochs_fitting(safety * seconds, 1, epoch_s, run_s, max_epochs)
+    members = max(1, min(workers, MAX_MEMBERS)) if members is None else members
+    epochs = _epochs_fitting(safety * seconds, _rounds(members, workers), epoch_s, run_s, max_epochs)
     epochs = max(1, min(epochs, max_epochs))
     return {"members": members, "epochs": epochs, "patience": max(5, epochs // 4)}
 
@@ -316,6 +317,15 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _acc(x: Any) -> str:
+    """An accuracy for a message; 'n/a' for a missing one (NaN, or None once read back from JSON)."""
+    return f"{x:.4f}" if _finite(x) is not None else "n/a"
+
+
 def _log_grid(center: float, exponents: Sequence[float]) -> list[float]:
     return [float(f"{center * 10 ** e:.3g}") for e in exponents]
 
@@ -364,10 +374,12 @@ class _Progress:
 
 class _Recipe:
     def __init__(self, hp: Config, task, store: Store, db_url: str, study: str, out: Path, budget_s: float,
-                 workers: int, force: bool, quiet: bool, runs_dir: str, spent_before: float):
+                 workers: int, force: bool, quiet: bool, runs_dir: str, spent_before: float,
+                 warmup_s: float = 0.0):
         self.hp, self.task, self.store, self.db_url, self.study = hp, task, store, db_url, study
         self.out, self.budget_s, self.workers, self.force, self.quiet = out, budget_s, workers, force, quiet
         self.runs_dir = runs_dir
+        self.warmup_s = warmup_s
         self.reserve_s = min(20.0, max(2.0, 0.04 * budget_s))  # kept back for writing the report
         self.started = time.time()
         self.end = self.started - spent_before + budget_s - self.reserve_s
@@ -512,11 +524,31 @@ class _Recipe:
         return {"epoch_s": statistics.median(per_epoch), "run_s": statistics.median(fixed),
                 "overhead_s": max(0.0, search_seconds - busy / max(1, n_workers))}
 
-    def overhead(self) -> float:
+    def overhead(self, parallel: bool | None = None) -> float:
+        """A search's own seconds (worker processes starting, Optuna) with worker processes (`parallel`) or
+        in this process: as last measured that way; before that, guessed (workers: from this process's
+        warm-up, which a worker pays again along with importing torch)."""
+        parallel = self.workers > 1 if parallel is None else parallel
         for s in reversed(self.steps):
-            if "overhead_s" in s.evidence:
-                return min(float(s.evidence["overhead_s"]), 30.0)
-        return 4.0 if self.workers > 1 else 1.0
+            if "overhead_s" in s.evidence and (s.evidence.get("workers", 1) > 1) == parallel:
+                return min(float(s.evidence["overhead_s"]), 60.0)
+        if not parallel:
+            return 1.0
+        return 2.0 + 3.0 * self.warmup_s if self.warmup_s > 0.2 else 5.0
+
+    def sized(self, seconds: float, sizer: Callable[..., dict], count: Callable[[dict], int]) -> tuple[dict, int]:
+        """(size, workers) of a search: sized for the worker processes when starting them pays off (their
+        start-up is less than the training time they save), else for this process alone (small models:
+        a worker's start-up can take longer than the whole search)."""
+        epoch_s, run_s = self.epoch_seconds(), self.run_seconds()
+        if self.workers > 1:
+            size = sizer(seconds - self.overhead(True), epoch_s, self.workers, run_s)
+            n = count(size)
+            w = min(self.workers, n)
+            train_s = n * (run_s + size["epochs"] * epoch_s)
+            if w > 1 and self.overhead(True) < train_s * (1 - 1 / w):
+                return size, w
+        return sizer(seconds - self.overhead(False), epoch_s, 1, run_s), 1
 
     # ---- steps 1-3: the checks
     def init_step(self, ctx: dict) -> StepResult:
@@ -600,7 +632,7 @@ class _Recipe:
                 workers: int | None = None):
         from .search import run_search
 
-        workers = workers or self.workers
+        workers = workers or plan.get("workers") or self.workers
         return run_search(base, space, strategy="grid", workers=min(workers, plan.get("trainings", workers)),
                           study=study, db=self.db_url, prune=plan.get("prune", "none"), epochs=plan["epochs"],
                           runs_dir=self.runs_dir, checkpoints=checkpoints, quiet=True, deadline=deadline)
@@ -609,13 +641,13 @@ class _Recipe:
         plan = ctx["plan"]
         if plan is None:
             center = float(self.evidence("lr").get("suggested_lr") or self.hp.lr)
-            seconds = ctx["seconds"] - self.overhead()
-            size = size_coarse(seconds, self.epoch_seconds(), self.workers, run_s=self.run_seconds())
+            size, workers = self.sized(ctx["seconds"], lambda s, e, w, r: size_coarse(s, e, w, run_s=r),
+                                       lambda z: z["n_lrs"] * z["n_wds"])
             exponents = {4: COARSE_LR_EXPONENTS, 3: (0.5, 0.0, -0.5), 2: (0.0, -0.5), 1: (0.0,)}[size["n_lrs"]]
             lrs = _log_grid(center, exponents)
             wds = list(COARSE_WEIGHT_DECAYS[:size["n_wds"]])
             plan = {"lrs": lrs, "wds": wds, "epochs": size["epochs"], "prune": size["prune"], "center": center,
-                    "study": f"{self.study}/coarse", "trainings": len(lrs) * len(wds),
+                    "study": f"{self.study}/coarse", "trainings": len(lrs) * len(wds), "workers": workers,
                     "epoch_s_estimate": self.epoch_seconds()}
             self.save_plan(ctx, plan)
         base = self._search_base(split_seed=FOLDS[0])
@@ -624,10 +656,16 @@ class _Recipe:
         rows = [{"lr": r["params"].get("lr"), "weight_decay": r["params"].get("weight_decay"), "value": r["value"],
                  "status": r["status"], "epochs": r["epochs"], "run": r["run"]} for r in res.leaderboard]
         runs = [self.store.run(r["run"]) for r in rows if r["run"] is not None]
-        measured = self._measure(runs, res.seconds, min(self.workers, plan["trainings"]))
+        measured = self._measure(runs, res.seconds, plan.get("workers", 1))
         ranked = _rank_rows(rows)
-        if not ranked:
-            raise _StopRecipe("coarse grid: no run finished an epoch (the budget is too small for this model)")
+        if not ranked:  # the budget ran out while the workers started: go on from step 3's rate
+            best = {"lr": plan["center"], "weight_decay": COARSE_WEIGHT_DECAYS[0], "value": None, "status": "not run",
+                    "epochs": 0, "run": None}
+            msg = (f"no grid point finished within the budget ({res.seconds:.0f} s, {len(rows)} started): going on "
+                   f"with step 3's rate {plan['center']:.3g} and weight decay {best['weight_decay']:g}")
+            ev = {**plan, "rows": rows, "ranked": [best], "best": best, "search_seconds": res.seconds,
+                  "counts": res.counts, **measured}
+            return StepResult("coarse", 4, STEP_TITLES[4], "done", msg, ev)
         best = ranked[0]
         msg = (f"best lr {best['lr']:.3g}, weight decay {best['weight_decay']:g}: val/acc {best['value']:.4f} after "
                f"{best['epochs']} epochs ({len(plan['lrs'])} rates x {len(plan['wds'])} weight decays, "
@@ -639,14 +677,13 @@ class _Recipe:
     # ---- steps 5-7: refine, doctor, loop
     def refine_step(self, ctx: dict, k: int, incumbent: dict | None, move: dict | None) -> StepResult:
         plan = ctx["plan"]
-        epoch_s = self.epoch_seconds()
         if plan is None:
-            seconds = ctx["seconds"] - self.overhead()
             if k == 1:
                 ranked = self.evidence("coarse")["ranked"]
                 best = ranked[0]
                 other = next((r for r in ranked[1:] if r["weight_decay"] != best["weight_decay"]), None)
-                size = size_refine(seconds, epoch_s, self.workers, run_s=self.run_seconds())
+                size, workers = self.sized(ctx["seconds"], lambda s, e, w, r: size_refine(s, e, w, run_s=r),
+                                           lambda z: z["n_lrs"] * z["n_wds"] * len(FOLDS))
                 lrs = _log_grid(best["lr"], REFINE_LR_EXPONENTS if size["n_lrs"] == 3 else (0.0,))
                 wds = [best["weight_decay"]] + ([other["weight_decay"]] if other and size["n_wds"] == 2 else [])
                 point = {k_: getattr(self.hp, k_) for k_ in ("width", "dropout")}
@@ -654,21 +691,25 @@ class _Recipe:
             else:
                 point = {**incumbent["point"], **move["changes"]}
                 lrs, wds = [point["lr"]], [point["weight_decay"]]
-                epochs = int(point.get("epochs") or incumbent["point"]["epochs"])
-                fit_e = _epochs_fitting(seconds, _rounds(len(FOLDS), self.workers), epoch_s, self.run_seconds(), epochs)
-                short = fit_e < epochs
-                epochs = max(2, min(epochs, fit_e))
+                want = int(point.get("epochs") or incumbent["point"]["epochs"])
+
+                def one_point(s, e, w, r):
+                    return {"epochs": _epochs_fitting(s, _rounds(len(FOLDS), w), e, r, want)}
+
+                size, workers = self.sized(ctx["seconds"], one_point, lambda z: len(FOLDS))
+                short = size["epochs"] < want
+                epochs = max(2, min(want, size["epochs"]))
             plan = {"lrs": lrs, "wds": wds, "epochs": epochs, "short": short, "round": k,
                     "width": point.get("width"), "dropout": point.get("dropout") or 0.0,
                     "study": f"{self.study}/refine-{k}", "trainings": len(lrs) * len(wds) * len(FOLDS),
-                    "move": move["move"] if move else None}
+                    "workers": workers, "move": move["move"] if move else None}
             self.save_plan(ctx, plan)
         base = self._search_base(width=plan["width"], dropout=plan["dropout"])
         space = {"lr": _grid_text(plan["lrs"]), "weight_decay": _grid_text(plan["wds"]),
                  "split_seed": _grid_text(list(FOLDS))}
         res = self._search(base, space, plan, plan["study"], self.deadline("refine"), checkpoints=False)
         runs = [self.store.run(r["run"]) for r in res.leaderboard if r["run"] is not None]
-        measured = self._measure(runs, res.seconds, min(self.workers, plan["trainings"]))
+        measured = self._measure(runs, res.seconds, plan.get("workers", 1))
         cands: dict[tuple, dict] = {}
         for r in res.leaderboard:
             key = (r["params"]["lr"], r["params"]["weight_decay"])
@@ -682,13 +723,22 @@ class _Recipe:
             c["complete"] = all(s == "completed" for s in c["status"].values()) and len(c["folds"]) == len(FOLDS)
         ranked = sorted((c for c in cands.values() if math.isfinite(c["mean"])),
                         key=lambda c: (not c["complete"], -c["mean"]))
-        if not ranked:
-            raise _StopRecipe(f"refine round {k}: no run finished an epoch (the budget is too small)")
+        if not ranked:  # the budget ran out while the workers started
+            if incumbent is None:
+                c = self.evidence("coarse")["best"]
+                incumbent = {"point": {"lr": c["lr"], "weight_decay": c["weight_decay"], "width": plan["width"],
+                                       "dropout": plan["dropout"], "epochs": plan["epochs"]},
+                             "folds": {}, "runs": {}, "status": {}, "mean": math.nan, "std": math.nan, "complete": False}
+            msg = (f"no run finished within the budget ({res.seconds:.0f} s): keeping lr "
+                   f"{incumbent['point']['lr']:.3g}, weight decay {incumbent['point']['weight_decay']:g}")
+            ev = {**plan, "candidates": [], "best": incumbent, "incumbent": incumbent, "improved": False if k > 1 else None,
+                  "search_seconds": res.seconds, **measured}
+            return StepResult(f"refine-{k}", 5, STEP_TITLES[5], "done", msg, ev)
         best = ranked[0]
         new_incumbent = best
         improved = None
         if incumbent is not None:
-            improved = best["mean"] > incumbent["mean"]
+            improved = _finite(incumbent["mean"]) is None or best["mean"] > incumbent["mean"]
             if not improved:
                 new_incumbent = incumbent
         folds = ", ".join(f"{v:.4f}" for v in best["folds"].values() if v is not None)
@@ -699,8 +749,8 @@ class _Recipe:
                f"{len(cands)} configs x {len(FOLDS)} folds, {plan['epochs']} epochs, constant lr"
                + (" (shortened to fit the budget)" if plan.get("short") else ""))
         if improved is not None:
-            msg += (f"; improves on {incumbent['mean']:.4f}" if improved else
-                    f"; no better than {incumbent['mean']:.4f}, keeping that")
+            msg += (f"; improves on {_acc(incumbent['mean'])}" if improved else
+                    f"; no better than {_acc(incumbent['mean'])}, keeping that")
         ev = {**plan, "candidates": ranked, "best": best, "incumbent": new_incumbent, "improved": improved,
               "search_seconds": res.seconds, **measured}
         return StepResult(f"refine-{k}", 5, STEP_TITLES[5], "done", msg, ev)
@@ -753,7 +803,7 @@ class _Recipe:
         ev["continue"] = go
         msg = (f"back to step 5: {why}" if go else why) + \
             f"; chosen so far: lr {incumbent['point']['lr']:.3g}, weight decay {incumbent['point']['weight_decay']:g}, " \
-            f"mean val/acc {incumbent['mean']:.4f}"
+            f"mean val/acc {_acc(incumbent['mean'])}"
         return StepResult(f"loop-{k}", 7, STEP_TITLES[7], "continue" if go else "stop", msg, ev)
 
     # ---- the final model
@@ -769,9 +819,11 @@ class _Recipe:
 
         plan = ctx["plan"]
         if plan is None:
-            seconds = ctx["seconds"] - self.overhead()
-            size = size_final(seconds, self.epoch_seconds(), self.workers, run_s=self.run_seconds())
+            members = max(1, min(self.workers, MAX_MEMBERS))
+            size, workers = self.sized(ctx["seconds"], lambda s, e, w, r: size_final(s, e, w, run_s=r, members=members),
+                                       lambda z: z["members"])
             plan = {**size, "study": f"{self.study}/final", "trainings": size["members"], "prune": "none",
+                    "workers": workers,
                     "point": incumbent["point"], "folds": list(range(size["members"]))}
             self.save_plan(ctx, plan)
         base = self.final_config(plan["point"], plan["epochs"], plan["patience"])
@@ -794,7 +846,7 @@ class _Recipe:
         yaml_path = self.out / "final.yaml"
         self.out.mkdir(parents=True, exist_ok=True)
         header = (f"# trainlab recipe, study {self.study}: the final config (train it with: trainlab train {yaml_path.name})\n"
-                  f"# chosen on validation: mean val/acc {incumbent['mean']:.4f} +- {incumbent['std']:.4f} over folds "
+                  f"# chosen on validation: mean val/acc {_acc(incumbent['mean'])} +- {_acc(incumbent['std'])} over folds "
                   f"{', '.join(sorted(incumbent['folds']))} (constant lr, {incumbent['point']['epochs']} epochs); "
                   f"final model val/acc {val_mean:.4f}, test/acc {ens.ensemble_acc:.4f}\n")
         yaml_path.write_text(header + hp_final.to_yaml())
@@ -845,12 +897,15 @@ def _rank_rows(rows: list[dict]) -> list[dict]:
     return sorted(ok, key=lambda r: (r["status"] != "completed", -r["value"]))
 
 
-def _warm_up() -> None:
+def _warm_up() -> float:
     """Pay torch's one-time import costs now (the first optimizer imports torch._dynamo: ~1 s on an idle
-    machine, 15 s and more on a loaded one), so they do not distort the first step's timing."""
+    machine, 15 s and more on a loaded one), so they do not distort the first step's timing. Returns the
+    seconds it took: what a search worker process will pay again when it starts."""
     import torch
 
+    t0 = time.time()
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    return time.time() - t0
 
 
 def _jsonable(obj: Any) -> Any:
@@ -905,7 +960,7 @@ def run_recipe(hp: Config, *, budget_minutes: float = 5.0, workers: int | None =
     store = Store(db_url)
     out = Path(out)
     budget_s = 60.0 * budget_minutes
-    _warm_up()
+    warmup_s = _warm_up()
     started = time.time()
     base = study_name(hp)
     attempts = _attempts(store, base)
@@ -917,7 +972,7 @@ def run_recipe(hp: Config, *, budget_minutes: float = 5.0, workers: int | None =
         _check_same_config(store, study, hp)
     spent = sum((r.get("summary") or {}).get("seconds", 0.0) for r in store.runs(study=study, kind="step")
                 if r["status"] == "completed")
-    recipe = _Recipe(hp, task, store, db_url, study, out, budget_s, workers, force, quiet, runs_dir, spent)
+    recipe = _Recipe(hp, task, store, db_url, study, out, budget_s, workers, force, quiet, runs_dir, spent, warmup_s)
     plan = plan_budget(budget_s)
     resumed = sum(1 for r in recipe.done.values() if r["status"] == "completed")
     recipe.say(f"trainlab recipe: {task.name}/{hp.model}, budget {budget_minutes:g} min, {workers} worker"

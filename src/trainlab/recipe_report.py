@@ -193,6 +193,10 @@ img{max-width:100%;border:1px solid #eee;margin:6px 0}pre{background:#f5f5f5;pad
 """
 
 
+def _acc(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
+
+
 def _e(x: Any) -> str:
     return html.escape(str(x))
 
@@ -348,12 +352,12 @@ def write_report(store: Store, study: str, out: str | Path, *, result=None) -> P
         cv = ev.get("cv") or {}
         head.append(
             "<div class='box'><p class='big'>test accuracy {:.2%} &middot; validation accuracy {:.2%}{}</p>"
-            "<p>{} &middot; chosen on validation only (mean over folds {}: {:.4f} +- {:.4f}); the test split was "
+            "<p>{} &middot; chosen on validation only (mean over folds {}: {} +- {}); the test split was "
             "evaluated once, for this final model. Config: <a href='final.yaml'>final.yaml</a> "
             "(<code>trainlab train final.yaml</code>).</p></div>".format(
                 ev["test_acc"], ev["val_acc"], f" +- {ev['val_std']:.2%}" if ev.get("ensemble") else "",
                 _e(final["message"].split(": val/acc")[0]), _e(", ".join(sorted(cv.get("folds", {})))),
-                cv.get("mean", float("nan")), cv.get("std", float("nan"))))
+                _acc(cv.get("mean")), _acc(cv.get("std"))))
     if result is not None:
         used = sum(s.get("seconds") or 0.0 for s in steps)
         plan_rows = []
