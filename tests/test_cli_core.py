@@ -86,3 +86,13 @@ def test_bad_db_url_is_one_line(tmp_path, capsys):
     assert main(["runs", "--db", "foo://nowhere"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("trainlab: error: db: cannot open") and "\n" not in err
+
+
+def test_threads_option(capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(["--threads", "0", "runs"]) == 2
+    assert "--threads: must be >= 1, got 0" in capsys.readouterr().err
+    import torch
+
+    assert main(["--threads", "1", "schedule", "constant", "--steps", "3", "--json"]) == 0
+    assert torch.get_num_threads() == 1 and __import__("os").environ["OMP_NUM_THREADS"] == "1"

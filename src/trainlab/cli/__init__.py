@@ -7,6 +7,7 @@ field and the value; a diverged run exits 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import core, dashboard, diagnostics, ensemble, recipe, search, transfer
@@ -19,6 +20,9 @@ COMMAND_MODULES = [core, search, dashboard, ensemble, diagnostics, transfer, rec
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainlab", description="Train neural networks the careful way.")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads per process (default: $OMP_NUM_THREADS, else 1: the built-in "
+                             "models are small, and a second thread mostly waits on a busy core)")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         module.register(sub)
@@ -31,6 +35,18 @@ def _checkpoint_error() -> type:
     return checkpoint.CheckpointError if checkpoint is not None else UsageError  # not imported: not raised
 
 
+def _set_threads(threads: int | None) -> None:
+    """Torch reads OMP_NUM_THREADS when imported; set it before (worker processes inherit it), and set the
+    running torch too when something imported it already."""
+    if threads is None:
+        threads = int(os.environ.get("OMP_NUM_THREADS") or 1)
+    if threads < 1:
+        raise UsageError(f"--threads: must be >= 1, got {threads}")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..config import ConfigError
     from ..store import RunNotFound
@@ -38,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed (train --nproc relaunches it)
     try:
+        _set_threads(args.threads)
         return args.fn(args)
     except (ConfigError, _checkpoint_error(), UsageError, RunNotFound) as err:  # evaluated only on an error
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
