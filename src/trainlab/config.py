@@ -62,7 +62,7 @@ class Config(BaseModel):
     weight_decay: float = Field(0.0, ge=0.0)
     # how long
     batch_size: int = Field(32, ge=1, description="examples per forward/backward on one device (the per-device batch); global batch = batch_size x processes x accum_steps")
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(20, ge=1)
     steps: int | None = Field(None, ge=1, description="stop after this many optimizer updates (overrides epochs)")
     # data parallel and large batches (torchrun / trainlab train --nproc K; Goyal et al. 2017)
     accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer update (gradient accumulation); schedules count updates")
