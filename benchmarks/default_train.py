@@ -26,7 +26,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one seed, 3 epochs (smoke run)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: trainlab's CLI default)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     seeds = [0] if args.quick else list(range(args.seeds))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
