@@ -57,6 +57,9 @@ def test_search_sizing_fits_the_share():
     assert size_refine(90, 1.5, 2) == {"n_lrs": 3, "n_wds": 2, "epochs": 10, "short": False}
     assert size_refine(1000, 1.5, 2)["epochs"] == 20                       # capped at 20
     assert size_refine(63, 1.5, 2) == {"n_lrs": 3, "n_wds": 1, "epochs": 14, "short": False}
+    assert size_refine(40, 1.5, 2) == {"n_lrs": 2, "n_wds": 1, "epochs": 13, "short": False}
+    # no grid gets 10 epochs: the largest that gets 5 (a choice to make) beats one point trained longer
+    assert size_refine(24, 1.5, 2) == {"n_lrs": 3, "n_wds": 1, "epochs": 5, "short": True}
     assert size_refine(5, 1.0, 1) == {"n_lrs": 1, "n_wds": 1, "epochs": 2, "short": True}
     # the start-up of each training counts once per round: 6 rounds x (2 s + E x 1.5 s) <= 75 s -> E = 7 -> 5
     assert size_coarse(75, 1.5, 2, run_s=2.0)["epochs"] == 5 and size_coarse(75, 1.5, 2, run_s=8.0)["epochs"] == 3

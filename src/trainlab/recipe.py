@@ -155,20 +155,22 @@ def size_refine(seconds: float, epoch_s: float, workers: int, n_lrs: int = 3, n_
                 max_epochs: int = MAX_REFINE_EPOCHS, run_s: float = 0.0) -> dict[str, Any]:
     """How big a refine grid fits: {"n_lrs", "n_wds", "epochs", "short"}; every point runs on `folds` folds.
 
-    The grid shrinks (3x2, 3x1, 1x1) until `min_epochs` fit; at 1x1 the epochs go below it (at least 2,
-    "short": True) rather than dropping the second fold, which the choice needs.
+    The largest grid (3x2, 3x1, 2x1, 1x1) whose points get `min_epochs`; when none does, the largest that
+    gets half of them ("short": True), so that there is still a choice to make; else 1x1 with what fits
+    (at least 2 epochs), never dropping the second fold, which the choice needs.
 
     >>> size_refine(63, 1.5, 2)
     {'n_lrs': 3, 'n_wds': 1, 'epochs': 14, 'short': False}
     """
-    shapes = [(3, 2), (3, 1), (1, 1)]
+    shapes = [(3, 2), (3, 1), (2, 1), (1, 1)]
     shapes = [(a, b) for a, b in shapes if a <= n_lrs and b <= n_wds] or [(1, 1)]
-    for a, b in shapes:
-        e = _epochs_fitting(seconds, _rounds(a * b * folds, workers), epoch_s, run_s, max_epochs)
-        if e >= min_epochs:
-            return {"n_lrs": a, "n_wds": b, "epochs": min(e, max_epochs), "short": False}
-    a, b = shapes[-1]
-    e = _epochs_fitting(seconds, _rounds(a * b * folds, workers), epoch_s, run_s, 2)
+    fits = [(a, b, _epochs_fitting(seconds, _rounds(a * b * folds, workers), epoch_s, run_s, max_epochs))
+            for a, b in shapes]
+    for floor, short in ((min_epochs, False), (max(2, min_epochs // 2), True)):
+        for a, b, e in fits[:-1] or fits:   # one point is the last resort: it leaves nothing to choose
+            if e >= floor:
+                return {"n_lrs": a, "n_wds": b, "epochs": min(e, max_epochs), "short": short}
+    a, b, e = fits[-1]
     return {"n_lrs": a, "n_wds": b, "epochs": max(2, min(e, max_epochs)), "short": True}
 
 
@@ -684,7 +686,11 @@ class _Recipe:
                 other = next((r for r in ranked[1:] if r["weight_decay"] != best["weight_decay"]), None)
                 size, workers = self.sized(ctx["seconds"], lambda s, e, w, r: size_refine(s, e, w, run_s=r),
                                            lambda z: z["n_lrs"] * z["n_wds"] * len(FOLDS))
-                lrs = _log_grid(best["lr"], REFINE_LR_EXPONENTS if size["n_lrs"] == 3 else (0.0,))
+                exponents = {3: REFINE_LR_EXPONENTS, 1: (0.0,)}.get(size["n_lrs"])
+                if exponents is None:  # two rates: the best and its neighbour towards the runner-up's rate
+                    second = next((r for r in ranked[1:] if r["lr"] != best["lr"]), None)
+                    exponents = (0.0, 0.25 if second is not None and second["lr"] > best["lr"] else -0.25)
+                lrs = _log_grid(best["lr"], exponents)
                 wds = [best["weight_decay"]] + ([other["weight_decay"]] if other and size["n_wds"] == 2 else [])
                 point = {k_: getattr(self.hp, k_) for k_ in ("width", "dropout")}
                 epochs, short = size["epochs"], size["short"]
