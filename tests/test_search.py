@@ -222,6 +222,7 @@ def test_sqlite_storage_takes_many_writing_processes_without_lock_errors(tmp_pat
     assert len(Store(db).runs(study="hammer", status="completed")) == 36
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
 def test_stale_trial_is_retried_once_then_counts_against_the_budget(tmp_path):
     """Optuna's heartbeat with ask/tell: a trial silent for the grace period is failed and retried once;
     the retry takes its place in the budget; a retry that goes stale again is not retried."""
