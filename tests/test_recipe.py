@@ -18,7 +18,7 @@ import pytest
 
 from trainlab.cli import main
 from trainlab.config import load_config
-from trainlab.recipe import (PHASES, choose_move, phase_allowance, plan_budget, size_coarse, size_final,
+from trainlab.recipe import (PHASES, _rank_rows, choose_move, phase_allowance, plan_budget, size_coarse, size_final,
                              size_refine, study_name)
 from trainlab.store import Store
 
@@ -64,9 +64,13 @@ def test_search_sizing_fits_the_share():
     # the start-up of each training counts once per round: 6 rounds x (2 s + E x 1.5 s) <= 75 s -> E = 7 -> 5
     assert size_coarse(75, 1.5, 2, run_s=2.0)["epochs"] == 5 and size_coarse(75, 1.5, 2, run_s=8.0)["epochs"] == 3
     assert size_refine(90, 1.5, 2, run_s=3.0) == {"n_lrs": 3, "n_wds": 1, "epochs": 18, "short": False}
-    # the final model keeps 15% of its time in hand: 0.85 x 90 s / 1.5 s = 51 epochs
-    assert size_final(90, 1.5, 2) == {"members": 2, "epochs": 51, "patience": 12}
-    assert size_final(90, 1.5, 2, run_s=6.0)["epochs"] == 47
+    # the final model keeps 10% of its time in hand: 0.9 x 90 s / 1.5 s = 54 epochs
+    assert size_final(90, 1.5, 2) == {"members": 2, "epochs": 54, "patience": 13}
+    assert size_final(90, 1.5, 2, run_s=6.0)["epochs"] == 50
+    assert size_final(90, 1.5, 1, members=2)["epochs"] == 27     # two members one after the other
+    assert _rank_rows([{"lr": 1, "value": 0.9, "epochs": 3, "status": "completed"},
+                       {"lr": 2, "value": 0.95, "epochs": 3, "status": "pruned"},       # lost the last rung
+                       {"lr": 3, "value": 0.97, "epochs": 1, "status": "stopped"}], 3)[0]["lr"] == 2
     assert size_final(90, 1.5, 1)["members"] == 1 and size_final(1, 9.0, 8) == {"members": 3, "epochs": 1,
                                                                                   "patience": 5}
 

@@ -66,7 +66,8 @@ REFINE_LR_EXPONENTS = (-0.25, 0.0, 0.25)       # half the coarse grid's spacing 
 FOLDS = (0, 1)                                 # split_seed of the validation folds used for choosing
 MAX_COARSE_EPOCHS, MAX_REFINE_EPOCHS, MIN_REFINE_EPOCHS = 5, 20, 10
 MAX_ROUNDS = 4                                 # refine rounds (steps 5-7) at most
-FIRST_ROUND_SHARE = 0.6                        # of the refine phase, for round 1 (the rest: later rounds)
+FIRST_ROUND_SHARE = 0.75                       # of the refine phase, for round 1 (the rest: later rounds, or
+                                               # the final model when the loop stops after round 1)
 MAX_FINAL_EPOCHS = 200
 MAX_MEMBERS = 3
 STEP_TITLES = {1: "initial loss", 2: "overfit a small sample", 3: "learning-rate test", 4: "coarse grid",
@@ -174,7 +175,7 @@ def size_refine(seconds: float, epoch_s: float, workers: int, n_lrs: int = 3, n_
     return {"n_lrs": a, "n_wds": b, "epochs": max(2, min(e, max_epochs)), "short": True}
 
 
-FINAL_SAFETY = 0.85   # the final model is sized to 85% of its time: a cosine cut by the deadline never decays
+FINAL_SAFETY = 0.9    # the final model is sized to 90% of its time: a cosine cut by the deadline never decays
 
 
 def size_final(seconds: float, epoch_s: float, workers: int, max_epochs: int = MAX_FINAL_EPOCHS,
@@ -185,7 +186,7 @@ def size_final(seconds: float, epoch_s: float, workers: int, max_epochs: int = M
     epochs (at least 5).
 
     >>> size_final(90, 1.5, 2)
-    {'members': 2, 'epochs': 51, 'patience': 12}
+    {'members': 2, 'epochs': 54, 'patience': 13}
     """
     members = max(1, min(workers, MAX_MEMBERS)) if members is None else members
     epochs = _epochs_fitting(safety * seconds, _rounds(members, workers), epoch_s, run_s, max_epochs)
@@ -659,7 +660,7 @@ class _Recipe:
                  "status": r["status"], "epochs": r["epochs"], "run": r["run"]} for r in res.leaderboard]
         runs = [self.store.run(r["run"]) for r in rows if r["run"] is not None]
         measured = self._measure(runs, res.seconds, plan.get("workers", 1))
-        ranked = _rank_rows(rows)
+        ranked = _rank_rows(rows, plan["epochs"])
         if not ranked:  # the budget ran out while the workers started: go on from step 3's rate
             best = {"lr": plan["center"], "weight_decay": COARSE_WEIGHT_DECAYS[0], "value": None, "status": "not run",
                     "epochs": 0, "run": None}
@@ -897,10 +898,11 @@ class _Recipe:
         return "completed", None
 
 
-def _rank_rows(rows: list[dict]) -> list[dict]:
-    """Coarse rows with a value, those that trained their full epochs (completed) first, best first."""
+def _rank_rows(rows: list[dict], epochs: int) -> list[dict]:
+    """Coarse rows with a value, best first among those that trained all `epochs` (successive halving
+    marks the last rung's losers pruned after their full epochs: they count), then the rest."""
     ok = [r for r in rows if r["value"] is not None and math.isfinite(r["value"])]
-    return sorted(ok, key=lambda r: (r["status"] != "completed", -r["value"]))
+    return sorted(ok, key=lambda r: ((r["epochs"] or 0) < epochs, -r["value"]))
 
 
 def _warm_up() -> float:
