@@ -71,12 +71,14 @@ class AsyncCheckpointer:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
 
-    def save(self, state: dict[str, Any], path: str | os.PathLike) -> Path:
+    def save(self, state: dict[str, Any], path: str | os.PathLike, *more: str | os.PathLike) -> Path:
+        """Write `state` to `path` (and to each of `more`: serialized once, e.g. last.pt and best.pt)."""
         data = _serialize(state)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending = [f for f in self._pending if not f.done() or f.exception()]
-        self._pending.append(self._pool.submit(_write_atomic, data, Path(path)))
+        for target in (path, *more):
+            self._pending.append(self._pool.submit(_write_atomic, data, Path(target)))
         return Path(path)
 
     def wait(self) -> None:

@@ -330,7 +330,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     groups = optimizer.param_groups  # after any load_state_dict, which replaces the group dicts
     writer = AsyncCheckpointer()
 
-    def checkpoint(path_name: str, epoch: int, batch: int) -> Path | None:
+    def checkpoint(path_name: str, epoch: int, batch: int, also: str | None = None) -> Path | None:
         if run_dir is None:
             return None
         if buffer is not None:
@@ -342,7 +342,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in callbacks if hasattr(cb, "state_dict")},
             "world_size": world,
         }
-        return writer.save(payload, run_dir / path_name)
+        return writer.save(payload, run_dir / path_name, *([run_dir / also] if also else []))
 
     if ddp and resume is None:  # a torchrun restart resumes from last.pt, so there is one from the start
         checkpoint("last.pt", 0, 0)
@@ -485,8 +485,10 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
             decision = stopper.update(state.metrics[hp.early_stop_metric], epoch + 1)
             if decision.improved:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                checkpoint("best.pt", epoch + 1, 0)
-            checkpoint("last.pt", epoch + 1, 0)
+            if decision.improved:  # best.pt lands first: a last.pt that names a best epoch always has its best.pt
+                checkpoint("best.pt", epoch + 1, 0, also="last.pt")
+            else:
+                checkpoint("last.pt", epoch + 1, 0)
             last_save = time.monotonic()
             if buffer is not None:
                 buffer.flush()
