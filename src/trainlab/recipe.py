@@ -419,7 +419,7 @@ class _Recipe:
         if phase == "checks":
             return 0.0
         trainings = len(FOLDS) if phase == "refine" else 1
-        return self.overhead() + _rounds(trainings, self.workers) * (self.run_seconds() + 2 * self.epoch_seconds())
+        return self.training_cost(trainings, 2)
 
     def left(self, phase: str) -> float:
         return max(0.0, self.deadline(phase) - time.time())
@@ -487,16 +487,25 @@ class _Recipe:
         return {}
 
     # ---- timings
-    def epoch_seconds(self) -> float:
-        """Seconds per epoch of one training in a search worker: measured on the last search's runs when
-        there is one, else estimated from the LR test's seconds per step (x1.3 with several workers)."""
+    def epoch_seconds(self, parallel: bool | None = None) -> float:
+        """Seconds per epoch of one training, in worker processes side by side (`parallel`) or in this
+        process: as last measured on a search run that way; else, in this process, from the LR test's
+        seconds per step, and x1.3 for workers side by side (they share memory bandwidth; on a machine
+        that other jobs load, much more: then the measurement after the first search says so)."""
+        parallel = self.workers > 1 if parallel is None else parallel
         for s in reversed(self.steps):
             measured = s.evidence.get("epoch_s")
-            if measured:
+            if measured and (s.evidence.get("workers", 1) > 1) == parallel:
                 return float(measured)
         step_s = self.evidence("lr").get("step_s") or self.evidence("overfit").get("step_s") or 0.01
-        factor = 1.3 if self.workers > 1 else 1.0   # processes side by side share memory bandwidth
-        return float(step_s) * self.spe * 1.15 * factor
+        return float(step_s) * self.spe * 1.15 * (1.3 if parallel else 1.0)
+
+    def training_cost(self, trainings: int, epochs: int) -> float:
+        """Seconds for `trainings` of `epochs` each, the cheaper way (workers side by side, or here)."""
+        run_s = self.run_seconds()
+        modes = [(self.workers, True), (1, False)] if self.workers > 1 else [(1, False)]
+        return min(self.overhead(p) + _rounds(trainings, w) * (run_s + epochs * self.epoch_seconds(p))
+                   for w, p in modes)
 
     def run_seconds(self) -> float:
         """Start-up seconds of one training in a search (task, model, first validation), as last measured."""
@@ -540,18 +549,19 @@ class _Recipe:
         return 2.0 + 3.0 * self.warmup_s if self.warmup_s > 0.2 else 5.0
 
     def sized(self, seconds: float, sizer: Callable[..., dict], count: Callable[[dict], int]) -> tuple[dict, int]:
-        """(size, workers) of a search: sized for the worker processes when starting them pays off (their
-        start-up is less than the training time they save), else for this process alone (small models:
-        a worker's start-up can take longer than the whole search)."""
-        epoch_s, run_s = self.epoch_seconds(), self.run_seconds()
-        if self.workers > 1:
-            size = sizer(seconds - self.overhead(True), epoch_s, self.workers, run_s)
-            n = count(size)
-            w = min(self.workers, n)
-            train_s = n * (run_s + size["epochs"] * epoch_s)
-            if w > 1 and self.overhead(True) < train_s * (1 - 1 / w):
-                return size, w
-        return sizer(seconds - self.overhead(False), epoch_s, 1, run_s), 1
+        """(size, workers) of a search: sized both for the worker processes and for this process alone,
+        each with its own measured (or estimated) seconds per epoch and overhead, and the way that trains
+        more (trainings x epochs) is taken, this process on a tie. Workers lose when their start-up is
+        long next to the search (small models) or when other jobs leave them less than a core each."""
+        run_s = self.run_seconds()
+        here = sizer(seconds - self.overhead(False), self.epoch_seconds(False), 1, run_s)
+        if self.workers <= 1:
+            return here, 1
+        there = sizer(seconds - self.overhead(True), self.epoch_seconds(True), self.workers, run_s)
+        w = min(self.workers, count(there))
+        if w > 1 and count(there) * there["epochs"] > count(here) * here["epochs"]:
+            return there, w
+        return here, 1
 
     # ---- steps 1-3: the checks
     def init_step(self, ctx: dict) -> StepResult:
@@ -790,10 +800,8 @@ class _Recipe:
     def loop_step(self, ctx: dict, k: int) -> StepResult:
         ev5, ev6 = self.evidence(f"refine-{k}"), self.evidence(f"doctor-{k}")
         incumbent = ev5["incumbent"]
-        epoch_s = self.epoch_seconds()
         nxt_epochs = int(ev6["changes"].get("epochs") or incumbent["point"]["epochs"])
-        cost = _rounds(len(FOLDS), self.workers) * (self.run_seconds() + max(2, min(nxt_epochs, MIN_REFINE_EPOCHS))
-                                                    * epoch_s) + self.overhead()
+        cost = self.training_cost(len(FOLDS), max(2, min(nxt_epochs, MIN_REFINE_EPOCHS)))
         left = self.left("refine")
         ev = {"round": k, "incumbent": incumbent, "move": ev6["move"], "time_left_s": left,
               "next_round_cost_s": cost, "improved": ev5.get("improved")}
