@@ -346,7 +346,6 @@ def test_postgresql_two_workers_share_one_study(tmp_path, pg_url):  # noqa: F811
     assert joined.returncode == 0, joined.stderr
     assert len(json.loads(joined.stdout)["leaderboard"]) == 6
     assert len(load_study("shared", pg_url).trials) == 6
-    print("workers:", sorted({t.user_attrs["worker"] for t in trials}))
 
 
 # ------------------------------------------------------------------------- CLI and report
