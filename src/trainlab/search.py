@@ -571,8 +571,9 @@ def leaderboard(study: str, db: str | os.PathLike | None = None, storage=None, *
                 store: Store | None = None) -> list[dict]:
     """The study's trials ranked by their run's best validation metric (best first; no value last).
 
-    Each row: rank, trial, run, status (the run's: completed/pruned/diverged/failed/running, or the
-    trial's state when it has no run), params, value, epochs, reason, retry_of (the trial a retry replaced).
+    Each row: rank, trial, run, status (the run's: completed/pruned/diverged/failed/stopped/running; "lost"
+    for a trial whose worker died and that a retry replaced; the trial's state when it has no run), params,
+    value, epochs, reason, retry_of (the trial this one retries), worker (host:pid that ran it).
     """
     import optuna
 
@@ -591,8 +592,8 @@ def leaderboard(study: str, db: str | os.PathLike | None = None, storage=None, *
     for t in trials:
         run = runs.get(_run_name(t.number))
         status = run["status"] if run else t.state.name.lower().replace("complete", "completed").replace("fail", "failed")
-        if t.number in gone:
-            status = "lost" if t.state == optuna.trial.TrialState.FAIL else status
+        if t.number in gone and t.state == optuna.trial.TrialState.FAIL and status != "stopped":
+            status = "lost"  # its worker died; a retry replaced it (an interrupted one stays "stopped")
         value = run["best_metric"] if run else t.value
         history = t.system_attrs.get("retry_history", [])
         rows.append({"trial": t.number, "run": run["id"] if run else None, "status": status, "params": dict(t.params),
