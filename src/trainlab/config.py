@@ -176,9 +176,11 @@ def _format_error(err: ValidationError, given: dict[str, Any]) -> str:
         close = difflib.get_close_matches(field, Config.model_fields, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"{field}: unknown key{hint}"
-    value = first.get("input", given.get(field))
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
+    if not first["loc"]:  # a rule across fields: its message names them; the whole config is no help
+        return f"config: {msg}"
+    value = first.get("input", given.get(field))
     return f"{field}: {msg[0].lower() + msg[1:]}, got {value!r}"
 
 
