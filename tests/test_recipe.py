@@ -65,7 +65,7 @@ def test_search_sizing_fits_the_share():
     assert size_coarse(75, 1.5, 2, run_s=2.0)["epochs"] == 5 and size_coarse(75, 1.5, 2, run_s=8.0)["epochs"] == 3
     assert size_refine(90, 1.5, 2, run_s=3.0) == {"n_lrs": 3, "n_wds": 1, "epochs": 18, "short": False}
     # the final model keeps 10% of its time in hand: 0.9 x 90 s / 1.5 s = 54 epochs
-    assert size_final(90, 1.5, 2) == {"members": 2, "epochs": 54, "patience": 13}
+    assert size_final(90, 1.5, 2) == {"members": 2, "epochs": 54, "patience": 27}
     assert size_final(90, 1.5, 2, run_s=6.0)["epochs"] == 50
     assert size_final(90, 1.5, 1, members=2)["epochs"] == 27     # two members one after the other
     assert _rank_rows([{"lr": 1, "value": 0.9, "epochs": 3, "status": "completed"},
