@@ -16,6 +16,7 @@ from trainlab.tasks import load_task
 from trainlab.train import evaluate, fit, load_checkpoint, lr_schedule
 from trainlab.train.averaging import EMA, checkpoint_weights, ema_decay, snapshot_steps
 from trainlab.train.loop import LoopState
+from helpers import InterruptAt
 
 TINY = dict(model="mlp", width=32, batch_size=128, monitor_every=0)
 
@@ -111,26 +112,13 @@ def test_fit_with_ema_stores_ema_metrics_and_checkpoints_the_average(task, tmp_p
     assert kind == "raw" and weights is last["model"], "selection on val/acc: the checkpoint stands for raw weights"
 
 
-class _Interrupt:
-    def __init__(self, at_step):
-        self.at_step = at_step
-
-    def on_step_end(self, state):
-        if state.step == self.at_step:
-            raise KeyboardInterrupt
-
-    def on_epoch_end(self, state):
-        return None
-
-    def on_fit_end(self, state):
-        return None
 
 
 def test_resume_continues_the_same_average(task, tmp_path):
     hp = Config(**TINY, epochs=3, ema=0.95, ema_warmup=True, dropout=0.1)
     store = Store(tmp_path / "t.db")
     ref = fit(task, hp, store=store, quiet=True, runs_dir=tmp_path / "runs")
-    cut = fit(task, hp, store=store, quiet=True, runs_dir=tmp_path / "runs", callbacks=[_Interrupt(45)])
+    cut = fit(task, hp, store=store, quiet=True, runs_dir=tmp_path / "runs", callbacks=[InterruptAt(45)])
     assert cut.status == "stopped"
     resumed = fit(task, hp, store=store, quiet=True, runs_dir=tmp_path / "runs", resume=cut.run_id)
     assert resumed.status == "completed" and resumed.history["val/acc_ema"] == ref.history["val/acc_ema"]

@@ -1,7 +1,6 @@
 """The sanity checks (`check init|overfit|lr`) on real models and data, through Python and the command
 line, each recorded in a real SQLite store; and `plot --ratios`."""
 
-import json
 import textwrap
 from dataclasses import replace
 
@@ -11,14 +10,10 @@ import torch
 from trainlab import Config, Store, fit, load_task
 from trainlab.checks import LECTURE_LRS, check_init, check_lr, check_overfit
 from trainlab.cli import main
+from helpers import strict_json
 
 
 
-def strict_json(text):
-    """Parse JSON as a strict parser would: NaN/Infinity are not JSON."""
-    def refuse(constant):
-        raise ValueError(f"not JSON: {constant}")
-    return json.loads(text, parse_constant=refuse)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,7 +1,6 @@
 """The learning-curve doctor on REAL training runs, one built to show each fault, and on healthy runs
 that must get no false alarm. Tiny models on mnist1d/digits, single-threaded, a few seconds each."""
 
-import json
 from dataclasses import replace
 
 import pytest
@@ -12,14 +11,10 @@ from trainlab import Config, Store, fit, load_task
 from trainlab.cli import main
 from trainlab.doctor import diagnose_run
 from trainlab.models import build_model
+from helpers import strict_json
 
 
 
-def strict_json(text):
-    """Parse JSON as a strict parser would: NaN/Infinity are not JSON."""
-    def refuse(constant):
-        raise ValueError(f"not JSON: {constant}")
-    return json.loads(text, parse_constant=refuse)
 
 
 @pytest.fixture(scope="module", autouse=True)

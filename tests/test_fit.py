@@ -15,6 +15,7 @@ from trainlab.config import Config
 from trainlab.store import Store
 from trainlab.tasks import load_task
 from trainlab.train import CheckpointError, Stop, fit, load_checkpoint, lr_schedule, save_checkpoint
+from helpers import InterruptAt
 
 TINY = dict(model="mlp", width=32, batch_size=64)
 
@@ -71,25 +72,12 @@ def test_divergence_stops_at_once_with_a_reason(task, tmp_path):
     assert result.steps <= 57, "the run must stop within the first epoch"
 
 
-class _Interrupt:
-    def __init__(self, at_step):
-        self.at_step = at_step
-
-    def on_step_end(self, state):
-        if state.step == self.at_step:
-            raise KeyboardInterrupt
-
-    def on_epoch_end(self, state):
-        return None
-
-    def on_fit_end(self, state):
-        return None
 
 
 def test_ctrl_c_restores_best_weights_and_records_stopped(task, tmp_path):
     hp = Config(**TINY, epochs=5)
     store = Store(tmp_path / "t.db")
-    result = fit(task, hp, store=store, quiet=True, runs_dir=tmp_path / "runs", callbacks=[_Interrupt(130)])
+    result = fit(task, hp, store=store, quiet=True, runs_dir=tmp_path / "runs", callbacks=[InterruptAt(130)])
     assert result.status == "stopped" and "interrupted at step 130" in result.reason
     assert "trainlab train --resume" in result.reason
     best = load_checkpoint(tmp_path / "runs" / f"run-{result.run_id}" / "best.pt")
