@@ -17,15 +17,6 @@ from helpers import strict_json
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI machine has 2 shared cores: torch's thread pool only adds contention for models this small."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
     return str(tmp_path_factory.mktemp("doctor") / "runs.db")
