@@ -120,7 +120,8 @@ def _states_equal(a: dict, b: dict) -> bool:
 @pytest.mark.parametrize("mid_epoch", [False, True], ids=["epoch-checkpoints", "mid-epoch-checkpoints"])
 def test_resume_after_sigkill_is_exact(tmp_path, mid_epoch):
     cfg = tmp_path / "c.yaml"
-    lines = ["model: mlp", "width: 32", "dropout: 0.2", "epochs: 4", "seed: 3", "batch_size: 32"]
+    epochs = 8  # enough left after epoch 1 that a fast machine cannot finish before the kill lands
+    lines = ["model: mlp", "width: 32", "dropout: 0.2", f"epochs: {epochs}", "seed: 3", "batch_size: 32"]
     if mid_epoch:
         lines.append("checkpoint_every_minutes: 0.001")
     cfg.write_text("\n".join(lines) + "\n")
@@ -138,23 +139,24 @@ def test_resume_after_sigkill_is_exact(tmp_path, mid_epoch):
             runs_now = store.runs()
             if runs_now and runs_now[0]["epochs"] >= 1:
                 break
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the middle of epoch 2
+        time.sleep(0.01)
+    time.sleep(0.1)  # into epoch 2, past a mid-epoch checkpoint when those are on
+    victim.send_signal(signal.SIGSTOP)
+    assert store.run(1)["status"] == "running" and store.run(1)["epochs"] < epochs
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
-    assert store.run(1)["status"] == "running" and store.run(1)["epochs"] < 4
     resumed = _trainlab("train", "--resume", "1", "--db", str(db), "--runs-dir", str(runs), "--quiet")
     out, _ = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, out
 
     ref_store = Store(tmp_path / "ref.db")
-    assert store.run(1)["status"] == "completed" and store.run(1)["epochs"] == 4
+    assert store.run(1)["status"] == "completed" and store.run(1)["epochs"] == epochs
     for name in ("last.pt", "best.pt"):
         a, b = load_checkpoint(tmp_path / "ref" / "run-1" / name), load_checkpoint(runs / "run-1" / name)
         assert _states_equal(a["model"], b["model"]), name
     got, want = store.metrics(1, ["lr", "train/loss"]), ref_store.metrics(1, ["lr", "train/loss"])
-    assert got["lr"]["step"] == want["lr"]["step"] == list(range(4 * 113))
+    assert got["lr"]["step"] == want["lr"]["step"] == list(range(epochs * 113))
     assert got["lr"]["value"] == want["lr"]["value"], "the lr after resume must equal the uninterrupted run's"
     assert got["train/loss"]["value"] == want["train/loss"]["value"]
     assert store.run(1)["best_metric"] == ref_store.run(1)["best_metric"]
