@@ -12,7 +12,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from trainlab.store import RUN_STATUSES, MetricBuffer, RunNotFound, Store, normalize_url
+import numpy as np
+from pg import pg_url  # noqa: F401  (fixture: a fresh PostgreSQL database)
+
+from trainlab.store import METRIC_BLOCK, RUN_STATUSES, MetricBuffer, RunNotFound, Store, normalize_url
 
 
 @pytest.fixture
@@ -192,6 +195,90 @@ def test_delete_metrics_after(store):
     store.log_metrics(run_id, [(s, 2, "loss", -1.0) for s in range(20, 25)])
     assert store.metrics(run_id, ["loss"])["loss"]["step"] == list(range(25))
     assert len(store.metrics(other)["loss"]["step"]) == 30  # other runs untouched
+
+
+def _buckets_of(values: np.ndarray, width: int) -> dict:
+    """What metric_buckets must answer for a series logged at steps 0..n-1, computed here from the values."""
+    out = {"width": width, "first": [], "last": [], "min": [], "max": [], "mean": [], "count": [], "nan": []}
+    for start in range(0, len(values), width):
+        chunk = values[start:start + width]
+        ok = chunk[~np.isnan(chunk)]
+        out["first"].append(start)
+        out["last"].append(start + len(chunk) - 1)
+        out["min"].append(float(ok.min()) if len(ok) else None)
+        out["max"].append(float(ok.max()) if len(ok) else None)
+        out["mean"].append(float(ok.mean()) if len(ok) else None)
+        out["count"].append(len(chunk))
+        out["nan"].append(len(chunk) - len(ok))
+    return out
+
+
+def _assert_buckets(got: dict, want: dict) -> None:
+    assert {k: v for k, v in got.items() if k != "mean"} == {k: v for k, v in want.items() if k != "mean"}
+    nan = [math.nan if v is None else v for v in got["mean"]], [math.nan if v is None else v for v in want["mean"]]
+    assert nan[0] == pytest.approx(nan[1], rel=1e-12, nan_ok=True)
+
+
+def _check_long_series(store: Store) -> None:
+    """Written in uneven batches that split blocks, cut back by a resume in the middle of a block and
+    written again: the buckets read from the blocks equal the ones computed from the rows."""
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal(3001)
+    values[[5, 6, 7, 2000]] = np.nan  # step 5..7: a whole block of NaN but for step 4
+    values[1234] = 80.0
+    run = store.create_run(name="long", hparams={})
+    for lo, hi in [(0, 3), (3, 1001), (1001, 1500), (1500, 2203)]:
+        store.log_metrics(run, [(s, 1, "loss", float(values[s])) for s in range(lo, hi)])
+    store.log_metrics(run, [(s, 1, "loss", 123.0) for s in range(2203, 2600)])  # replaced after the resume
+    store.delete_metrics_after(run, 2202)
+    store.log_metrics(run, [(s, 1, "loss", float(values[s])) for s in range(2203, 3001)])
+    store.log_metrics(run, [(s, 1, "sparse", float(s)) for s in range(0, 3001, 30)])  # 101 points
+
+    got = store.metric_buckets([run], ["loss", "sparse"], 150)[run]
+    width = math.ceil(math.ceil(3001 / 150) / METRIC_BLOCK) * METRIC_BLOCK
+    assert width == 24
+    _assert_buckets(got["loss"], _buckets_of(values, width))
+    assert got["loss"]["max"][1234 // width] == 80.0
+    assert got["sparse"]["width"] == 21 and got["sparse"]["max"] == [float(s) for s in range(0, 3001, 30)]
+    _assert_buckets(store.metric_buckets([run], ["loss"], 3000)[run]["loss"], _buckets_of(values, 2))  # rows
+    with store._engine.connect() as conn:
+        assert tuple(conn.exec_driver_sql(
+            "SELECT count(*), sum(n_rows) FROM tl_metric_blocks WHERE key = 'loss'").one()) == (
+            math.ceil(3001 / METRIC_BLOCK), 3001)
+
+
+def test_metric_buckets_of_long_series_come_from_the_summary_blocks(store):
+    _check_long_series(store)
+
+
+def test_metric_blocks_on_postgresql(pg_url):
+    store = Store(pg_url)
+    _check_long_series(store)
+    store.close()
+
+
+def test_an_older_store_without_blocks_is_read_and_then_upgraded(tmp_path):
+    path = tmp_path / "old.db"
+    store = Store(path)
+    rng = np.random.default_rng(4)
+    values = rng.standard_normal(2000)
+    run = store.create_run(name="r", hparams={})
+    store.log_metrics(run, [(s, 1, "loss", float(v)) for s, v in enumerate(values)])
+    store.close()
+    with sqlite3.connect(path) as db:  # as written before the blocks existed
+        db.execute("DROP TABLE tl_metric_blocks")
+    want = _buckets_of(values, 16)
+
+    read_only = Store(f"sqlite:///file:{path}?mode=ro&uri=true")  # cannot add the table: reads the rows
+    got = read_only.metric_buckets([run], ["loss"], 125)[run]["loss"]
+    _assert_buckets(got, want)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'tl_metric_blocks'").fetchone() == (0,)
+
+    upgraded = Store(path)  # a writer adds the table and fills it from the rows
+    _assert_buckets(upgraded.metric_buckets([run], ["loss"], 125)[run]["loss"], want)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*), sum(n_rows) FROM tl_metric_blocks").fetchone() == (250, 2000)
 
 
 def test_log_metrics_many_rows_in_chunks(store):
@@ -385,7 +472,7 @@ def test_sqlite_settings(tmp_path):
     raw = sqlite3.connect(path)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent, per file
     names = {n for (n,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert names == {"tl_studies", "tl_runs", "tl_metrics"}  # nothing that clashes with Optuna's tables
+    assert names == {"tl_studies", "tl_runs", "tl_metrics", "tl_metric_blocks"}  # nothing that clashes with Optuna's tables
     indexes = {n for (n,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"ix_tl_metrics_run_key", "ix_tl_metrics_run_step"} <= indexes
     raw.close()
