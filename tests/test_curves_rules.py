@@ -9,7 +9,8 @@ import torch
 
 from trainlab.curves import (AGREE_DECADES, SWEEP_RULE, Finding, analyze_lr_sweep, diagnose, init_loss_verdict,
                              loss_trend, lr_trial_summary, lrs_agree, pick_discrete_lr, smoothing_window)
-from trainlab.monitor import RATIO_BAND, judged_parameters, ratio_warnings
+from trainlab.curves import RATIO_BAND, ratio_warnings
+from trainlab.monitor import judged_parameters
 from trainlab.schedules import exponential_ramp
 
 

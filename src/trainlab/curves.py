@@ -5,6 +5,7 @@ the learning-rate range test. No torch here: every function takes lists or numpy
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -12,7 +13,7 @@ import numpy as np
 
 __all__ = ["moving_average", "ema_smooth", "smoothing_window", "json_safe", "Finding", "diagnose", "init_loss_verdict",
            "loss_trend", "lr_trial_summary", "pick_discrete_lr", "analyze_lr_sweep", "lrs_agree",
-           "INIT_LOSS_TOLERANCE"]
+           "INIT_LOSS_TOLERANCE", "RATIO_BAND", "RatioWarning", "ratio_warnings"]
 
 
 def moving_average(values, window: int) -> np.ndarray:
@@ -589,3 +590,57 @@ def lrs_agree(a: float | None, b: float | None, decades: float = AGREE_DECADES) 
     if a is None or b is None:
         return None
     return bool(abs(math.log10(a / b)) < decades)
+
+
+# ------------------------------------------------------------- update/weight ratios
+
+RATIO_BAND = (1e-4, 1e-2)  # healthy median update/weight ratio (about 1e-3)
+
+
+@dataclass(frozen=True)
+class RatioWarning:
+    """A layer whose median update/weight ratio sits outside the band: which side, and the one-line message."""
+
+    name: str
+    median: float
+    side: str      # "low" or "high"
+    points: int    # measurements the median is over
+    message: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ratio_warnings(ratios: Mapping[str, Sequence[float]], band: tuple[float, float] = RATIO_BAND,
+                   min_points: int = 3) -> list[RatioWarning]:
+    """Warnings for the tensors whose median update/weight ratio lies outside `band` (default [1e-4, 1e-2]).
+
+    `ratios` maps a parameter name to its measured ratios (e.g. the stored "ratio/<name>" values); the
+    median over the run is judged, so a few spiky steps do not trigger a warning. NaN/Inf are ignored;
+    a tensor with fewer than `min_points` finite measurements is not judged. Pure: no torch needed.
+
+    >>> [w.side for w in ratio_warnings({"fc.weight": [3e-2, 4e-2, 5e-2], "out.weight": [1e-3] * 3})]
+    ['high']
+    """
+    low, high = band
+    if not 0 < low < high:
+        raise ValueError(f"band must be (low, high) with 0 < low < high, but got band={band!r}.")
+    out = []
+    for name, values in ratios.items():
+        finite = [float(v) for v in values if math.isfinite(v)]
+        if len(finite) < min_points:
+            continue
+        med = statistics.median(finite)
+        if med < low:
+            side = "low"
+            why = (f"below {low:g}: the layer barely learns (learning rate too low for it, "
+                   "or its gradient vanishes)" if med > 0 else "zero: the layer does not change at all "
+                   "(no gradient reaches it, or the optimizer does not hold it)")
+        elif med > high:
+            side, why = "high", f"above {high:g}: its updates are too large for its weights (learning rate too high for it)"
+        else:
+            continue
+        out.append(RatioWarning(name, med, side, len(finite),
+                                f"update/weight ratio of {name}: median {med:.2g} over {len(finite)} measurements, "
+                                f"{why}; want about 1e-3"))
+    return out

@@ -1,5 +1,5 @@
 """The learning-curve doctor on a stored run: read its curves from the store, apply `curves.diagnose`,
-and add the update/weight-ratio warnings (`monitor.ratio_warnings`). A thin shell over pure rules.
+and add the update/weight-ratio warnings (`curves.ratio_warnings`). A thin shell over pure rules.
 
     from trainlab import Store
     from trainlab.doctor import diagnose_run
@@ -14,8 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .curves import Finding, diagnose
-from .monitor import RATIO_BAND, ratio_warnings
+from .curves import RATIO_BAND, Finding, diagnose, ratio_warnings
 from .store import Store
 
 __all__ = ["Diagnosis", "diagnose_run", "CURVE_KEYS"]

@@ -45,6 +45,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..curves import RATIO_BAND
 from ..store import RUN_STATUSES, RunNotFound, Store, normalize_url
 from .downsample import MAX_POINTS, json_safe, plot_series
 from .findings import Doctor, status_findings
@@ -55,9 +56,6 @@ __all__ = ["create_app", "open_read_only", "LOOPBACK_HOSTS", "RATIO_BAND", "POLL
 log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
-# The healthy band of update/weight ratios, drawn on the run page. Equal to trainlab.monitor.RATIO_BAND
-# (a test keeps them equal); not imported from there because monitor imports torch.
-RATIO_BAND = (1e-4, 1e-2)
 POLL_S = 3.0           # seconds between the page's refreshes while runs are in progress
 STUDY_POINTS = 150     # buckets per series on the study page's small charts
 STUDY_DIGITS = 5       # significant digits of the study page's values (run pages get them all)

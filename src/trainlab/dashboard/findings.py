@@ -4,9 +4,7 @@ A finding is a dict {"name", "severity" ("error" | "warning" | "info"), "message
 "action", "source" ("status" | "doctor")}. A run's final status gives the first (diverged, failed,
 pruned, stopped, with the stored reason as evidence); the learning-curve doctor adds its own:
 `trainlab.doctor.diagnose_run` (the curve rules plus the update/weight-ratio warnings, what
-`trainlab diagnose` prints), else `trainlab.curves.diagnose` on the run's curves. The dashboard never
-diagnoses by itself. The doctor module imports torch (through `monitor`), so it is imported on
-first use, in the background, not when the dashboard starts.
+`trainlab diagnose` prints). The dashboard never diagnoses by itself.
 
 The doctor reads a run's full curves, which for 200 runs of 5,000 steps is seconds of reading, so
 the study page does not wait for it: `Doctor.get(run)` answers from a cache kept per run while the
@@ -16,15 +14,15 @@ None ("pending"); the page asks again shortly. The run page waits (`wait=True`):
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import threading
 import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-__all__ = ["Doctor", "status_findings", "find_doctor", "DOCTOR_KEYS"]
+from ..doctor import diagnose_run
+
+__all__ = ["Doctor", "status_findings"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +32,6 @@ _STATUS = {  # status -> severity of its badge; running and completed runs get n
     "pruned": "info",
     "stopped": "info",
 }
-DOCTOR_KEYS = ("train/loss", "lr", "train/acc", "val/acc", "val/loss", "train/loss_eval")  # what diagnose reads
 
 
 def status_findings(run: dict) -> list[dict[str, Any]]:
@@ -51,27 +48,8 @@ def status_findings(run: dict) -> list[dict[str, Any]]:
              "evidence": reason, "action": "", "source": "status"}]
 
 
-def find_doctor() -> Callable[[Any, dict], list] | None:
-    """This trainlab's doctor as `fn(store, run) -> findings`, or None when it has none. Imports it."""
-    try:
-        diagnose_run = importlib.import_module("trainlab.doctor").diagnose_run
-        return lambda store, run: diagnose_run(store, run["id"]).findings
-    except (ImportError, AttributeError):
-        pass
-    try:
-        diagnose = importlib.import_module("trainlab.curves").diagnose
-    except (ImportError, AttributeError):
-        return None
-    return lambda store, run: diagnose(store.metrics(run["id"], list(DOCTOR_KEYS)),
-                                       num_classes=(run.get("summary") or {}).get("num_classes"))
-
-
-def _has_doctor() -> bool:
-    """Whether find_doctor() will find one, without importing it (and torch)."""
-    if importlib.util.find_spec("trainlab.doctor") is not None:
-        return True
-    curves = importlib.import_module("trainlab.curves")  # numpy only
-    return callable(getattr(curves, "diagnose", None))
+def _doctor(store: Any, run: dict) -> list:
+    return diagnose_run(store, run["id"]).findings
 
 
 def _as_finding(item: Any) -> dict[str, Any]:
@@ -88,14 +66,13 @@ def _as_finding(item: Any) -> dict[str, Any]:
 class Doctor:
     """The doctor's findings per run, cached while the run's `updated` time is unchanged.
 
-    ``diagnose``: ``fn(store, run) -> findings`` (default: `find_doctor()`, looked up on first use;
+    ``diagnose``: ``fn(store, run) -> findings`` (default: `trainlab.doctor.diagnose_run`'s findings;
     None: no doctor, and no run has doctor findings).
     """
 
-    def __init__(self, store: Any, diagnose: Callable | None | str = "find", max_entries: int = 10_000):
+    def __init__(self, store: Any, diagnose: Callable | None = _doctor, max_entries: int = 10_000):
         self.store = store
-        self._diagnose = diagnose if diagnose != "find" else None if not _has_doctor() else "find"
-        self._find_lock = threading.Lock()
+        self.diagnose = diagnose
         self.max_entries = max_entries
         self._done: OrderedDict[int, tuple[str, list]] = OrderedDict()
         self._queue: OrderedDict[int, dict] = OrderedDict()
@@ -104,14 +81,7 @@ class Doctor:
 
     @property
     def available(self) -> bool:
-        return self._diagnose is not None
-
-    @property
-    def diagnose(self) -> Callable | None:
-        with self._find_lock:  # one import, by whichever thread needs it first
-            if self._diagnose == "find":
-                self._diagnose = find_doctor()
-        return self._diagnose
+        return self.diagnose is not None
 
     def findings(self, run: dict, *, wait: bool = False, queue: bool = True) -> list[dict[str, Any]] | None:
         """Status findings plus the doctor's; None while the doctor's are pending (only without ``wait``)."""
