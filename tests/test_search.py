@@ -273,7 +273,7 @@ def test_two_worker_processes_one_sigkilled_mid_trial_finish_exactly_the_trials(
     def victim():
         try:
             store = Store(db)
-            running = [r for r in store.runs(study="kill", status="running") if r["epochs"] == 1]
+            running = [r for r in store.runs(study="kill", status="running") if r["epochs"] >= 1]
             if not running:
                 return None
             number = int(running[0]["name"].split("-")[1])
@@ -283,10 +283,16 @@ def test_two_worker_processes_one_sigkilled_mid_trial_finish_exactly_the_trials(
             return None
 
     def kill_one_worker():
-        name, pid = _wait_for(victim, 300, "a worker one epoch into a trial")
-        assert pid != os.getpid()
-        os.kill(pid, signal.SIGKILL)  # mid-trial: no chance to tell Optuna or the store
-        killed.update(name=name, pid=pid)
+        end = time.monotonic() + 300
+        while time.monotonic() < end:
+            name, pid = _wait_for(victim, 300, "a worker one epoch into a trial")
+            assert pid != os.getpid()
+            os.kill(pid, signal.SIGSTOP)  # frozen, then killed only if its trial is still under way
+            if any(r["name"] == name for r in Store(db).runs(study="kill", status="running")):
+                os.kill(pid, signal.SIGKILL)  # mid-trial: no chance to tell Optuna or the store
+                killed.update(name=name, pid=pid)
+                return
+            os.kill(pid, signal.SIGCONT)  # the trial ended meanwhile: try the next one
 
     killer = threading.Thread(target=kill_one_worker, daemon=True)
     killer.start()
