@@ -542,7 +542,7 @@ def test_a_training_writing_the_store_while_the_dashboard_polls(tmp_path):
     """A real `trainlab train` process writes the SQLite file; the dashboard polls every endpoint meanwhile."""
     path = tmp_path / "live.db"
     Store(path).close()  # the file exists, as when the dashboard is opened before a search starts
-    epochs = 3
+    epochs = 8  # long enough that a poll lands while it runs, on a fast machine too
     train = subprocess.Popen(
         [sys.executable, "-m", "trainlab", "train", "--db", str(path), "--study", "live", "--name", "live-run",
          "--runs-dir", str(tmp_path / "ckpt"), "--quiet", "--json", "--set", "model=mlp", "--set", "width=16",

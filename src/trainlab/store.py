@@ -328,6 +328,12 @@ class Store:
             detail = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
             raise ValueError(f"db: cannot open {self._shown_url!r}: {detail}") from None
 
+    @property
+    def in_memory(self) -> bool:
+        """An in-memory SQLite store: one connection, which threads must not share."""
+        url = make_url(self.url)
+        return self._is_sqlite and (url.database in (None, "", ":memory:") or "mode=memory" in self.url)
+
     def _sqlite_engine(self, url: sa.URL) -> Engine:
         database = url.database or ""
         in_memory = database in ("", ":memory:") or "mode=memory" in str(url)
@@ -352,7 +358,7 @@ class Store:
         names = [t.name for t in _metadata.sorted_tables]
         with self._read() as conn:
             have = {name for name in names if sa.inspect(conn).has_table(name)}
-        self._has_blocks = self._engine.dialect.name in _UPSERT_DIALECTS
+        self._has_blocks = True
         if len(have) == len(names):
             return
         try:
@@ -362,7 +368,7 @@ class Store:
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(7061726)"))
                 backfill = not sa.inspect(conn).has_table(_blocks.name) and sa.inspect(conn).has_table(_metrics.name)
                 _metadata.create_all(conn, checkfirst=True)  # under the write lock on SQLite too
-                if backfill and self._has_blocks:
+                if backfill:
                     conn.execute(_blocks.insert().from_select([c.name for c in _blocks.c], _blocks_of_rows()))
         except sa.exc.DBAPIError:
             if not have.issuperset(set(names) - {_blocks.name}):
@@ -600,38 +606,35 @@ class Store:
 
     # ----------------------------------------------------------------- metrics
 
-    def log_metrics(self, run_id: int, rows: Iterable[tuple[int, int | None, str, float]]) -> None:
+    def log_metrics(self, run_id: int, rows: Iterable[tuple[int, int | None, str, float]], **run_fields: Any) -> None:
         """Append (step, epoch, key, value) rows to a run in one write transaction.
 
         Rows go in as a few INSERTs of a few hundred rows each. A NaN value is
         stored as NULL and read back as NaN. Call this per batch, never per step
-        (see MetricBuffer).
+        (see MetricBuffer). ``run_fields`` (update_run's, but no summary) are set
+        on the run in the same transaction: an epoch count never runs ahead of its rows.
         """
-        values = []
+        run_values = self._run_values(run_fields)
+        if "summary" in run_values:
+            raise ValueError("log_metrics: summary is merged by update_run, not set here")
+        values = []  # (run_id, step, epoch, key, value), in _METRIC_COLUMNS order
         for row in rows:
             try:
                 step, epoch, key, value = row
                 value = float(value)
-                values.append(
-                    {
-                        "run_id": run_id,
-                        "step": int(step),
-                        "epoch": None if epoch is None else int(epoch),
-                        "key": str(key),
-                        "value": None if math.isnan(value) else value,
-                    }
-                )
+                values.append((run_id, int(step), None if epoch is None else int(epoch), str(key),
+                               None if value != value else value))
             except (TypeError, ValueError) as err:
                 raise ValueError(f"log_metrics: bad row {row!r}, expected (step, epoch, key, value): {err}") from None
-        if not values:
+        if not values and not run_values:
             return
         with self._write() as conn:
             self._require_run(conn, run_id)
-            for start in range(0, len(values), _INSERT_CHUNK_ROWS):
-                conn.execute(_metrics.insert(), values[start : start + _INSERT_CHUNK_ROWS])
-            if self._has_blocks:
-                conn.execute(_upsert_blocks(conn.dialect.name), _summarize_blocks(run_id, values))
-            conn.execute(_runs.update().where(_runs.c.id == run_id).values(updated=_now()))
+            if values:
+                _insert_metrics(conn, values)
+                if self._has_blocks:
+                    _rebuild_blocks(conn, run_id, min(v[1] for v in values))
+            conn.execute(_runs.update().where(_runs.c.id == run_id).values(updated=_now(), **run_values))
 
     def metrics(self, run_id: int, keys: Sequence[str] | None = None) -> dict[str, dict[str, list]]:
         """A run's metrics: key -> {"step": [...], "epoch": [...], "value": [...]}, ordered by step.
@@ -711,7 +714,8 @@ class Store:
         blocks_query = (  # the same buckets from the summary blocks, when width is a multiple of METRIC_BLOCK
             sa.select(
                 sa.func.min(b.first_step), sa.func.max(b.last_step), sa.func.min(b.vmin), sa.func.max(b.vmax),
-                sa.func.sum(b.vsum), sa.func.sum(b.n_values), sa.func.sum(b.n_rows),
+                sa.case((sa.func.count(b.vsum) < sa.func.count(), None), else_=sa.func.sum(b.vsum)),
+                sa.func.sum(b.n_values), sa.func.sum(b.n_rows),
             )
             .where(b.run_id == sa.bindparam("run_id"), b.key == sa.bindparam("key"))
             .group_by(b.block // (width // METRIC_BLOCK))
@@ -735,18 +739,15 @@ class Store:
                     query = rows_query
                     if blocks > buckets:
                         w, query = -(-w // METRIC_BLOCK) * METRIC_BLOCK, blocks_query
-                    series: dict[str, Any] = {"width": w, "first": [], "last": [], "min": [], "max": [],
-                                              "mean": [], "count": [], "nan": []}
-                    for first, last_in, lo, hi, total, n_values, n_rows in conn.execute(
-                            query, {"run_id": run_id, "key": key, "width": w}):
-                        series["first"].append(first)
-                        series["last"].append(last_in)
-                        series["min"].append(None if lo is None else float(lo))
-                        series["max"].append(None if hi is None else float(hi))
-                        series["mean"].append(float(total) / n_values if n_values and total is not None else None)
-                        series["count"].append(n_rows)
-                        series["nan"].append(n_rows - n_values)
-                    out.setdefault(run_id, {})[key] = series
+                    rows = conn.execute(query, {"run_id": run_id, "key": key, "width": w}).all()
+                    first, last_in, lo, hi, total, n_values, n_rows = (list(c) for c in zip(*rows))
+                    out.setdefault(run_id, {})[key] = {
+                        "width": w, "first": first, "last": last_in,
+                        "min": [None if v is None else float(v) for v in lo],
+                        "max": [None if v is None else float(v) for v in hi],
+                        "mean": [float(t) / n if n and t is not None else None for t, n in zip(total, n_values)],
+                        "count": n_rows, "nan": [r - n for r, n in zip(n_rows, n_values)],
+                    }
         return out
 
     def metric_keys(self, run_id: int) -> list[str]:
@@ -763,13 +764,7 @@ class Store:
             self._require_run(conn, run_id)
             conn.execute(_metrics.delete().where(_metrics.c.run_id == run_id, _metrics.c.step > step))
             if self._has_blocks:  # the block holding `step` keeps part of its rows: summarized again
-                block = step // METRIC_BLOCK
-                conn.execute(_blocks.delete().where(_blocks.c.run_id == run_id, _blocks.c.block >= block))
-                rows = _blocks_of_rows().where(_metrics.c.run_id == run_id, _metrics.c.step >= block * METRIC_BLOCK)
-                conn.execute(_blocks.insert().from_select([c.name for c in _blocks.c], rows))
-
-
-_UPSERT_DIALECTS = ("sqlite", "postgresql")  # INSERT ... ON CONFLICT DO UPDATE: blocks are kept there
+                _rebuild_blocks(conn, run_id, step)
 
 
 def _blocks_of_rows() -> sa.Select:
@@ -778,54 +773,33 @@ def _blocks_of_rows() -> sa.Select:
     block = m.step // METRIC_BLOCK
     return sa.select(
         m.run_id, m.key, block, sa.func.min(m.step), sa.func.max(m.step), sa.func.min(m.value), sa.func.max(m.value),
-        sa.func.coalesce(sa.func.sum(m.value), 0.0), sa.func.count(m.value), sa.func.count(),
+        sa.case((sa.func.count(m.value) == 0, 0.0), else_=sa.func.sum(m.value)),  # NULL only for Inf - Inf
+        sa.func.count(m.value), sa.func.count(),
     ).group_by(m.run_id, m.key, block)
 
 
-def _summarize_blocks(run_id: int, values: list[dict]) -> list[dict]:
-    """Rows about to be written, summarized per (key, block): the parameters of _upsert_blocks."""
-    out: dict[tuple[str, int], dict] = {}
-    for row in values:
-        step, value = row["step"], row["value"]
-        b = out.get((row["key"], step // METRIC_BLOCK))
-        if b is None:
-            b = out[(row["key"], step // METRIC_BLOCK)] = {
-                "run_id": run_id, "key": row["key"], "block": step // METRIC_BLOCK, "first_step": step,
-                "last_step": step, "vmin": None, "vmax": None, "vsum": 0.0, "n_values": 0, "n_rows": 0}
-        b["first_step"], b["last_step"] = min(b["first_step"], step), max(b["last_step"], step)
-        b["n_rows"] += 1
-        if value is not None:
-            b["vmin"] = value if b["vmin"] is None else min(b["vmin"], value)
-            b["vmax"] = value if b["vmax"] is None else max(b["vmax"], value)
-            b["vsum"] += value
-            b["n_values"] += 1
-    for b in out.values():
-        if math.isnan(b["vsum"]):
-            b["vsum"] = None
-    return list(out.values())
+_METRIC_COLUMNS = ("run_id", "step", "epoch", "key", "value")
 
 
-def _upsert_blocks(dialect: str):
-    """INSERT a block, or merge it into the stored one (rows of one block can come in several writes)."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+def _insert_metrics(conn: Connection, values: list[tuple]) -> None:
+    """INSERT metric rows given as tuples in _METRIC_COLUMNS order: straight to the driver on SQLite (a
+    third of the cost of a row, which a training pays twice a step), through SQLAlchemy elsewhere."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(
+            'INSERT INTO tl_metrics (run_id, step, epoch, "key", value) VALUES (?, ?, ?, ?, ?)', values)
+        return
+    for start in range(0, len(values), _INSERT_CHUNK_ROWS):
+        chunk = values[start : start + _INSERT_CHUNK_ROWS]
+        conn.execute(_metrics.insert(), [dict(zip(_METRIC_COLUMNS, v)) for v in chunk])
 
-        least, greatest = sa.func.least, sa.func.greatest  # both skip NULLs
-    else:
-        from sqlalchemy.dialects.sqlite import insert
 
-        def least(a, b):  # SQLite's two-argument min() is NULL when either is
-            return sa.func.coalesce(sa.func.min(a, b), a, b)
-
-        def greatest(a, b):
-            return sa.func.coalesce(sa.func.max(a, b), a, b)
-
-    stmt = insert(_blocks)
-    new, old = stmt.excluded, _blocks.c
-    return stmt.on_conflict_do_update(index_elements=[old.run_id, old.key, old.block], set_={
-        "first_step": least(old.first_step, new.first_step), "last_step": greatest(old.last_step, new.last_step),
-        "vmin": least(old.vmin, new.vmin), "vmax": greatest(old.vmax, new.vmax), "vsum": old.vsum + new.vsum,
-        "n_values": old.n_values + new.n_values, "n_rows": old.n_rows + new.n_rows})
+def _rebuild_blocks(conn: Connection, run_id: int, step: int) -> None:
+    """Summarize again, from its rows, every block of a run from the one holding `step` on: after rows
+    were added at or after `step` (or deleted after it). In SQL, on a few blocks' rows: cheap."""
+    block = step // METRIC_BLOCK
+    conn.execute(_blocks.delete().where(_blocks.c.run_id == run_id, _blocks.c.block >= block))
+    rows = _blocks_of_rows().where(_metrics.c.run_id == run_id, _metrics.c.step >= block * METRIC_BLOCK)
+    conn.execute(_blocks.insert().from_select([c.name for c in _blocks.c], rows))
 
 
 class MetricBuffer:
@@ -850,10 +824,10 @@ class MetricBuffer:
         if len(self._rows) >= self.max_rows:
             self.flush()
 
-    def flush(self) -> None:
-        """Write every buffered row in one transaction."""
-        if self._rows:
-            self.store.log_metrics(self.run_id, self._rows)
+    def flush(self, **run_fields: Any) -> None:
+        """Write every buffered row in one transaction, with ``run_fields`` set on the run in it."""
+        if self._rows or run_fields:
+            self.store.log_metrics(self.run_id, self._rows, **run_fields)
             self._rows = []
 
     def __len__(self) -> int:

@@ -188,10 +188,7 @@ class _SeriesCache:
     def __init__(self, store: Store, max_entries: int = 20_000):
         self.store = store
         self.max_entries = max_entries
-        url = sa.engine.make_url(store.url)
-        # an in-memory SQLite store is one connection: never share it between threads
-        self.threads = 1 if url.get_backend_name() == "sqlite" and (
-            url.database in (None, "", ":memory:") or "mode=memory" in store.url) else _READ_THREADS
+        self.threads = 1 if store.in_memory else _READ_THREADS
         self._entries: OrderedDict[tuple, tuple[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -237,8 +234,9 @@ class _SeriesCache:
         return out
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(json_safe(obj), separators=(",", ":"), ensure_ascii=False)
+def _dumps(obj: Any, *, safe: bool = False) -> str:
+    """Compact JSON; ``safe``: `obj` is known to hold no NaN/Inf (plot_series output), so skip json_safe."""
+    return json.dumps(obj if safe else json_safe(obj), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _study_series(got: dict[str, dict]) -> str:
@@ -253,12 +251,12 @@ def _study_series(got: dict[str, dict]) -> str:
     if VAL_KEY in got:
         val = plot_series(got[VAL_KEY], digits=STUDY_DIGITS)
         del val["lo"], val["hi"]
-    return _dumps({"loss": loss, "val": val})[1:-1]
+    return _dumps({"loss": loss, "val": val}, safe=True)[1:-1]
 
 
 def _run_series(got: dict[str, dict]) -> str:
     """Every series of a run at full precision, as the JSON text of an object key -> plot arrays."""
-    return _dumps({k: plot_series(v, smooth=k == LOSS_KEY) for k, v in got.items()})
+    return _dumps({k: plot_series(v, smooth=k == LOSS_KEY) for k, v in got.items()}, safe=True)
 
 
 # ------------------------------------------------------------------------------------ the app

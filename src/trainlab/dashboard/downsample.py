@@ -14,7 +14,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..curves import moving_average
+import numpy as np
+
+from ..curves import json_safe, moving_average
 
 __all__ = ["MAX_POINTS", "SMOOTH_FRACTION", "json_safe", "plot_series"]
 
@@ -22,15 +24,18 @@ MAX_POINTS = 2000       # buckets per series at most, whatever a client asks for
 SMOOTH_FRACTION = 0.05  # the moving average spans this fraction of the series' buckets
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _rounded(digits: int | None):
-    if digits is None:
-        return _finite
-    spec = f".{digits}g"
-    return lambda v: float(format(v, spec)) if v is not None and math.isfinite(v) else None
+def _plain(values, digits: int | None) -> list[float | None]:
+    """Floats for JSON: non-finite (and None) as None, rounded to ``digits`` significant digits, in numpy."""
+    a = np.array([math.nan if v is None else v for v in values], dtype=float)
+    ok = np.isfinite(a)
+    if digits is not None and ok.any():
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            exp = digits - 1 - np.floor(np.log10(np.abs(np.where(ok & (a != 0), a, 1.0))))
+            up = 10.0 ** np.maximum(exp, 0)     # x * 10^e, rounded, / 10^e: exact powers either way,
+            down = 10.0 ** np.maximum(-exp, 0)  # so 0.123456 prints as 0.12346, 123456 as 123460
+            rounded = np.round(a * up / down) * down / up
+        a = np.where(ok & np.isfinite(rounded), rounded, a)
+    return [v if good else None for v, good in zip(a.tolist(), ok.tolist())]
 
 
 def plot_series(buckets: dict[str, Any], *, smooth: bool = False, digits: int | None = None) -> dict[str, Any]:
@@ -47,12 +52,11 @@ def plot_series(buckets: dict[str, Any], *, smooth: bool = False, digits: int | 
     ...              "mean": [2.0, None], "count": [1, 1], "nan": [0, 1]})["hi"]
     [2.0, None]
     """
-    keep = _rounded(digits)
     out: dict[str, Any] = {
         "x": list(buckets["first"]),
-        "lo": [keep(v) for v in buckets["min"]],
-        "hi": [keep(v) for v in buckets["max"]],
-        "mean": [keep(v) for v in buckets["mean"]],
+        "lo": _plain(buckets["min"], digits),
+        "hi": _plain(buckets["max"], digits),
+        "mean": _plain(buckets["mean"], digits),
         "n": sum(buckets["count"]),
         "nan": sum(buckets["nan"]),
         "width": buckets["width"],
@@ -60,16 +64,5 @@ def plot_series(buckets: dict[str, Any], *, smooth: bool = False, digits: int | 
     if smooth:
         window = max(1, round(SMOOTH_FRACTION * len(out["x"])))
         means = [math.nan if v is None else v for v in buckets["mean"]]
-        out["avg"] = [keep(float(v)) for v in moving_average(means, window)] if means else []
+        out["avg"] = _plain(moving_average(means, window), digits) if means else []
     return out
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with every NaN/Inf float replaced by None, recursively (JSON has no NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj

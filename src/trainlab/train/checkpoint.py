@@ -36,21 +36,43 @@ def _write_atomic(data: memoryview | bytes, path: Path) -> Path:
     finally:
         if tmp.exists():
             tmp.unlink()
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (where the platform allows opening a folder)."""
     try:
-        fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
     except OSError:
         pass
-    return path
 
 
 def _serialize(state: dict[str, Any]) -> memoryview:
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getbuffer()
+
+
+def _write_copies(data: memoryview, path: Path, more: list[Path]) -> None:
+    """Write `path`, then give each of `more` the same file as a hard link (atomically, by rename): one
+    write and fsync, not several. A later checkpoint replaces `path` by rename, so the links keep theirs."""
+    _write_atomic(data, path)
+    for target in more:
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
+        try:
+            os.link(path, tmp)
+            os.replace(tmp, target)
+        except OSError:  # a file system without hard links
+            if tmp.exists():
+                tmp.unlink()
+            _write_atomic(data, target)
+        else:
+            _fsync_dir(target.parent)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -77,8 +99,7 @@ class AsyncCheckpointer:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending = [f for f in self._pending if not f.done() or f.exception()]
-        for target in (path, *more):
-            self._pending.append(self._pool.submit(_write_atomic, data, Path(target)))
+        self._pending.append(self._pool.submit(_write_copies, data, Path(path), [Path(m) for m in more]))
         return Path(path)
 
     def wait(self) -> None:

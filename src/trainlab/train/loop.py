@@ -37,6 +37,7 @@ from .evaluate import dataset_tensors, evaluate
 __all__ = ["fit", "FitResult", "Stop", "Callback", "LoopState", "resolve_device", "lr_schedule", "epoch_order"]
 
 _DRAIN = 50          # steps between reads of the per-step losses (divergence check, metrics, progress)
+_FLUSH_S = 2.0       # without checkpoints, metric rows are written at an epoch's end at most this often
 _TRAIN_EVAL = 1000   # training examples re-evaluated each epoch for train/acc, in eval mode like val/acc
 
 
@@ -357,7 +358,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     status, reason = "completed", None
     pending: list[torch.Tensor] = []
     pending_from = step
-    last_save = time.monotonic()
+    last_save = last_flush = time.monotonic()
+    epochs_done = start_epoch
 
     def drain(epoch: int, collective: bool = True) -> str | None:
         """Read the buffered per-step losses: divergence check, metrics, progress.
@@ -485,14 +487,16 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
             decision = stopper.update(state.metrics[hp.early_stop_metric], epoch + 1)
             if decision.improved:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            epochs_done = epoch + 1
+            if buffer is not None and (run_dir is not None or time.monotonic() - last_flush >= _FLUSH_S):
+                # one transaction: the epoch's rows and the run's progress (before the checkpoint lands)
+                buffer.flush(epochs=epochs_done, best_metric=stopper.best, best_epoch=stopper.best_epoch)
+                last_flush = time.monotonic()
             if decision.improved:  # best.pt lands first: a last.pt that names a best epoch always has its best.pt
                 checkpoint("best.pt", epoch + 1, 0, also="last.pt")
             else:
                 checkpoint("last.pt", epoch + 1, 0)
             last_save = time.monotonic()
-            if buffer is not None:
-                buffer.flush()
-                store.update_run(run_id, epochs=epoch + 1, best_metric=stopper.best, best_epoch=stopper.best_epoch)
             if progress is not None:
                 progress.close()
                 progress = None
@@ -540,7 +544,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         if test is not None:
             summary.update({"test/acc": test["acc"], "test/loss": test["loss"]})
         store.finish_run(run_id, status, reason=reason, best_metric=stopper.best, best_epoch=stopper.best_epoch,
-                         checkpoint=best_path, summary=summary)
+                         epochs=epochs_done, checkpoint=best_path, summary=summary)
     if not quiet:
         tail = f", test/acc {test['acc']:.4f}" if test else ""
         best = f"best {hp.early_stop_metric} {stopper.best:.4f} at epoch {stopper.best_epoch}" \
