@@ -18,8 +18,9 @@ import pytest
 
 from trainlab.cli import main
 from trainlab.config import load_config
-from trainlab.recipe import (PHASES, _rank_rows, choose_move, phase_allowance, plan_budget, size_coarse, size_final,
-                             size_refine, study_name)
+from trainlab.recipe import _rank_rows, study_name
+from trainlab.recipe_plan import (PHASES, choose_move, phase_allowance, plan_budget, size_coarse, size_final,
+                                  size_refine)
 from trainlab.store import Store
 
 BUDGET_MIN = "0.5"
