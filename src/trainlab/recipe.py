@@ -53,7 +53,7 @@ from .config import Config, ConfigError, apply_overrides
 from .recipe_plan import (PHASES, PHASE_OF_STEP, COARSE_WEIGHT_DECAYS, COARSE_LR_EXPONENTS, REFINE_LR_EXPONENTS,
                           FOLDS, MAX_ROUNDS, FIRST_ROUND_SHARE, MAX_MEMBERS, STEP_TITLES, plan_budget,
                           phase_allowance, search_rounds, epochs_fitting, size_coarse, size_refine, size_final,
-                          choose_move)
+                          choose_move, MIN_REFINE_EPOCHS)
 from .store import Store, normalize_url
 
 __all__ = ["StepResult", "RecipeResult", "run_recipe", "study_name"]

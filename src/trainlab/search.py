@@ -55,7 +55,6 @@ import time
 import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .config import Config, ConfigError, apply_overrides, make_config
