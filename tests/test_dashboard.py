@@ -23,7 +23,6 @@ from trainlab.cli import main
 from trainlab.config import Config
 from trainlab.dashboard import create_app
 from trainlab.dashboard.app import RATIO_BAND, open_read_only
-from trainlab.dashboard.downsample import MAX_POINTS
 from trainlab.dashboard.server import allowed_hosts, is_loopback
 from trainlab.store import METRIC_BLOCK, Store
 from trainlab.tasks import load_task

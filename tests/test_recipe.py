@@ -5,7 +5,6 @@ Chromium renders with every image loaded."""
 
 import contextlib
 import io
-import json
 import math
 import os
 import signal
