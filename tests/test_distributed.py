@@ -254,6 +254,15 @@ def test_ddp_stop_decisions_are_collective(tmp_path):
     assert Store(tmp_path / "c.db").run(1)["reason"] == "rank 1 asked at step 7"
 
 
+def test_a_validation_split_smaller_than_the_world_size(task, tmp_path):
+    """One validation example on 2 ranks: rank 1's shard is empty, and its NaN means weigh nothing."""
+    hp = Config(**EXACT, batch_size=16, epochs=1, val_fraction=1e-4)
+    ranks = run_ranks(_fit_rank, hp, str(tmp_path / "v.db"), str(tmp_path / "v"), tmp_path=tmp_path)
+    accs = [r["history"]["val/acc"] for r in ranks]
+    assert accs[0] == accs[1] and accs[0][0] in (0.0, 1.0), "both ranks judge the one example alike"
+    assert [r["status"] for r in ranks] == ["completed", "completed"]
+
+
 # --- BatchNorm policy ---------------------------------------------------------------------------
 
 def test_batchnorm_policy():

@@ -31,6 +31,8 @@ def predict(model: nn.Module, dataset: Dataset | torch.Tensor, device: torch.dev
     model.eval()
     try:
         out = [model(x[i:i + batch_size].to(device)).float() for i in range(0, len(x), batch_size)]
+        if not out:  # no examples (a rank's empty shard of a tiny split): zero rows of logits, not an error
+            out = [model(x[:0].to(device)).float()]
     finally:
         model.train(was_training)
     return torch.cat(out)
@@ -40,7 +42,8 @@ def predict(model: nn.Module, dataset: Dataset | torch.Tensor, device: torch.dev
 def evaluate(model: nn.Module, dataset: Dataset, loss_fn: Callable = F.cross_entropy,
              device: torch.device | str = "cpu", batch_size: int = 1024,
              data: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
-    """{"loss": mean loss, "acc": accuracy} of `model` on `dataset` (or on ready tensors `data`)."""
+    """{"loss": mean loss, "acc": accuracy} of `model` on `dataset` (or on ready tensors `data`); NaN for both
+    when there are no examples, which `distributed.reduce_means` weighs by their count, zero."""
     x, y = data if data is not None else dataset_tensors(dataset, device)
     logits = predict(model, x, device, batch_size)
     loss = loss_fn(logits, y).item()
