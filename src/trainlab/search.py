@@ -59,7 +59,7 @@ from typing import Any, Iterator, Mapping
 
 from .config import Config, ConfigError, apply_overrides, make_config
 from .space import Space, parse_space
-from .store import Store, normalize_url
+from .store import BUSY_TIMEOUT_S, Store, hide_password, normalize_url, sqlite_settings
 
 __all__ = [
     "STRATEGIES", "PRUNERS", "SearchResult", "PruningCallback", "run_search", "leaderboard", "open_storage",
@@ -71,7 +71,6 @@ PRUNERS = ("none", "sha", "hyperband", "median")
 DEFAULT_TRIALS = 20          # random/TPE budget when none is given; a grid defaults to its size
 DEFAULT_HEARTBEAT_S = 10     # Optuna heartbeat interval; a trial is stale after grace_s (3 intervals)
 _META = "trainlab"           # study user attribute holding what the study was created with
-_BUSY_TIMEOUT_S = 30
 
 
 # ------------------------------------------------------------------------------------ storage
@@ -79,26 +78,6 @@ _BUSY_TIMEOUT_S = 30
 
 def _is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
-
-
-def _shown(url: str) -> str:
-    if "@" not in url:
-        return url
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # The driver's own BEGIN handling is switched off so that _sqlite_on_begin can say IMMEDIATE.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_S * 1000}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-    finally:
-        cursor.close()
 
 
 def _sqlite_on_begin(conn: Any) -> None:
@@ -125,19 +104,19 @@ def open_storage(url: str | os.PathLike | None, *, heartbeat_s: int | None = Non
     if heartbeat_s is not None:
         kwargs = {"heartbeat_interval": int(heartbeat_s), "grace_period": int(grace_s or 3 * heartbeat_s),
                   "heartbeat_stale_trial_callback": on_stale}
-    engine_kwargs = {"connect_args": {"timeout": _BUSY_TIMEOUT_S}} if _is_sqlite(url) else {"pool_pre_ping": True}
+    engine_kwargs = {"connect_args": {"timeout": BUSY_TIMEOUT_S}} if _is_sqlite(url) else {"pool_pre_ping": True}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=not check,
                                                  **kwargs)
         except ImportError as err:
-            raise ValueError(f"storage: cannot open {_shown(url)!r}: driver not installed ({err})") from None
+            raise ValueError(f"storage: cannot open {hide_password(url)!r}: driver not installed ({err})") from None
         except Exception as err:  # sqlalchemy OperationalError and friends: one line, the cause
             detail = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-            raise ValueError(f"storage: cannot open {_shown(url)!r}: {detail}") from None
+            raise ValueError(f"storage: cannot open {hide_password(url)!r}: {detail}") from None
     if _is_sqlite(url):
-        event.listen(storage.engine, "connect", _sqlite_on_connect)
+        event.listen(storage.engine, "connect", sqlite_settings)
         event.listen(storage.engine, "begin", _sqlite_on_begin)
         storage.engine.dispose()  # connections opened by RDBStorage's constructor lack the listeners
     return storage
@@ -163,7 +142,7 @@ class _Lock:
 
             self._engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
         else:
-            raise ValueError(f"storage: search workers need SQLite or PostgreSQL, got {_shown(url)!r}")
+            raise ValueError(f"storage: search workers need SQLite or PostgreSQL, got {hide_password(url)!r}")
 
     @contextlib.contextmanager
     def hold(self, name: str) -> Iterator[None]:
@@ -228,7 +207,7 @@ def load_study(name: str, storage=None):
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
         listed = f"; studies there: {', '.join(names[:10])}" if names else "; there are none"
-        where = _shown(getattr(st, "url", "") or str(storage))
+        where = hide_password(getattr(st, "url", "") or str(storage))
         raise ConfigError(f"study: no study named {name!r} in {where}{listed}") from None
 
 
@@ -631,7 +610,7 @@ def _prepare(plan: _Plan, meta_in: dict, join: bool):
                 study = optuna.load_study(study_name=plan.study, storage=storage)
             except KeyError:
                 if join:
-                    raise ConfigError(f"study: no study named {plan.study!r} in {_shown(plan.storage)}; "
+                    raise ConfigError(f"study: no study named {plan.study!r} in {hide_password(plan.storage)}; "
                                       "give --space (and a config) to create it") from None
                 study = optuna.create_study(study_name=plan.study, storage=storage,
                                             direction="maximize" if meta_in["mode"] == "max" else "minimize")
@@ -757,8 +736,8 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
         from tqdm.auto import tqdm
 
         _log(plan, f"search {study}: {plan.strategy}" + (f" + {plan.prune} pruning" if plan.prune != "none" else "")
-             + f", {n} trials, {workers} worker{'s' if workers > 1 else ''}; store {_shown(db_url)}"
-             + (f", Optuna storage {_shown(storage_url)}" if storage_url != db_url else ""))
+             + f", {n} trials, {workers} worker{'s' if workers > 1 else ''}; store {hide_password(db_url)}"
+             + (f", Optuna storage {hide_password(storage_url)}" if storage_url != db_url else ""))
         bar = tqdm(total=n, initial=min(before, n), unit="trial", desc="trials", dynamic_ncols=True, leave=False)
     exitcodes: list[int] = []
     try:
@@ -779,7 +758,7 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
     best = next((r for r in rows if r["status"] == "completed" and r["value"] is not None), None)
     best_hp = apply_overrides(make_config(plan.config), best["params"]).model_dump(mode="json") if best else None
     return SearchResult(study=study, strategy=plan.strategy, prune=plan.prune, metric=meta["metric"],
-                        db=_shown(db_url), storage=_shown(storage_url), trials=n, leaderboard=rows, best=best,
+                        db=hide_password(db_url), storage=hide_password(storage_url), trials=n, leaderboard=rows, best=best,
                         best_hparams=best_hp, counts=counts, complete=_finished(trials_now) >= n,
                         seconds=time.perf_counter() - started, workers=workers, worker_exitcodes=exitcodes)
 

@@ -54,16 +54,20 @@ from sqlalchemy.pool import StaticPool
 
 __all__ = [
     "RUN_STATUSES",
+    "METRIC_BLOCK",
+    "BUSY_TIMEOUT_S",
     "MetricBuffer",
     "RunNotFound",
     "Store",
+    "hide_password",
     "normalize_url",
+    "sqlite_settings",
 ]
 
 RUN_STATUSES = ("running", "completed", "stopped", "diverged", "failed", "pruned")
 
 DEFAULT_URL = "sqlite:///trainlab.db"
-_BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for the lock before failing
+BUSY_TIMEOUT_S = 30  # a writer waits this long for the lock before failing
 _INSERT_CHUNK_ROWS = 500  # rows per INSERT statement: few statements, bounded memory
 _WRITE_OPTION = "trainlab_write"  # execution option that makes BEGIN IMMEDIATE
 
@@ -175,11 +179,11 @@ def normalize_url(db: str | os.PathLike | None) -> str:
         raise ValueError(f"db: cannot open {text!r}: empty path or URL")
     if "://" not in text:
         return "sqlite:///" + os.path.expanduser(text)
-    shown = _hide_password(text)
+    shown = hide_password(text)
     try:
         url = make_url(text)
     except (sa.exc.ArgumentError, ValueError) as err:
-        raise ValueError(f"db: cannot open {shown!r}: not a database URL ({_hide_password(str(err))})") from None
+        raise ValueError(f"db: cannot open {shown!r}: not a database URL ({hide_password(str(err))})") from None
     try:
         url.get_dialect()
     except sa.exc.NoSuchModuleError:
@@ -197,7 +201,7 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _hide_password(text: str) -> str:
+def hide_password(text: str) -> str:
     """``scheme://user:secret@host`` -> ``scheme://user:***@host``, for messages."""
     return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", text)
 
@@ -271,19 +275,24 @@ def _check_status(status: Any, allowed: Sequence[str] = RUN_STATUSES) -> str:
     return status
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    """Per-connection SQLite settings; see the module docstring for why."""
+def sqlite_settings(dbapi_connection: Any, _record: Any = None) -> None:
+    """Settings for every SQLite connection trainlab opens, the store's and Optuna's (a "connect" listener):
+    WAL, synchronous=NORMAL, a busy timeout, and BEGIN taken from the driver. See the module docstring."""
     # Take BEGIN away from the sqlite3 driver: it would skip it before SELECTs and
-    # could never emit IMMEDIATE. Our "begin" listener emits it instead.
+    # could never emit IMMEDIATE. A "begin" listener emits it instead.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")  # first: WAL switch may wait
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")  # first: WAL switch may wait
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; fsync at checkpoints only
-        cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    sqlite_settings(dbapi_connection)
+    dbapi_connection.execute("PRAGMA foreign_keys = ON")
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
@@ -309,7 +318,7 @@ class Store:
     def __init__(self, db: str | os.PathLike | None = None):
         self.url = normalize_url(db)
         url = make_url(self.url)
-        self._shown_url = _hide_password(self.url)
+        self._shown_url = hide_password(self.url)
         self._is_sqlite = url.get_backend_name() == "sqlite"
         try:
             if self._is_sqlite:
