@@ -211,6 +211,25 @@ def make_config(data: dict[str, Any]) -> Config:
         raise ConfigError(_format_error(err, data)) from None
 
 
+def read_yaml_mapping(path: str | Path, field: str, what: str) -> dict[str, Any]:
+    """The mapping in a YAML file (empty for an empty file); else one ConfigError line naming `field`: no
+    such file, not valid YAML (with the line), or not a mapping of `what`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{field}: no such file {str(path)!r}")
+    try:
+        loaded = yaml_load(p.read_text())
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{field}: {str(path)!r} is not valid YAML{where}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{field}: {str(path)!r} must hold a mapping of {what}, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict[str, Any] = ()) -> Config:
     """Load a YAML config (or the defaults when `path` is None) and apply `key=value` overrides.
 
@@ -219,20 +238,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict[
     """
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config: no such file {str(path)!r}")
-        try:
-            loaded = yaml_load(p.read_text())
-        except yaml.YAMLError as err:
-            line = getattr(getattr(err, "problem_mark", None), "line", None)
-            where = f" at line {line + 1}" if line is not None else ""
-            raise ConfigError(f"config: {str(path)!r} is not valid YAML{where}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config: {str(path)!r} must hold a mapping of key: value, got {type(loaded).__name__}")
-        data.update(loaded)
+        data.update(read_yaml_mapping(path, "config", "key: value"))
     items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides)
     for key, value in items:
         data[key] = value

@@ -56,11 +56,7 @@ def plot_run(store: Store, run_id: int, path: str | Path) -> Path:
         ax.plot(m["lr"]["step"], m["lr"]["value"], color="tab:green")
     ax.set(xlabel="step (optimizer updates)", ylabel="learning rate", title="learning rate")
     fig.suptitle(f"run {run_id}: {run['name']} ({run['status']})")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_schedule(lrs, path: str | Path, title: str = "") -> Path:
@@ -68,11 +64,7 @@ def plot_schedule(lrs, path: str | Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(np.arange(len(lrs)), lrs)
     ax.set(xlabel="step (optimizer updates)", ylabel="learning rate", title=title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # --- hyperparameter search (trainlab search report) ----------------------------------------------
@@ -127,11 +119,7 @@ def plot_metric_vs_params(rows: list[dict], params: list[dict], metric: str, pat
     if handles:
         fig.legend(handles, labels, loc="upper right", fontsize=8)
     fig.suptitle(f"{metric} against each hyperparameter")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_search_layout(rows: list[dict], x: dict, y: dict, metric: str, path: str | Path) -> Path:
@@ -185,11 +173,7 @@ def plot_importance(importances: dict[str, float], path: str | Path, title: str 
         ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
     ax.set(xlabel="importance (sums to 1)", title=title)
     ax.set_xlim(0, max([v for _, v in items] + [0.01]) * 1.2)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_lr_test(path: str | Path, *, trials: list[dict] | None = None, sweep: dict | None = None,
@@ -259,11 +243,7 @@ def plot_lr_test(path: str | Path, *, trials: list[dict] | None = None, sweep: d
                title="discrete trials: same initialization, constant lr")
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_ratios(store: Store, run_id: int, path: str | Path, band: tuple[float, float] = (1e-4, 1e-2)) -> Path:
@@ -297,6 +277,12 @@ def plot_ratios(store: Store, run_id: int, path: str | Path, band: tuple[float, 
         twin.set_ylabel("learning rate", color="0.4")
         ax.plot([], [], color="0.6", lw=1, ls=":", label="learning rate (right axis)")
     ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write at 100 dpi and close a figure; its path."""
+    plt = _plt()
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
-from .config import Config, ConfigError, make_config
+from .config import Config, ConfigError, make_config, read_yaml_mapping
 
 __all__ = ["Param", "Space", "FUNCTIONS", "load_space", "parse_space", "parse_param"]
 
@@ -282,18 +281,4 @@ def parse_space(data: Mapping[str, Any], base: Config | None = None) -> Space:
 
 def load_space(path: str | Path, base: Config | None = None) -> Space:
     """Read and parse a space YAML file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"space: no such file {str(path)!r}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        line = getattr(getattr(err, "problem_mark", None), "line", None)
-        where = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"space: {str(path)!r} is not valid YAML{where}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"space: {str(path)!r} must hold a mapping of hyperparameter: function, "
-                          f"got {type(data).__name__}")
-    return parse_space(data, base)
+    return parse_space(read_yaml_mapping(path, "space", "hyperparameter: function"), base)
