@@ -30,9 +30,9 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from .config import Config, apply_overrides
-from .curves import (AGREE_DECADES, FLAT_DROP, analyze_lr_sweep, init_loss_verdict, json_safe, loss_trend,
-                     lr_trial_summary, lrs_agree, pick_discrete_lr)
-from .curves import LECTURE_LRS, LR_TEST_WEIGHT_DECAY, SWEEP_RANGE, SWEEP_STEPS, TRIAL_STEPS
+from .curves import FLAT_DROP, init_loss_verdict, json_safe, loss_trend
+from .lr_range import (AGREE_DECADES, LECTURE_LRS, LR_TEST_WEIGHT_DECAY, SWEEP_RANGE, SWEEP_STEPS, TRIAL_STEPS,
+                       analyze_lr_sweep, lr_trial_summary, lrs_agree, pick_discrete_lr)
 from .schedules import exponential_ramp
 from .store import Store
 from .tasks import Task, load_task
@@ -66,7 +66,7 @@ class LRTestResult:
     """The outcome of `check_lr`: the raw table, each method's pick, the suggestion and how it was chosen.
 
     `table` has one row per discrete trial (lr, start, end, drop, status, why, picked). `sweep` is
-    `curves.analyze_lr_sweep`'s dict (lrs, raw and smoothed losses, cut, lr_at_min, ...). `suggested_lr`
+    `lr_range.analyze_lr_sweep`'s dict (lrs, raw and smoothed losses, cut, lr_at_min, ...). `suggested_lr`
     is the discrete pick when that method ran and found one, else the sweep's; it is never applied.
     """
 
@@ -307,11 +307,11 @@ def check_lr(task: Task | None, hp: Config, store: Store | None = None, *, metho
     method "discrete" (the lecture's): each of `lrs` for `steps` updates at a constant rate, every trial
     from the same initialization and data order; the pick is the rate whose loss ends lowest (mean of
     the last 20% of the steps) among those that dropped >= 10% without diverging or spiking above 2x
-    the initial loss (`curves.lr_trial_summary`, `curves.pick_discrete_lr`). method "sweep" (Smith 2017): one
+    the initial loss (`lr_range.lr_trial_summary`, `lr_range.pick_discrete_lr`). method "sweep" (Smith 2017): one
     run of `sweep_steps` updates with the rate rising exponentially over `sweep_range`; read with
-    `curves.analyze_lr_sweep` (smoothed, first points skipped, NaN/Inf dropped, cut at divergence; the
+    `lr_range.analyze_lr_sweep` (smoothed, first points skipped, NaN/Inf dropped, cut at divergence; the
     suggestion is the lr at the minimum of the smoothed loss divided by 10). "both" runs the two and says
-    whether they agree (`curves.lrs_agree`). The suggestion is reported, never applied: the caller's
+    whether they agree (`lr_range.lrs_agree`). The suggestion is reported, never applied: the caller's
     model is copied (never trained) and torch's RNG state is restored. With `plot`, the figure (loss
     against lr on a log axis, the pick marked) is written there.
     """

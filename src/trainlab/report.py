@@ -183,7 +183,7 @@ def plot_lr_test(path: str | Path, *, trials: list[dict] | None = None, sweep: d
     Left: the exponential sweep (every step as a faint point, the smoothed loss, the skipped start and
     the divergence cut) and each discrete trial's final loss at its rate. Right (when `trials` holds
     per-step "losses"): each trial's loss against the step, the picked one drawn thick. `trials` are
-    rows with lr, losses, end, status, picked; `sweep` is `curves.analyze_lr_sweep`'s dict.
+    rows with lr, losses, end, status, picked; `sweep` is `lr_range.analyze_lr_sweep`'s dict.
     """
     plt = _plt()
     trials = trials or []

@@ -173,7 +173,7 @@ def _common(p):
 
 
 def register(sub) -> None:
-    from ..curves import LR_TEST_WEIGHT_DECAY, SWEEP_STEPS, TRIAL_STEPS
+    from ..lr_range import LR_TEST_WEIGHT_DECAY, SWEEP_STEPS, TRIAL_STEPS
 
     check = sub.add_parser("check", help="sanity checks: init, overfit, lr (exit 0 on pass, 1 on fail)")
     which = check.add_subparsers(dest="check", required=True)
