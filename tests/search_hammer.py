@@ -3,7 +3,7 @@ own so that spawned processes import only optuna and trainlab's storage, not the
 
 import optuna
 
-from trainlab.search import _Lock, open_storage
+from trainlab.search_storage import StudyLock, open_storage
 from trainlab.store import Store
 
 
@@ -12,7 +12,7 @@ def hammer(db: str, study: str, n: int, queue) -> None:
     try:
         storage = open_storage(db, heartbeat_s=1)
         store = Store(db)
-        lock = _Lock(f"sqlite:///{db}")
+        lock = StudyLock(f"sqlite:///{db}")
         s = optuna.load_study(study_name=study, storage=storage)
         for _ in range(n):
             with lock.hold(study):

@@ -19,8 +19,8 @@ from search_hammer import hammer
 
 from trainlab.cli import main
 from trainlab.config import Config, ConfigError
-from trainlab.search import (PruningCallback, _budget_used, _make_sampler, _OnStaleTrial, load_study, open_storage,
-                             run_search)
+from trainlab.search import PruningCallback, _budget_used, _make_sampler, _OnStaleTrial, run_search
+from trainlab.search_storage import load_study, open_storage
 from trainlab.space import parse_space
 from trainlab.store import Store
 

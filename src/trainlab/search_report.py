@@ -15,7 +15,8 @@ import warnings
 from pathlib import Path
 
 from .report import plot_importance, plot_metric_vs_params, plot_search_layout
-from .search import leaderboard, load_study, open_existing_storage, study_meta
+from .search import leaderboard, study_meta
+from .search_storage import load_study, open_existing_storage
 from .space import parse_space
 
 __all__ = ["write_search_report", "importances"]
