@@ -618,7 +618,7 @@ class Store:
     def log_metrics(self, run_id: int, rows: Iterable[tuple[int, int | None, str, float]], **run_fields: Any) -> None:
         """Append (step, epoch, key, value) rows to a run in one write transaction.
 
-        Rows go in as a few INSERTs of a few hundred rows each. A NaN value is
+        Rows go in as one driver executemany on SQLite, INSERTs of a few hundred rows elsewhere. A NaN value is
         stored as NULL and read back as NaN. Call this per batch, never per step
         (see MetricBuffer). ``run_fields`` (update_run's, but no summary) are set
         on the run in the same transaction: an epoch count never runs ahead of its rows.
