@@ -396,3 +396,21 @@ def test_cli_human_output_prints_a_leaderboard(tmp_path, capsys):
     assert lines[0].startswith("study search-grid-") and "2 trials (2 completed)" in lines[0]
     assert lines[1].split() == ["rank", "trial", "run", "status", "lr", "val/acc", "epochs"]
     assert lines[2].split()[0] == "1" and lines[-1].startswith("best: trial ")
+
+
+def test_ctrl_c_while_the_storage_is_created_is_held_until_it_is_done(tmp_path):
+    """An interrupt inside RDBStorage's schema transaction left SQLite's write lock held; it now lands after."""
+    from trainlab.search_storage import _ctrl_c_deferred
+
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append("handler"))
+    try:
+        with _ctrl_c_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            seen.append("block done")
+        assert seen == ["block done", "handler"]
+        storage = open_storage(tmp_path / "s.db")  # and opening works with the deferral in place
+        assert storage.get_all_studies() == []
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import threading
 import warnings
 import zlib
@@ -48,7 +49,7 @@ def open_storage(url: str | os.PathLike | None, *, heartbeat_s: int | None = Non
         kwargs = {"heartbeat_interval": int(heartbeat_s), "grace_period": int(grace_s or 3 * heartbeat_s),
                   "heartbeat_stale_trial_callback": on_stale}
     engine_kwargs = {"connect_args": {"timeout": BUSY_TIMEOUT_S}} if is_sqlite(url) else {"pool_pre_ping": True}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _ctrl_c_deferred():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=not check,
@@ -63,6 +64,31 @@ def open_storage(url: str | os.PathLike | None, *, heartbeat_s: int | None = Non
         event.listen(storage.engine, "begin", _sqlite_on_begin)
         storage.engine.dispose()  # connections opened by RDBStorage's constructor lack the listeners
     return storage
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) until the block ends, then deliver it to the handler that was there.
+
+    RDBStorage's constructor writes Optuna's schema version in a transaction of its own; an interrupt
+    in the middle of it left that connection holding SQLite's write lock, and the interrupted command
+    then could not record that it stopped ("database is locked"). Only the main thread can swap handlers;
+    elsewhere the block runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, caught[0])
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
 
 
 class StudyLock:

@@ -359,7 +359,6 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     pending: list[torch.Tensor] = []
     pending_from = step
     last_save = last_flush = time.monotonic()
-    epochs_done = start_epoch
 
     def drain(epoch: int, collective: bool = True) -> str | None:
         """Read the buffered per-step losses: divergence check, metrics, progress.
@@ -487,10 +486,9 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
             decision = stopper.update(state.metrics[hp.early_stop_metric], epoch + 1)
             if decision.improved:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            epochs_done = epoch + 1
             if buffer is not None and (run_dir is not None or time.monotonic() - last_flush >= _FLUSH_S):
                 # one transaction: the epoch's rows and the run's progress (before the checkpoint lands)
-                buffer.flush(epochs=epochs_done, best_metric=stopper.best, best_epoch=stopper.best_epoch)
+                buffer.flush(epochs=epoch + 1, best_metric=stopper.best, best_epoch=stopper.best_epoch)
                 last_flush = time.monotonic()
             if decision.improved:  # best.pt lands first: a last.pt that names a best epoch always has its best.pt
                 checkpoint("best.pt", epoch + 1, 0, also="last.pt")
@@ -536,6 +534,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     for cb in callbacks:
         cb.on_fit_end(state)
     test = evaluate(model, task.test, loss_fn=task.loss, device=device) if evaluate_test else None
+    epochs = len(history.get("val/acc", []))  # completed, resumed ones included (history is checkpointed)
     best_path = str(run_dir / "best.pt") if run_dir is not None and (run_dir / "best.pt").is_file() else None
     if store is not None:
         buffer.flush()
@@ -544,7 +543,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         if test is not None:
             summary.update({"test/acc": test["acc"], "test/loss": test["loss"]})
         store.finish_run(run_id, status, reason=reason, best_metric=stopper.best, best_epoch=stopper.best_epoch,
-                         epochs=epochs_done, checkpoint=best_path, summary=summary)
+                         epochs=epochs, checkpoint=best_path, summary=summary)
     if not quiet:
         tail = f", test/acc {test['acc']:.4f}" if test else ""
         best = f"best {hp.early_stop_metric} {stopper.best:.4f} at epoch {stopper.best_epoch}" \
@@ -552,5 +551,5 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         print(f"{status}: {best}{tail}" + (f" ({reason})" if reason else ""))
         for w in layer_warnings:
             print(f"warning: {w.message}")
-    return FitResult(run_id, status, reason, stopper.best, stopper.best_epoch, len(history.get("val/acc", [])),
+    return FitResult(run_id, status, reason, stopper.best, stopper.best_epoch, epochs,
                      step, test, history, best_path, model, time.perf_counter() - started)
