@@ -31,9 +31,9 @@ import torch
 
 from trainlab import Config, Store, fit, load_task
 from trainlab.ensemble import evaluate_ensemble, members_from_runs
-from trainlab.recipe import run_recipe
-from trainlab.search import _cores, run_search
-from trainlab.train.deadline import Deadline
+from trainlab.recipe.runner import run_recipe
+from trainlab.search.runner import _cores, run_search
+from trainlab.train.callbacks import Deadline
 
 RESULTS = Path(__file__).parent / "results"
 PAIRS = ("mnist1d/resnet", "mnist1d/mlp", "mnist1d-shuffle/mlp", "digits/cnn")

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from trainlab import Config
-from trainlab.search import _cores, run_search
+from trainlab.search.runner import _cores, run_search
 from trainlab.store import Store
 
 RESULTS = Path(__file__).parent / "results"

@@ -3,7 +3,7 @@ own so that spawned processes import only optuna and trainlab's storage, not the
 
 import optuna
 
-from trainlab.search_storage import StudyLock, open_storage
+from trainlab.search.storage import StudyLock, open_storage
 from trainlab.store import Store
 
 

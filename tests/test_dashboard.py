@@ -132,7 +132,7 @@ def test_runs_without_a_study_are_reachable(client, trained):
 
 def _doctor_names(store, run):
     """What trainlab's own doctor (`trainlab diagnose`) says about a run."""
-    from trainlab.doctor import diagnose_run
+    from trainlab.doctor.diagnose import diagnose_run
 
     found = [f.name for f in diagnose_run(store, run["id"]).findings]
     status = ["diverged"] if run["status"] == "diverged" else []

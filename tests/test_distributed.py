@@ -22,11 +22,11 @@ from torch.utils.data.distributed import DistributedSampler
 from trainlab.cli import main
 from trainlab.cli.launch import torchrun_command
 from trainlab.config import Config, ConfigError, make_config
-from trainlab.distributed import (BN_MIN_BATCH, Dist, apply_sync_bn, batchnorm_warning, cleanup, init, scale_lr,
-                                  scaled_lr, shard_order)
+from trainlab.parallel.ddp import (BN_MIN_BATCH, Dist, apply_sync_bn, batchnorm_warning, cleanup, init, scale_lr,
+                                   scaled_lr, shard_order)
 from trainlab.models import build_model
 from trainlab.optim import param_groups
-from trainlab.pipeline import Pipeline, bubble_fraction, partition
+from trainlab.parallel.pipeline import Pipeline, bubble_fraction, partition
 from trainlab.store import Store
 from trainlab.tasks import load_task
 from trainlab.train import Stop, epoch_order, fit, load_checkpoint, lr_schedule

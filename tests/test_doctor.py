@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from trainlab import Config, Store, fit, load_task
 from trainlab.cli import main
-from trainlab.doctor import diagnose_run
+from trainlab.doctor.diagnose import diagnose_run
 from trainlab.models import build_model
 from helpers import strict_json
 

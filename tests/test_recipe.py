@@ -17,9 +17,8 @@ import pytest
 
 from trainlab.cli import main
 from trainlab.config import load_config
-from trainlab.recipe import _rank_rows, study_name
-from trainlab.recipe_plan import (PHASES, choose_move, phase_allowance, plan_budget, size_coarse, size_final,
-                                  size_refine)
+from trainlab.recipe.runner import _rank_rows, study_name
+from trainlab.recipe.plan import PHASES, choose_move, phase_allowance, plan_budget, size_coarse, size_final, size_refine
 from trainlab.store import Store
 
 BUDGET_MIN = "0.5"
@@ -226,7 +225,7 @@ def test_rerun_skips_every_step(resumed):
 def test_fresh_starts_a_new_study(tmp_path):
     """--fresh files a second attempt under recipe-<task>-<model>-2 (checked without training: bad budget
     first, then a config that fails step 1 cheaply is not needed; the naming is what is tested)."""
-    from trainlab.recipe import _attempts
+    from trainlab.recipe.runner import _attempts
 
     store = Store(tmp_path / "s.db")
     for name in ("recipe-digits-mlp", "recipe-digits-mlp/coarse", "recipe-digits-mlp-2", "recipe-digits-mlp-x"):
@@ -267,8 +266,8 @@ def test_report_renders_in_chromium(resumed):
 
 def test_deadline_stops_fit_and_search(tmp_path):
     from trainlab import fit, load_task
-    from trainlab.search import run_search
-    from trainlab.train.deadline import BUDGET_REACHED, Deadline
+    from trainlab.search.runner import run_search
+    from trainlab.train.callbacks import BUDGET_REACHED, Deadline
 
     hp = load_config(None, ["task=digits", "model=mlp", "width=8", "epochs=50", "monitor_every=0"])
     cb = Deadline(time.time())

@@ -19,9 +19,9 @@ from search_hammer import hammer
 
 from trainlab.cli import main
 from trainlab.config import Config, ConfigError
-from trainlab.search import PruningCallback, _budget_used, _make_sampler, _OnStaleTrial, run_search
-from trainlab.search_storage import load_study, open_storage
-from trainlab.space import parse_space
+from trainlab.search.runner import PruningCallback, _budget_used, _make_sampler, _OnStaleTrial, run_search
+from trainlab.search.storage import load_study, open_storage
+from trainlab.search.space import parse_space
 from trainlab.store import Store
 
 TrialState = optuna.trial.TrialState
@@ -400,7 +400,7 @@ def test_cli_human_output_prints_a_leaderboard(tmp_path, capsys):
 
 def test_ctrl_c_while_the_storage_is_created_is_held_until_it_is_done(tmp_path):
     """An interrupt inside RDBStorage's schema transaction left SQLite's write lock held; it now lands after."""
-    from trainlab.search_storage import _ctrl_c_deferred
+    from trainlab.search.storage import _ctrl_c_deferred
 
     seen = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append("handler"))

@@ -7,7 +7,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from trainlab.cli import main
 from trainlab.config import Config, ConfigError
-from trainlab.space import load_space, parse_param, parse_space
+from trainlab.search.space import load_space, parse_param, parse_space
 
 
 def test_every_function_parses_to_its_distribution():

@@ -19,14 +19,14 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from trainlab import Config, Store, Task, fit, load_task
-from trainlab.advisor import SIMILAR_GAIN, advise, ridge_cv_accuracy
-from trainlab.backbone import (FrozenStages, backbone_stages, head_name, load_weights, pool_features,
-                               read_state_dict, stage_features)
+from trainlab.transfer.advisor import SIMILAR_GAIN, advise, ridge_cv_accuracy
+from trainlab.transfer.backbone import (FrozenStages, backbone_stages, head_name, load_weights, pool_features,
+                                        read_state_dict, stage_features)
 from trainlab.cli import main
 from trainlab.config import ConfigError, apply_overrides
 from trainlab.train import CheckpointError, evaluate
-from trainlab.transfer import (FeatureCache, load_source, parse_strategy, plan_strategy, prepare_target,
-                               target_model, train_strategy)
+from trainlab.transfer.strategies import (FeatureCache, load_source, parse_strategy, plan_strategy, prepare_target,
+                                          target_model, train_strategy)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "transfer_target.py"
 

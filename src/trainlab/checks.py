@@ -29,16 +29,27 @@ import torch
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
-from .config import Config, apply_overrides
-from .curves import FLAT_DROP, init_loss_verdict, json_safe, loss_trend
-from .lr_range import (AGREE_DECADES, LECTURE_LRS, LR_TEST_WEIGHT_DECAY, SWEEP_RANGE, SWEEP_STEPS, TRIAL_STEPS,
-                       analyze_lr_sweep, lr_trial_summary, lrs_agree, pick_discrete_lr)
-from .schedules import exponential_ramp
-from .store import Store
-from .tasks import Task, load_task
-from .train import Stop, fit, resolve_device
-from .train.evaluate import dataset_tensors
-from .train.loop import epoch_order
+from trainlab.config import DEFAULT_RUNS_DIR, Config, apply_overrides
+from trainlab.doctor.curves import json_safe, loss_trend
+from trainlab.doctor.lr_range import (
+    AGREE_DECADES,
+    LECTURE_LRS,
+    LR_TEST_WEIGHT_DECAY,
+    SWEEP_RANGE,
+    SWEEP_STEPS,
+    TRIAL_STEPS,
+    analyze_lr_sweep,
+    lr_trial_summary,
+    lrs_agree,
+    pick_discrete_lr,
+)
+from trainlab.doctor.rules import FLAT_DROP, init_loss_verdict
+from trainlab.schedules import exponential_ramp
+from trainlab.store import Store
+from trainlab.tasks import Task, load_task
+from trainlab.train.callbacks import Stop
+from trainlab.train.evaluate import dataset_tensors
+from trainlab.train.loop import epoch_order, fit, resolve_device
 
 __all__ = ["CheckResult", "LRTestResult", "check_init", "check_overfit", "check_lr", "LECTURE_LRS"]
 
@@ -227,7 +238,7 @@ def _sample(dataset, n: int, seed: int):
 
 def check_overfit(task: Task | None, hp: Config, store: Store | None = None, *, batches: int = 5,
                   max_steps: int = 1000, model: nn.Module | None = None, study: str | None = None,
-                  runs_dir: str = "trainlab-runs") -> CheckResult:
+                  runs_dir: str = DEFAULT_RUNS_DIR) -> CheckResult:
     """Train on a small sample (`batches` minibatches of hp.batch_size) with regularization off (no weight
     decay, dropout or label smoothing; constant learning rate hp.lr) until 100% training accuracy.
 
@@ -383,7 +394,7 @@ def check_lr(task: Task | None, hp: Config, store: Store | None = None, *, metho
                           table=[{k: v for k, v in row.items() if k != "losses"} for row in rows],
                           sweep=sweep, settings=settings)
     if plot is not None:
-        from .report import plot_lr_test
+        from trainlab.figures import plot_lr_test
 
         title = f"LR range test: {task.name}/{hp.model}, {hp.optimizer}, batch {hp.batch_size}"
         result.plot = str(plot_lr_test(plot, trials=rows, sweep=sweep, suggested=suggested, title=title))

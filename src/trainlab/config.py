@@ -15,10 +15,11 @@ from typing import Any, Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-__all__ = ["Config", "ConfigError", "OPTIMIZERS", "SCHEDULES", "load_config", "make_config", "parse_override",
+__all__ = ["Config", "ConfigError", "OPTIMIZERS", "SCHEDULES", "DEFAULT_RUNS_DIR", "load_config", "make_config", "parse_override",
            "apply_overrides", "yaml_load"]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
+DEFAULT_RUNS_DIR = "trainlab-runs"  # where runs keep their checkpoints (run-<id>/), unless told otherwise
 SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "inverse_sqrt", "cyclic_cosine")
 
 

@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config, make_config
-from .store import Store
-from .tasks import Task, load_task
-from .train import FitResult, fit, load_checkpoint, predict, resolve_device
-from .train.averaging import checkpoint_weights
-from .train.evaluate import dataset_tensors
+from trainlab.checkpoint import load_checkpoint
+from trainlab.config import Config, make_config
+from trainlab.store import Store
+from trainlab.tasks import Task, load_task
+from trainlab.train.averaging import checkpoint_weights
+from trainlab.train.evaluate import dataset_tensors, predict
+from trainlab.train.loop import FitResult, fit, resolve_device
 
 __all__ = ["Member", "EnsembleResult", "average_probabilities", "evaluate_ensemble", "members_from_runs",
            "members_from_snapshots", "top_runs", "train_members", "SPLITS"]

@@ -12,7 +12,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .config import Config
+from trainlab.config import Config
 
 __all__ = ["build_optimizer", "param_groups"]
 

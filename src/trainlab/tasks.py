@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from .config import Config, ConfigError
-from .models import MODELS, build_model
+from trainlab.config import Config, ConfigError
+from trainlab.models import MODELS, build_model
 
 __all__ = ["Task", "BUILTIN_TASKS", "load_task", "split_val", "mnist1d_arrays"]
 

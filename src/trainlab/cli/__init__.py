@@ -10,8 +10,8 @@ import argparse
 import os
 import sys
 
-from . import core, dashboard, diagnostics, ensemble, recipe, search, transfer
-from .common import UsageError
+from trainlab.cli import core, dashboard, diagnostics, ensemble, recipe, search, transfer
+from trainlab.cli.common import UsageError
 
 __all__ = ["main", "build_parser"]
 
@@ -48,8 +48,8 @@ def _set_threads(threads: int | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..config import ConfigError
-    from ..store import RunNotFound
+    from trainlab.config import ConfigError
+    from trainlab.store import RunNotFound
 
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed (train --nproc relaunches it)

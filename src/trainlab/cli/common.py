@@ -13,7 +13,7 @@ class UsageError(ValueError):
 
 
 def open_store(args):
-    from ..store import Store
+    from trainlab.store import Store
 
     return Store(args.db)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .common import UsageError, add_db, open_store, print_json, table
+from trainlab.cli.common import UsageError, add_db, open_store, print_json, table
+from trainlab.config import DEFAULT_RUNS_DIR
 
 __all__ = ["register"]
 
@@ -13,39 +14,39 @@ __all__ = ["register"]
 # --- train --------------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from ..config import load_config
-    from ..tasks import load_task
-    from ..train import fit
-    from .launch import fit_in_launch
+    from trainlab.cli.launch import exit_code
+    from trainlab.config import load_config
+    from trainlab.tasks import load_task
+    from trainlab.train.launch import AlreadyEnded, fit_in_launch
 
     if args.nproc is not None or args.max_restarts is not None:  # data-parallel: this command under torchrun
-        from .launch import torchrun_train
+        from trainlab.cli.launch import torchrun_train
 
         return torchrun_train(args)
     store = None
     if args.resume is not None:
-        from ..config import make_config
+        from trainlab.config import make_config
 
         store = open_store(args)
         run = store.run(args.resume)
         hp = make_config(run["hparams"])
-        result = fit_in_launch(load_task(hp), hp, store, args, resume=args.resume)  # fit(), one rank under torchrun
-        if isinstance(result, int):  # a rank other than 0: rank 0 reports
-            return result
+        result = fit_in_launch(load_task(hp), hp, store, resume=args.resume, quiet=args.quiet,
+                               runs_dir=args.runs_dir)  # fit(), one rank under torchrun
     else:
         hp = load_config(args.config, args.set)
         if args.print_config:
             print(hp.to_yaml(), end="")
             return 0
         if hp.seeds > 1:  # K independent members and their ensemble (cli/ensemble.py)
-            from .ensemble import cmd_train_members
+            from trainlab.cli.ensemble import cmd_train_members
 
             return cmd_train_members(args, hp)
         task = load_task(hp)
         store = open_store(args)
-        result = fit_in_launch(task, hp, store, args, study=args.study, name=args.name)
-        if isinstance(result, int):  # a rank other than 0, or a torchrun restart after the run ended
-            return result
+        result = fit_in_launch(task, hp, store, quiet=args.quiet, runs_dir=args.runs_dir, study=args.study,
+                               name=args.name)
+    if isinstance(result, AlreadyEnded) or result.rank:  # a torchrun restart after the run ended, or rank > 0
+        return exit_code(result.status)
     if args.json:
         print_json({"run": result.run_id, "status": result.status, "reason": result.reason,
                      "best_metric": result.best_metric, "best_epoch": result.best_epoch, "epochs": result.epochs,
@@ -101,7 +102,7 @@ def cmd_runs(args) -> int:
 # --- plot ---------------------------------------------------------------------------------------
 
 def cmd_plot(args) -> int:
-    from ..report import plot_ratios, plot_run
+    from trainlab.figures import plot_ratios, plot_run
 
     store = open_store(args)
     store.run(args.run)
@@ -117,8 +118,8 @@ _SCHEDULE_KEYS = {"min_factor": float, "step_size": int, "milestones": list, "ga
 
 
 def cmd_schedule(args) -> int:
-    from ..config import parse_override
-    from ..schedules import make_schedule
+    from trainlab.config import parse_override
+    from trainlab.schedules import make_schedule
 
     params: dict[str, Any] = {}
     for item in args.set:
@@ -131,7 +132,7 @@ def cmd_schedule(args) -> int:
     factor = make_schedule(args.kind, args.steps, warmup_steps=args.warmup, **params)
     lrs = [args.lr * factor(s) for s in range(args.steps)]
     if args.plot:
-        from ..report import plot_schedule
+        from trainlab.figures import plot_schedule
 
         plot_schedule(lrs, args.plot, title=f"{args.kind} (warmup {args.warmup})")
     if args.json:
@@ -149,7 +150,7 @@ def cmd_schedule(args) -> int:
 # --- parser -------------------------------------------------------------------------------------
 
 def register(sub) -> None:
-    from ..config import SCHEDULES
+    from trainlab.config import SCHEDULES
 
     p = add_db(sub.add_parser("train", help="train one model"))
     p.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults on mnist1d)")
@@ -158,7 +159,7 @@ def register(sub) -> None:
     p.add_argument("--resume", type=int, metavar="RUN", help="continue a run from its last checkpoint")
     p.add_argument("--study", help="file the run under this study")
     p.add_argument("--name", help="the run's name")
-    p.add_argument("--runs-dir", default="trainlab-runs", help="where checkpoints go (default: trainlab-runs)")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"where checkpoints go (default: {DEFAULT_RUNS_DIR})")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--nproc", type=int, metavar="K", help="data-parallel: run this command under torchrun with K "

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from .common import UsageError, add_db
+from trainlab.cli.common import UsageError, add_db
 
 __all__ = ["register"]
 
 
 def cmd_dashboard(args) -> int:
-    from ..dashboard import Server, allowed_hosts, bind, create_app, is_loopback
-    from ..dashboard.server import url
+    from trainlab.dashboard import Server, allowed_hosts, bind, create_app, is_loopback
+    from trainlab.dashboard.server import url
 
     app = create_app(args.db, allowed_hosts(args.host, args.allow_host))
     try:
@@ -28,7 +28,7 @@ def cmd_dashboard(args) -> int:
 
 
 def register(sub) -> None:
-    from ..dashboard import DEFAULT_HOST, DEFAULT_PORT
+    from trainlab.dashboard import DEFAULT_HOST, DEFAULT_PORT
 
     p = add_db(sub.add_parser("dashboard", help="serve the command center (a read-only web dashboard)"))
     p.add_argument("--host", default=DEFAULT_HOST,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 
-from .common import UsageError, add_db, open_store, print_json, table
+from trainlab.cli.common import UsageError, add_db, open_store, print_json, table
+from trainlab.config import DEFAULT_RUNS_DIR
 
 __all__ = ["register"]
 
 
 def _setup(args):
-    from ..config import load_config
-    from ..tasks import load_task
+    from trainlab.config import load_config
+    from trainlab.tasks import load_task
 
     hp = load_config(args.config, args.set)
     task = load_task(hp)
@@ -26,7 +27,7 @@ def _drop(x) -> str:
 # --- check init / overfit -----------------------------------------------------------------------
 
 def cmd_check_init(args) -> int:
-    from ..checks import check_init
+    from trainlab.checks import check_init
 
     if args.batches < 1:
         raise UsageError(f"--batches: must be >= 1, got {args.batches}")
@@ -36,7 +37,7 @@ def cmd_check_init(args) -> int:
 
 
 def cmd_check_overfit(args) -> int:
-    from ..checks import check_overfit
+    from trainlab.checks import check_overfit
 
     if args.batches < 1:
         raise UsageError(f"--batches: must be >= 1, got {args.batches}")
@@ -91,7 +92,7 @@ def _sweep_rows(sweep: dict) -> list[dict]:
 
 
 def cmd_check_lr(args) -> int:
-    from ..checks import check_lr
+    from trainlab.checks import check_lr
 
     hp, task, store = _setup(args)
     if not args.json:
@@ -138,7 +139,7 @@ def cmd_check_lr(args) -> int:
 # --- diagnose -----------------------------------------------------------------------------------
 
 def cmd_diagnose(args) -> int:
-    from ..doctor import diagnose_run
+    from trainlab.doctor.diagnose import diagnose_run
 
     if args.num_classes is not None and args.num_classes < 2:
         raise UsageError(f"--num-classes: must be >= 2, got {args.num_classes}")
@@ -173,7 +174,7 @@ def _common(p):
 
 
 def register(sub) -> None:
-    from ..lr_range import LR_TEST_WEIGHT_DECAY, SWEEP_STEPS, TRIAL_STEPS
+    from trainlab.doctor.lr_range import LR_TEST_WEIGHT_DECAY, SWEEP_STEPS, TRIAL_STEPS
 
     check = sub.add_parser("check", help="sanity checks: init, overfit, lr (exit 0 on pass, 1 on fail)")
     which = check.add_subparsers(dest="check", required=True)
@@ -185,7 +186,7 @@ def register(sub) -> None:
     p = _common(which.add_parser("overfit", help="reach 100%% training accuracy on a few minibatches"))
     p.add_argument("--batches", type=int, default=5, help="minibatches in the small sample (default 5)")
     p.add_argument("--max-steps", type=int, default=1000, help="give up after this many updates")
-    p.add_argument("--runs-dir", default="trainlab-runs")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"where checkpoints go (default: {DEFAULT_RUNS_DIR})")
     p.set_defaults(fn=cmd_check_overfit)
 
     p = _common(which.add_parser("lr", help="learning-rate range test: discrete trial and exponential sweep"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import UsageError, add_db, open_store, print_json, table
+from trainlab.cli.common import UsageError, add_db, open_store, print_json, table
 
 __all__ = ["register", "cmd_train_members"]
 
@@ -33,8 +33,8 @@ def _print_result(result, title: str) -> None:
 
 
 def cmd_ensemble(args) -> int:
-    from ..ensemble import evaluate_ensemble, members_from_runs, members_from_snapshots, top_runs
-    from ..train import resolve_device
+    from trainlab.ensemble import evaluate_ensemble, members_from_runs, members_from_snapshots, top_runs
+    from trainlab.train import resolve_device
 
     given = [name for name, value in (("--runs", args.runs), ("--study", args.study), ("--snapshots", args.snapshots))
              if value is not None]
@@ -75,7 +75,7 @@ def cmd_ensemble(args) -> int:
 
 def cmd_train_members(args, hp) -> int:
     """`trainlab train --set seeds=K`: K independent runs, then their ensemble on the validation split."""
-    from ..ensemble import train_members
+    from trainlab.ensemble import train_members
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("seeds: members are trained one after another in one process; not under torchrun/--nproc")

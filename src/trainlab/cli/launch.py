@@ -2,8 +2,7 @@
 
 `trainlab train CONFIG --nproc 2` runs `python -m torch.distributed.run --nproc-per-node 2 -m trainlab
 train CONFIG` (without --nproc), which is also what a user may type directly. Each worker then calls
-`fit_in_launch`, which joins the process group, resumes the launch's run after a torchrun restart, and
-leaves printing to rank 0.
+`trainlab.train.launch.fit_in_launch`.
 """
 
 from __future__ import annotations
@@ -11,9 +10,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from .common import UsageError
+from trainlab.cli.common import UsageError
 
-__all__ = ["torchrun_command", "torchrun_train", "fit_in_launch", "exit_code"]
+__all__ = ["torchrun_command", "torchrun_train", "exit_code"]
 
 _OURS = ("--nproc", "--max-restarts")  # our options; torchrun gets its own equivalents instead
 
@@ -50,8 +49,8 @@ def torchrun_train(args) -> int:
 
     The config (or the run to resume) is checked here first, so bad input is one line and exit 2, once.
     """
-    from ..config import load_config, make_config
-    from .common import open_store
+    from trainlab.cli.common import open_store
+    from trainlab.config import load_config, make_config
 
     if args.nproc is None:
         raise UsageError("--max-restarts: only with --nproc K (under torchrun directly, use its --max-restarts)")
@@ -76,31 +75,3 @@ def torchrun_train(args) -> int:
         return subprocess.run(cmd).returncode
     except KeyboardInterrupt:  # torchrun got the same Ctrl-C and stops its workers
         return 130
-
-
-def fit_in_launch(task, hp, store, args, *, resume: int | None = None, **fit_kwargs):
-    """fit() as this process runs it: alone, or as one rank of a torchrun launch.
-
-    Under torchrun: joins the process group (gloo on CPU, NCCL on CUDA); after a torchrun restart
-    (`--max-restarts`) resumes the run this launch was training (found by its launch id); leaves the
-    output to rank 0. Returns the FitResult on rank 0 or alone, else the exit status to return.
-    """
-    from ..distributed import cleanup, init, restarted_run
-    from ..train import fit
-
-    dist = init(hp.device)
-    try:
-        if dist.ddp and resume is None:
-            found = restarted_run(dist, store, args.runs_dir)
-            if found is not None and found["status"] not in ("running", "failed"):
-                if dist.main:
-                    print(f"run {found['id']} already ended: {found['status']}", file=sys.stderr)
-                return exit_code(found["status"])
-            if found is not None:
-                resume = found["id"]
-                fit_kwargs = {k: v for k, v in fit_kwargs.items() if k not in ("study", "name")}
-        result = fit(task, hp, store=store, resume=resume, quiet=args.quiet, runs_dir=args.runs_dir, dist=dist,
-                     **fit_kwargs)
-    finally:
-        cleanup(dist)
-    return result if dist.main else exit_code(result.status)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 import os
 
-from .common import UsageError
+from trainlab.cli.common import UsageError
+from trainlab.config import DEFAULT_RUNS_DIR
 
 __all__ = ["register"]
 
 
 def cmd_recipe(args) -> int:
-    from ..config import load_config
-    from ..recipe import run_recipe
+    from trainlab.config import load_config
+    from trainlab.recipe.runner import run_recipe
 
     if not math.isfinite(args.budget) or args.budget <= 0:
         raise UsageError(f"--budget: must be a positive number of minutes, got {args.budget:g}")
@@ -23,7 +24,7 @@ def cmd_recipe(args) -> int:
     if "OMP_NUM_THREADS" not in os.environ:  # unless the user chose
         import torch
 
-        from ..search import _cores
+        from trainlab.search.runner import _cores
 
         # The recipe's own trainings (the checks) use the threads one search worker gets: more threads
         # than cores per process only contend (2 threads measured ~15x slower than 1 on a loaded 2-core box).
@@ -46,7 +47,7 @@ def register(sub) -> None:
                    help="search worker processes (default: the machine's cores, at most 4)")
     p.add_argument("--out", default="recipe-report", help="report directory (default: recipe-report)")
     p.add_argument("--db", default=None, help="store URL or SQLite file (default: ./trainlab.db)")
-    p.add_argument("--runs-dir", default="trainlab-runs", help="where checkpoints go (default: trainlab-runs)")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"where checkpoints go (default: {DEFAULT_RUNS_DIR})")
     p.add_argument("--fresh", action="store_true", help="start a new study instead of resuming the last one")
     p.add_argument("--force", action="store_true", help="go on after a failed check")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import UsageError, print_json, table
+from trainlab.cli.common import UsageError, print_json, table
+from trainlab.config import DEFAULT_RUNS_DIR
 
 __all__ = ["register"]
 
@@ -29,7 +30,7 @@ def leaderboard_table(rows: list[dict], metric: str) -> str:
 def cmd_search(args) -> int:
     import optuna
 
-    from ..config import load_config
+    from trainlab.config import load_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     targets = list(args.target)
@@ -41,7 +42,7 @@ def cmd_search(args) -> int:
         if getattr(args, flag):
             raise UsageError("search: -o/--output belongs to: trainlab search report STUDY -o DIR")
     config = targets[0] if targets else None
-    from ..search import run_search
+    from trainlab.search.runner import run_search
 
     join = args.space is None
     if join and args.study is None:
@@ -77,7 +78,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_report(args, rest: list[str]) -> int:
-    from ..search_report import write_search_report
+    from trainlab.search.report import write_search_report
 
     if len(rest) != 1:
         raise UsageError("search report: give one study name, e.g. trainlab search report search-random-1a2b3c4d "
@@ -90,7 +91,7 @@ def cmd_report(args, rest: list[str]) -> int:
 
 
 def register(sub) -> None:
-    from ..search import DEFAULT_HEARTBEAT_S, PRUNERS, STRATEGIES
+    from trainlab.search.runner import DEFAULT_HEARTBEAT_S, PRUNERS, STRATEGIES
 
     p = sub.add_parser("search", help="hyperparameter search (grid, random, TPE; pruning; workers); "
                                       "'search report STUDY -o DIR' writes an HTML report",
@@ -113,7 +114,7 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--epochs", type=int, help="epochs per trial (overrides the config)")
     p.add_argument("--seed", type=int, help="sampler seed (default: the config's seed)")
-    p.add_argument("--runs-dir", default="trainlab-runs", help="where checkpoints go (default: trainlab-runs)")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"where checkpoints go (default: {DEFAULT_RUNS_DIR})")
     p.add_argument("--heartbeat-s", type=int, default=DEFAULT_HEARTBEAT_S,
                    help=f"seconds between trial heartbeats; a trial silent for 3 of them is retried once "
                         f"(default {DEFAULT_HEARTBEAT_S})")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .common import UsageError, add_db, open_store, print_json, table
+from trainlab.cli.common import UsageError, add_db, open_store, print_json, table
+from trainlab.config import DEFAULT_RUNS_DIR
 
 __all__ = ["register"]
 
@@ -12,9 +13,9 @@ _COLUMNS = ["strategy", "val_acc", "test_acc", "seconds", "trainable", "run", "d
 
 def _setup(args):
     """(store, source, target task with its validation split, hyperparameters) from the arguments."""
-    from ..config import apply_overrides, load_config, parse_override
-    from ..tasks import load_task
-    from ..transfer import load_source, prepare_target
+    from trainlab.config import apply_overrides, load_config, parse_override
+    from trainlab.tasks import load_task
+    from trainlab.transfer.strategies import load_source, prepare_target
 
     if not args.source:
         raise UsageError("transfer: give --source RUN (a run id) or --source FILE --arch ARCH")
@@ -50,8 +51,8 @@ def _print_result(result, as_json: bool) -> None:
 
 
 def cmd_transfer(args) -> int:
-    from ..advisor import advise
-    from ..transfer import FeatureCache, compare, parse_strategy, train_strategy
+    from trainlab.transfer.advisor import advise
+    from trainlab.transfer.strategies import FeatureCache, compare, parse_strategy, train_strategy
 
     common = dict(study=args.study, quiet=not args.verbose, runs_dir=args.runs_dir)
     if args.action == "run" and not args.strategy:
@@ -112,7 +113,7 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter of the target runs (e.g. epochs=5, backbone_lr_mult=0.1)")
     p.add_argument("--study", help="file the runs under this study (default: transfer-<source>-<target>)")
-    p.add_argument("--runs-dir", default="trainlab-runs", help="where checkpoints go (default: trainlab-runs)")
+    p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"where checkpoints go (default: {DEFAULT_RUNS_DIR})")
     p.add_argument("--verbose", action="store_true", help="show each run's progress")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_transfer)

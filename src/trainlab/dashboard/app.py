@@ -31,8 +31,8 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -45,10 +45,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..curves import RATIO_BAND
-from ..store import RUN_STATUSES, RunNotFound, Store, normalize_url
-from .downsample import MAX_POINTS, json_safe, plot_series
-from .findings import Doctor, status_findings
+from trainlab.dashboard.downsample import MAX_POINTS, json_safe, plot_series
+from trainlab.dashboard.findings import Doctor, status_findings
+from trainlab.doctor.rules import RATIO_BAND
+from trainlab.store import RUN_STATUSES, RunNotFound, Store, normalize_url
 
 __all__ = ["create_app", "open_read_only", "LOOPBACK_HOSTS", "RATIO_BAND", "POLL_S", "STUDY_POINTS",
            "NO_STUDY", "NO_STUDY_NAME"]

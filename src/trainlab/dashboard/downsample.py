@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..curves import json_safe, moving_average
+from trainlab.doctor.curves import json_safe, moving_average
 
 __all__ = ["MAX_POINTS", "SMOOTH_FRACTION", "json_safe", "plot_series"]
 

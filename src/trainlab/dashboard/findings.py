@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-from ..doctor import diagnose_run
+from trainlab.doctor.diagnose import diagnose_run
 
 __all__ = ["Doctor", "status_findings"]
 

@@ -36,15 +36,16 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from ..config import Config, ConfigError
-from ..schedules import cycle_ends
-from .checkpoint import save_checkpoint
-from .early_stopping import EarlyStopping
-from .evaluate import dataset_tensors, evaluate
+from trainlab.checkpoint import save_checkpoint
+from trainlab.config import Config, ConfigError
+from trainlab.schedules import cycle_ends
+from trainlab.train.early_stopping import EarlyStopping
+from trainlab.train.evaluate import dataset_tensors, evaluate
+from trainlab.train.plan import lr_schedule
 
 if TYPE_CHECKING:
-    from ..store import Store
-    from .loop import LoopState
+    from trainlab.store import Store
+    from trainlab.train.loop import LoopState
 
 __all__ = ["EMA", "Snapshots", "EMA_METRICS", "BN_EXAMPLES", "callbacks_for", "ema_decay", "ema_update_",
            "recompute_bn", "snapshot_steps", "checkpoint_weights"]
@@ -211,8 +212,6 @@ def snapshot_steps(hp: Config, steps_per_epoch: int, world_size: int = 1) -> lis
     >>> snapshot_steps(Config(schedule="cyclic_cosine", cycles=3, epochs=6), steps_per_epoch=10)
     [19, 39, 59]
     """
-    from .loop import lr_schedule  # here, not at the top: the loop imports this module
-
     _, total, warmup = lr_schedule(hp, steps_per_epoch, world_size)  # lr scaling may add warmup
     # The period exactly as lr_schedule sets it (a test checks that the learning rate restarts here).
     period = (round(hp.restart_period_epochs * steps_per_epoch) if hp.restart_period_epochs

@@ -13,66 +13,45 @@ import os
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from ..config import Config, ConfigError
-from ..distributed import (Dist, apply_sync_bn, batchnorm_warning, broadcast_object, first_decision, mean_across,
-                           reduce_means, scale_lr, shard_order, shard_size, shard_tensors, wrap_ddp)
-from ..monitor import UpdateRatio, divergence, grad_norm, judged_parameters, ratio_warnings
-from ..optim import build_optimizer
-from ..schedules import make_schedule
-from ..store import MetricBuffer, Store
-from ..tasks import Task, load_task
-from .averaging import callbacks_for
-from .checkpoint import AsyncCheckpointer, load_checkpoint, rng_state, set_rng_state
-from .early_stopping import EarlyStopping
-from .evaluate import dataset_tensors, evaluate
+from trainlab.checkpoint import AsyncCheckpointer, load_checkpoint, rng_state, set_rng_state
+from trainlab.config import DEFAULT_RUNS_DIR, Config, ConfigError
+from trainlab.monitor import UpdateRatio, divergence, grad_norm, judged_parameters, ratio_warnings
+from trainlab.optim import build_optimizer
+from trainlab.parallel.ddp import (
+    Dist,
+    apply_sync_bn,
+    batchnorm_warning,
+    broadcast_object,
+    first_decision,
+    mean_across,
+    reduce_means,
+    scale_lr,
+    shard_order,
+    shard_size,
+    shard_tensors,
+    wrap_ddp,
+)
+from trainlab.store import MetricBuffer, Store
+from trainlab.tasks import Task, load_task
+from trainlab.train.averaging import callbacks_for
+from trainlab.train.callbacks import Callback, LoopState, Stop
+from trainlab.train.early_stopping import EarlyStopping
+from trainlab.train.evaluate import dataset_tensors, evaluate
+from trainlab.train.plan import lr_schedule
 
-__all__ = ["fit", "FitResult", "Stop", "Callback", "LoopState", "resolve_device", "lr_schedule", "epoch_order"]
+__all__ = ["fit", "FitResult", "resolve_device", "lr_schedule", "epoch_order"]
 
 _DRAIN = 50          # steps between reads of the per-step losses (divergence check, metrics, progress)
 _FLUSH_S = 2.0       # without checkpoints, metric rows are written at an epoch's end at most this often
 _TRAIN_EVAL = 1000   # training examples re-evaluated each epoch for train/acc, in eval mode like val/acc
-
-
-@dataclass(frozen=True)
-class Stop:
-    """A callback's request to end the run, with the status to record and why."""
-
-    status: str
-    reason: str
-
-
-@dataclass
-class LoopState:
-    """What callbacks see. They may read anything; they return decisions instead of acting."""
-
-    hp: Config
-    task: Task
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    device: torch.device
-    run_id: int | None
-    run_dir: Path | None
-    steps_per_epoch: int
-    total_steps: int
-    step: int = 0
-    epoch: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-    rank: int = 0        # under torchrun: this process's rank (only rank 0 writes; run_dir is None elsewhere)
-    world_size: int = 1
-
-
-class Callback(Protocol):
-    def on_step_end(self, state: LoopState) -> Stop | None: ...
-    def on_epoch_end(self, state: LoopState) -> Stop | None: ...
-    def on_fit_end(self, state: LoopState) -> None: ...
 
 
 @dataclass
@@ -97,47 +76,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device: CUDA is not available on this machine, got {name!r}")
     return torch.device(name)
-
-
-def lr_schedule(hp: Config, steps_per_epoch: int, world_size: int = 1) -> tuple[Callable[[int], float], int, int]:
-    """(factor(step), total optimizer updates, warmup updates) for `hp`, converting epochs to steps.
-
-    With `hp.lr_scaling` on, `hp.lr * factor(step)` is the scaled lr for `world_size` processes and a
-    warmup is added unless `hp` sets one (see `distributed.scale_lr`).
-    """
-    total = hp.steps or hp.epochs * steps_per_epoch
-    scaling = scale_lr(hp, world_size, steps_per_epoch)
-    warmup = scaling.warmup_steps
-    if warmup >= total and scaling.warmup_added:
-        raise ConfigError(f"scaling_warmup_epochs: the warmup that lr_scaling={hp.lr_scaling} adds is {warmup} updates, "
-                          f"not fewer than the run's {total}; set it lower (0: none) or train longer, "
-                          f"got {hp.scaling_warmup_epochs}")
-    if warmup >= total:
-        raise ConfigError(f"warmup_steps: must be fewer than the run's {total} optimizer updates, got {warmup}")
-    main = total - warmup
-    period = (round(hp.restart_period_epochs * steps_per_epoch) if hp.restart_period_epochs
-              else max(1, main // hp.cycles))
-    factor = make_schedule(
-        hp.schedule, total, warmup_steps=warmup, min_factor=hp.min_lr_factor,
-        step_size=max(1, round(hp.step_size_epochs * steps_per_epoch)),
-        milestones=[s for s in (round(m * steps_per_epoch) - warmup for m in hp.milestones_epochs) if s >= 0],
-        gamma=hp.gamma, period=period, period_mult=hp.restart_mult,
-    )
-    if hp.schedule == "cyclic_cosine" and not hp.restart_period_epochs and main % period:
-        factor = _held_after(factor, warmup + hp.cycles * period - 1)
-    if scaling.lr_scale != 1.0:
-        factor = _scaled(factor, scaling.lr_scale)
-    return factor, total, warmup
-
-
-def _held_after(factor: Callable[[int], float], last: int) -> Callable[[int], float]:
-    """`cycles` equal cycles rarely divide the run: hold the last cycle's final lr over the few steps
-    left, instead of starting a new cycle at full rate just before the end."""
-    return lambda step: factor(min(step, last))
-
-
-def _scaled(factor: Callable[[int], float], scale: float) -> Callable[[int], float]:
-    return lambda step: scale * factor(step)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -233,7 +171,7 @@ def _print_start(hp: Config, task: Task, run_id, spe: int, total: int, warmup: i
 def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str | None = None,
         name: str | None = None, kind: str = "train", callbacks: Sequence[Callback] = (),
         quiet: bool = False, evaluate_test: bool = True, resume: int | None = None,
-        runs_dir: str | os.PathLike = "trainlab-runs", model: nn.Module | None = None,
+        runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, model: nn.Module | None = None,
         optimizer: torch.optim.Optimizer | None = None, checkpoints: bool = True,
         schedule: Callable[[int], float] | None = None, dist: Dist | None = None) -> FitResult:
     """Train `task` with `hp`, storing the run in `store` (if given), and return the result.

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from .config import Config, ConfigError
+from trainlab.config import Config, ConfigError
 
 __all__ = ["Dist", "init", "cleanup", "wrap_ddp", "shard_order", "shard_size", "shard_tensors", "broadcast_object",
            "mean_across", "reduce_means", "first_decision", "any_rank", "LrScaling", "scale_lr",

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError
-from .models import stage_names
-from .train import load_checkpoint
+from trainlab.checkpoint import load_checkpoint
+from trainlab.config import ConfigError
+from trainlab.models import stage_names
 
 __all__ = ["HEAD_NAMES", "MAX_PROBE_FEATURES", "head_name", "head_linear", "backbone_stages", "replace_head",
            "read_state_dict", "load_weights", "FrozenStages", "pool_features", "capture", "stage_features"]

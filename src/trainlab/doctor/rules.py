@@ -1,6 +1,5 @@
-"""Learning curves as plain arrays: smoothing, the learning-curve doctor's rules and the update/weight
-ratio rule (the learning-rate test's analysis is in `lr_range`). No torch here: every function takes
-lists or numpy arrays.
+"""The learning-curve doctor's rules and the update/weight-ratio rule: each a pure function of
+curves (lists or numpy arrays) that returns a `Finding` or nothing. No torch here.
 """
 
 from __future__ import annotations
@@ -12,67 +11,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["moving_average", "ema_smooth", "smoothing_window", "json_safe", "Finding", "diagnose", "init_loss_verdict",
-           "loss_trend", "INIT_LOSS_TOLERANCE", "RATIO_BAND", "RatioWarning", "ratio_warnings"]
+from trainlab.doctor.curves import json_safe, loss_trend, moving_average, slope_rise
 
-
-def moving_average(values, window: int) -> np.ndarray:
-    """Trailing moving average; the first points average what exists so far (no lag-free cheating).
-
-    NaN/Inf values are skipped in each window, so one bad step does not blank the curve.
-
-    >>> moving_average([1, 2, 3, 4], 2).tolist()
-    [1.0, 1.5, 2.5, 3.5]
-    """
-    v = np.asarray(values, dtype=float)
-    if window < 1:
-        raise ValueError(f"window must be at least 1, but got window={window}.")
-    ok = np.isfinite(v)
-    sums = np.cumsum(np.where(ok, v, 0.0))
-    counts = np.cumsum(ok)
-    sums = np.concatenate([[0.0], sums])
-    counts = np.concatenate([[0], counts])
-    idx = np.arange(1, len(v) + 1)
-    lo = np.maximum(idx - window, 0)
-    n = counts[idx] - counts[lo]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, (sums[idx] - sums[lo]) / np.maximum(n, 1), np.nan)
-
-
-def ema_smooth(values, beta: float = 0.98) -> np.ndarray:
-    """Exponential moving average with bias correction (as in Adam), skipping NaN/Inf."""
-    if not 0 <= beta < 1:
-        raise ValueError(f"beta must be in [0, 1), but got beta={beta}.")
-    out = np.empty(len(values))
-    avg, weight = 0.0, 0.0
-    for i, x in enumerate(np.asarray(values, dtype=float)):
-        if np.isfinite(x):
-            avg = beta * avg + (1 - beta) * x
-            weight = beta * weight + (1 - beta)
-        out[i] = avg / weight if weight > 0 else np.nan
-    return out
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with every NaN/Inf float (numpy's too) turned into None, through dicts, lists and tuples:
-    strict JSON, and PostgreSQL's JSON type, have no NaN.
-
-    >>> json_safe({"a": [1.0, float("nan")], "b": np.float64("inf")})
-    {'a': [1.0, None], 'b': None}
-    """
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def smoothing_window(n_points: int) -> int:
-    """Moving-average window for a per-step loss curve: about 2% of the run, between 5 and 200 steps."""
-    return int(min(200, max(5, n_points // 50)))
-
+__all__ = ["Finding", "diagnose", "init_loss_verdict", "INIT_LOSS_TOLERANCE", "RATIO_BAND", "RatioWarning",
+           "ratio_warnings"]
 
 # --- the learning-curve doctor ---------------------------------------------------------------------
 # Thresholds. Each was checked on real runs built to show one fault (tests/test_doctor.py) and on
@@ -148,36 +90,6 @@ def _at(series: tuple[np.ndarray, np.ndarray] | None, x: float) -> float | None:
 
 def _g(x: float) -> str:
     return f"{x:.3g}"
-
-
-def _slope_rise(values: np.ndarray) -> float:
-    """Least-squares rise over the points given (slope x (n - 1)): a trend robust to one noisy epoch."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    t = np.arange(n, dtype=float)
-    return float(np.polyfit(t, values, 1)[0] * (n - 1))
-
-
-def loss_trend(losses: Sequence[float]) -> dict[str, float]:
-    """Start, end and minimum of a noisy per-step loss, judged on its moving average.
-
-    start: mean of the first window; end: mean of the last window; min: minimum of the moving average
-    after the first window; window: the moving-average window (`smoothing_window`). NaN/Inf are skipped.
-
-    >>> t = loss_trend([2.3] * 50 + [1.0] * 50)
-    >>> round(t["start"], 2), round(t["end"], 2)
-    (2.3, 1.0)
-    """
-    v = np.asarray(losses, dtype=float)
-    w = smoothing_window(len(v))
-    smooth = moving_average(v, w)
-    head, tail = v[:w][np.isfinite(v[:w])], v[-w:][np.isfinite(v[-w:])]
-    after = smooth[w:] if len(smooth) > w else smooth
-    return {"start": float(head.mean()) if head.size else math.nan,
-            "end": float(tail.mean()) if tail.size else math.nan,
-            "min": float(np.nanmin(after)) if np.isfinite(after).any() else math.nan,
-            "window": w}
 
 
 def init_loss_verdict(loss: float, num_classes: int, tolerance: float = INIT_LOSS_TOLERANCE) -> dict[str, Any]:
@@ -327,7 +239,7 @@ def _rule_train_longer(tr_acc, va_acc, va_loss) -> Finding | None:
     if n < 2:
         return None
     k = _tail(n)
-    rise_va, rise_tr = _slope_rise(va[n - k:n]), _slope_rise(tr[n - k:n])
+    rise_va, rise_tr = slope_rise(va[n - k:n]), slope_rise(tr[n - k:n])
     if not (rise_va >= RISE_ACC and rise_tr >= RISE_ACC / 2 and va[n - 1] >= np.nanmax(va[:n]) - RISE_ACC):
         return None
     e0, e1 = int(ep[n - k]), int(ep[n - 1])

@@ -54,10 +54,10 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from .config import Config, ConfigError, apply_overrides, make_config
-from .space import Space, parse_space
-from .search_storage import StudyLock, is_sqlite, load_study, open_storage
-from .store import Store, hide_password, normalize_url
+from trainlab.config import DEFAULT_RUNS_DIR, Config, ConfigError, apply_overrides, make_config
+from trainlab.search.space import Space, parse_space
+from trainlab.search.storage import StudyLock, is_sqlite, load_study, open_storage
+from trainlab.store import Store, hide_password, normalize_url
 
 __all__ = [
     "STRATEGIES", "PRUNERS", "SearchResult", "PruningCallback", "run_search", "leaderboard", "study_meta",
@@ -123,7 +123,7 @@ class PruningCallback:
         return None
 
     def on_epoch_end(self, state):
-        from .train import Stop
+        from trainlab.train.callbacks import Stop
 
         value = state.metrics.get(self.metric)
         if value is None or not math.isfinite(value):
@@ -270,8 +270,8 @@ def _run_trial(plan: _Plan, study, trial, space: Space, base: Config, store: Sto
     """Train one trial and tell Optuna; returns the run's status."""
     import optuna
 
-    from .tasks import load_task
-    from .train import fit
+    from trainlab.tasks import load_task
+    from trainlab.train.loop import fit
 
     TrialState = optuna.trial.TrialState
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -282,7 +282,7 @@ def _run_trial(plan: _Plan, study, trial, space: Space, base: Config, store: Sto
             callbacks = [PruningCallback(trial, hp.early_stop_metric)] if plan.prune != "none" else []
             deadline = None
             if plan.deadline is not None:
-                from .train.deadline import Deadline
+                from trainlab.train.callbacks import Deadline
 
                 deadline = Deadline(plan.deadline)
                 callbacks.append(deadline)
@@ -520,7 +520,7 @@ def _diff(old: Any, new: Any) -> str:
 def run_search(hp: Config | None = None, space: Space | Mapping[str, str] | str | os.PathLike | None = None, *,
                strategy: str = "random", trials: int | None = None, workers: int = 1, study: str | None = None,
                db: str | os.PathLike | None = None, storage: str | os.PathLike | None = None, prune: str = "none",
-               epochs: int | None = None, seed: int | None = None, runs_dir: str | os.PathLike = "trainlab-runs",
+               epochs: int | None = None, seed: int | None = None, runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
                checkpoints: bool = True, heartbeat_s: int = DEFAULT_HEARTBEAT_S, grace_s: int | None = None,
                quiet: bool = False, deadline: float | None = None) -> SearchResult:
     """Search `space` around the config `hp` and return the ranked leaderboard.
@@ -579,7 +579,7 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
         if epochs is not None:
             base = apply_overrides(base, {"epochs": epochs})
         if isinstance(space, (str, os.PathLike)):
-            from .space import load_space
+            from trainlab.search.space import load_space
 
             space = load_space(space, base)
         elif not isinstance(space, Space):

@@ -14,10 +14,10 @@ import os
 import warnings
 from pathlib import Path
 
-from .report import plot_importance, plot_metric_vs_params, plot_search_layout
-from .search import leaderboard, study_meta
-from .search_storage import load_study, open_existing_storage
-from .space import parse_space
+from trainlab.figures import plot_importance, plot_metric_vs_params, plot_search_layout
+from trainlab.search.runner import leaderboard, study_meta
+from trainlab.search.space import parse_space
+from trainlab.search.storage import load_study, open_existing_storage
 
 __all__ = ["write_search_report", "importances"]
 

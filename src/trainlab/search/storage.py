@@ -14,8 +14,8 @@ import warnings
 import zlib
 from typing import Any, Iterator
 
-from .config import ConfigError
-from .store import BUSY_TIMEOUT_S, hide_password, normalize_url, sqlite_settings
+from trainlab.config import ConfigError
+from trainlab.store import BUSY_TIMEOUT_S, hide_password, normalize_url, sqlite_settings
 
 __all__ = ["open_storage", "open_existing_storage", "load_study", "StudyLock", "is_sqlite"]
 

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .curves import ema_smooth, moving_average
+from trainlab.doctor.curves import ema_smooth, moving_average
 
 __all__ = ["lr_trial_summary", "pick_discrete_lr", "analyze_lr_sweep", "lrs_agree", "LECTURE_LRS", "LR_TEST_WEIGHT_DECAY",
            "SWEEP_RANGE", "SWEEP_STEPS", "TRIAL_STEPS", "SIGNIFICANT_DROP", "TRIAL_SPIKE", "SWEEP_BETA", "SWEEP_SKIP",

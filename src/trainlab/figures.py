@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .curves import moving_average, smoothing_window
-from .store import Store
+from trainlab.doctor.curves import moving_average, smoothing_window
+from trainlab.store import Store
 
 __all__ = ["plot_run", "plot_schedule", "loss_window", "plot_metric_vs_params", "plot_search_layout",
            "plot_importance", "plot_lr_test", "plot_ratios"]

@@ -1,4 +1,7 @@
-"""A wall-clock deadline for `fit()`: a callback that stops the run at the first step past a given time.
+"""What `fit()` tells its callbacks and what they may answer: `LoopState`, `Stop`, the `Callback`
+protocol, and `Deadline`, a callback that stops the run at the first step past a wall-clock time.
+
+Deadline:
 
 The recipe gives every step a share of its time budget; searches pass the deadline to their worker
 processes (`run_search(deadline=...)`). The clock is `time.time()` (seconds since the epoch), the one
@@ -11,12 +14,53 @@ microsecond, so checking after every step is free next to a training step.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
-from .loop import Stop
+import torch
+from torch import nn
 
-__all__ = ["Deadline", "BUDGET_REACHED"]
+from trainlab.config import Config
+from trainlab.tasks import Task
+
+__all__ = ["Stop", "LoopState", "Callback", "Deadline", "BUDGET_REACHED"]
 
 BUDGET_REACHED = "budget reached"
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A callback's request to end the run, with the status to record and why."""
+
+    status: str
+    reason: str
+
+
+@dataclass
+class LoopState:
+    """What callbacks see. They may read anything; they return decisions instead of acting."""
+
+    hp: Config
+    task: Task
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    run_id: int | None
+    run_dir: Path | None
+    steps_per_epoch: int
+    total_steps: int
+    step: int = 0
+    epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    rank: int = 0        # under torchrun: this process's rank (only rank 0 writes; run_dir is None elsewhere)
+    world_size: int = 1
+
+
+class Callback(Protocol):
+    def on_step_end(self, state: LoopState) -> Stop | None: ...
+    def on_epoch_end(self, state: LoopState) -> Stop | None: ...
+    def on_fit_end(self, state: LoopState) -> None: ...
 
 
 class Deadline:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import stage_names
+from trainlab.models import stage_names
 
 __all__ = ["partition", "stage_module", "bubble_fraction", "Pipeline"]
 

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .curves import moving_average, smoothing_window
-from .store import RunNotFound, Store
+from trainlab.doctor.curves import moving_average, smoothing_window
+from trainlab.store import RunNotFound, Store
 
 __all__ = ["write_report", "plot_overfit", "plot_grid_heatmap", "plot_refine_curves", "plot_cv_spread",
            "steps_from_store"]
@@ -258,7 +258,7 @@ def _section_figures(store: Store, step: dict, out: Path, warnings: list[str]) -
             parts.append(_img("overfit.png", "overfit curve"))
             parts.append(_table(ev["attempts"], ["lr", "verdict", "steps", "max_steps", "cause", "message"]))
         elif key == "lr" and ev.get("check_run") is not None:
-            from .report import plot_lr_test
+            from trainlab.figures import plot_lr_test
 
             trials, sweep, suggested = _lr_test_inputs(store, ev["check_run"])
             plot_lr_test(out / "lr_test.png", trials=trials, sweep=sweep, suggested=suggested,
@@ -302,7 +302,7 @@ def _section_figures(store: Store, step: dict, out: Path, warnings: list[str]) -
         elif key == "final" and ev.get("members"):
             for mem in ev["members"]:
                 if mem.get("run") is not None:
-                    from .report import plot_run
+                    from trainlab.figures import plot_run
 
                     name = f"final_fold{mem['fold']}.png"
                     plot_run(store, mem["run"], out / name)
@@ -315,7 +315,7 @@ def _section_figures(store: Store, step: dict, out: Path, warnings: list[str]) -
 
 
 def _refine_findings(store: Store, runs: Sequence[dict]) -> str:
-    from .doctor import diagnose_run
+    from trainlab.doctor.diagnose import diagnose_run
 
     items = []
     for r in runs:
@@ -361,7 +361,7 @@ def write_report(store: Store, study: str, out: str | Path, *, result=None) -> P
     if result is not None:
         used = sum(s.get("seconds") or 0.0 for s in steps)
         plan_rows = []
-        from .recipe import PHASE_OF_STEP
+        from trainlab.recipe.runner import PHASE_OF_STEP
 
         for phase, planned in result.plan.items():
             spent = sum(s.get("seconds") or 0.0 for s in steps if PHASE_OF_STEP.get(s["number"]) == phase)

@@ -35,15 +35,26 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .backbone import (MAX_PROBE_FEATURES, FrozenStages, backbone_stages, capture, head_linear, head_name,
-                       load_weights, pool_features, replace_head, stage_features)
-from .config import Config, ConfigError, apply_overrides, make_config
-from .models import MODELS, build_model
-from .optim import build_optimizer
-from .store import Store
-from .tasks import Task, load_task, split_val
-from .train import FitResult, fit, load_checkpoint, save_checkpoint
-from .train.evaluate import dataset_tensors
+from trainlab.checkpoint import load_checkpoint, save_checkpoint
+from trainlab.config import DEFAULT_RUNS_DIR, Config, ConfigError, apply_overrides, make_config
+from trainlab.models import MODELS, build_model
+from trainlab.optim import build_optimizer
+from trainlab.store import Store
+from trainlab.tasks import Task, load_task, split_val
+from trainlab.train.evaluate import dataset_tensors
+from trainlab.train.loop import FitResult, fit
+from trainlab.transfer.backbone import (
+    MAX_PROBE_FEATURES,
+    FrozenStages,
+    backbone_stages,
+    capture,
+    head_linear,
+    head_name,
+    load_weights,
+    pool_features,
+    replace_head,
+    stage_features,
+)
 
 __all__ = ["STRATEGIES", "Source", "StrategyResult", "Plan", "GradualUnfreeze", "FeatureCache", "parse_strategy",
            "default_strategies", "load_source", "study_name", "prepare_target", "target_model", "plan_strategy",
@@ -370,7 +381,7 @@ def plan_strategy(model: nn.Module, strategy: str, hp: Config) -> Plan:
 
 def train_strategy(source: Source, task: Task, strategy: str, hp: Config | None = None, *,
                    store: Store | None = None, study: str | None = None, quiet: bool = True,
-                   runs_dir: str | Path = "trainlab-runs", cache: FeatureCache | None = None) -> StrategyResult:
+                   runs_dir: str | Path = DEFAULT_RUNS_DIR, cache: FeatureCache | None = None) -> StrategyResult:
     """Train `strategy` from `source` on `task` with `hp` (default: the source's hyperparameters).
 
     Each fit is a run in `store` (kind "train", study `study` or "transfer-<source>-<target>", named after
@@ -431,7 +442,7 @@ def train_strategy(source: Source, task: Task, strategy: str, hp: Config | None 
 
 def compare(source: Source, task: Task, hp: Config | None = None, strategies: Sequence[str] | None = None, *,
             store: Store | None = None, study: str | None = None, quiet: bool = True,
-            runs_dir: str | Path = "trainlab-runs", cache: FeatureCache | None = None,
+            runs_dir: str | Path = DEFAULT_RUNS_DIR, cache: FeatureCache | None = None,
             report: Callable[[StrategyResult], None] | None = None) -> list[StrategyResult]:
     """Every strategy (default: `default_strategies`) on one target, features computed once for all.
 

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-
-from .config import Config, ConfigError, make_config, read_yaml_mapping
+from trainlab.config import Config, ConfigError, make_config, read_yaml_mapping
 
 __all__ = ["Param", "Space", "FUNCTIONS", "load_space", "parse_space", "parse_param"]
 

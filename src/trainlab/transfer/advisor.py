@@ -24,9 +24,9 @@ from typing import Sequence
 
 import torch
 
-from .tasks import Task
-from .backbone import backbone_stages
-from .transfer import FeatureCache, Source
+from trainlab.tasks import Task
+from trainlab.transfer.backbone import backbone_stages
+from trainlab.transfer.strategies import FeatureCache, Source
 
 __all__ = ["Advice", "advise", "ridge_cv_accuracy", "LECTURE", "EVIDENCE", "LITTLE_PER_CLASS", "PLENTY_PER_CLASS",
            "SIMILAR_GAIN"]

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .curves import RATIO_BAND, Finding, diagnose, ratio_warnings
-from .store import Store
+from trainlab.doctor.rules import RATIO_BAND, Finding, diagnose, ratio_warnings
+from trainlab.store import Store
 
 __all__ = ["Diagnosis", "diagnose_run", "CURVE_KEYS"]
 

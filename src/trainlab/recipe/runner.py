@@ -49,12 +49,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import Config, ConfigError, apply_overrides
-from .recipe_plan import (PHASES, PHASE_OF_STEP, COARSE_WEIGHT_DECAYS, COARSE_LR_EXPONENTS, REFINE_LR_EXPONENTS,
-                          FOLDS, MAX_ROUNDS, FIRST_ROUND_SHARE, MAX_MEMBERS, STEP_TITLES, plan_budget,
-                          phase_allowance, search_rounds, epochs_fitting, size_coarse, size_refine, size_final,
-                          choose_move, MIN_REFINE_EPOCHS)
-from .store import Store, normalize_url
+from trainlab.config import DEFAULT_RUNS_DIR, Config, ConfigError, apply_overrides
+from trainlab.recipe.plan import (
+    COARSE_LR_EXPONENTS,
+    COARSE_WEIGHT_DECAYS,
+    FIRST_ROUND_SHARE,
+    FOLDS,
+    MAX_MEMBERS,
+    MAX_ROUNDS,
+    MIN_REFINE_EPOCHS,
+    PHASE_OF_STEP,
+    PHASES,
+    REFINE_LR_EXPONENTS,
+    STEP_TITLES,
+    choose_move,
+    epochs_fitting,
+    phase_allowance,
+    plan_budget,
+    search_rounds,
+    size_coarse,
+    size_final,
+    size_refine,
+)
+from trainlab.store import Store, normalize_url
 
 __all__ = ["StepResult", "RecipeResult", "run_recipe", "study_name"]
 
@@ -374,7 +391,7 @@ class _Recipe:
 
     # ---- steps 1-3: the checks
     def init_step(self, ctx: dict) -> StepResult:
-        from .checks import check_init
+        from trainlab.checks import check_init
 
         t0 = time.time()
         r = check_init(self.task, self.hp, self.store, study=self.study)
@@ -384,7 +401,7 @@ class _Recipe:
         return StepResult("init", 1, STEP_TITLES[1], r.verdict, r.message, ev)
 
     def overfit_step(self, ctx: dict) -> StepResult:
-        from .checks import check_overfit
+        from trainlab.checks import check_overfit
 
         step_s = self.evidence("init").get("step_s_estimate") or 0.01
         attempts, lr, tried = [], self.hp.lr, set()
@@ -428,7 +445,7 @@ class _Recipe:
         return StepResult("overfit", 2, STEP_TITLES[2], "fail", msg, ev)
 
     def lr_step(self, ctx: dict) -> StepResult:
-        from .checks import check_lr
+        from trainlab.checks import check_lr
 
         step_s = self.evidence("overfit").get("step_s") or self.evidence("init").get("step_s_estimate") or 0.01
         # 4 discrete trials of s steps and a sweep of 2s steps, plus a validation per trial
@@ -452,7 +469,7 @@ class _Recipe:
 
     def _search(self, base: Config, space: dict, plan: dict, study: str, deadline: float, checkpoints: bool,
                 workers: int | None = None):
-        from .search import run_search
+        from trainlab.search.runner import run_search
 
         workers = workers or plan.get("workers") or self.workers
         return run_search(base, space, strategy="grid", workers=min(workers, plan.get("trainings", workers)),
@@ -582,8 +599,8 @@ class _Recipe:
         return StepResult(f"refine-{k}", 5, STEP_TITLES[5], "done", msg, ev)
 
     def doctor_step(self, ctx: dict, k: int) -> StepResult:
-        from .doctor import diagnose_run
-        from .models import DEFAULT_WIDTH
+        from trainlab.doctor.diagnose import diagnose_run
+        from trainlab.models import DEFAULT_WIDTH
 
         ev5 = self.evidence(f"refine-{k}")
         best = ev5["best"]
@@ -639,7 +656,7 @@ class _Recipe:
                                          "split_seed": split_seed, "seeds": 1})
 
     def final_step(self, ctx: dict, incumbent: dict) -> StepResult:
-        from .ensemble import evaluate_ensemble, members_from_runs
+        from trainlab.ensemble import evaluate_ensemble, members_from_runs
 
         plan = ctx["plan"]
         if plan is None:
@@ -760,7 +777,7 @@ def _check_same_config(store: Store, study: str, hp: Config) -> None:
 
 def run_recipe(hp: Config, *, budget_minutes: float = 5.0, workers: int | None = None,
                out: str | Path = "recipe-report", db: str | Path | None = None, fresh: bool = False,
-               force: bool = False, quiet: bool = False, runs_dir: str = "trainlab-runs") -> RecipeResult:
+               force: bool = False, quiet: bool = False, runs_dir: str = DEFAULT_RUNS_DIR) -> RecipeResult:
     """Run the seven steps on `hp` (its task and model; the recipe chooses lr, weight decay, epochs and
     what the doctor asks for), write the report to `out`, and return what was done.
 
@@ -770,8 +787,8 @@ def run_recipe(hp: Config, *, budget_minutes: float = 5.0, workers: int | None =
     after a failed check. Ctrl-C stops cleanly: the result's status is "interrupted" and the report
     shows what was done. Raises ConfigError for bad input, before anything is written.
     """
-    from .search import _cores
-    from .tasks import load_task
+    from trainlab.search.runner import _cores
+    from trainlab.tasks import load_task
 
     if not isinstance(budget_minutes, (int, float)) or not math.isfinite(budget_minutes) or budget_minutes <= 0:
         raise ConfigError(f"budget: must be a positive number of minutes, got {budget_minutes!r}")
@@ -825,7 +842,7 @@ def run_recipe(hp: Config, *, budget_minutes: float = 5.0, workers: int | None =
         if old is not None:
             signal.signal(signal.SIGINT, old)
     final = next((s.evidence for s in recipe.steps if s.key == "final"), None)
-    from .recipe_report import write_report
+    from trainlab.recipe.report import write_report
 
     seconds = time.time() - started
     result = RecipeResult(study, status, reason, recipe.steps, final, None, seconds, budget_s, plan)
