@@ -21,7 +21,9 @@ run: $(STAMP)
 system-deps:
 	bash scripts/system-deps.sh
 
+# The architecture's contracts (pyproject.toml, [tool.importlinter]) first, then the whole suite.
 test: $(STAMP) system-deps
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
