@@ -1,5 +1,9 @@
-"""Test-wide settings: one torch thread per process (tests train tiny models; extra threads only
-contend on a 2-core machine), inherited by subprocesses through OMP_NUM_THREADS."""
+"""Test-wide settings and fixtures.
+
+One torch thread per process (tests train tiny models; extra threads only contend on a 2-core machine),
+inherited by subprocesses through OMP_NUM_THREADS. Fixtures: `pg_url` (a fresh database on a real
+PostgreSQL server, tests/pg.py). Tests that train for long are marked `slow`: `pytest -m "not slow"` is
+the quick loop; CI runs everything."""
 
 import os
 
@@ -9,3 +13,5 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+from pg import pg_url  # noqa: E402,F401  (fixture: a fresh PostgreSQL database)

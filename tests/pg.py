@@ -1,8 +1,6 @@
 """A real PostgreSQL server for tests: Debian's `postgresql` binaries, a data directory in /tmp, a loopback port.
 
-Use from any test module:
-
-    from pg import pg_url  # noqa: F401   (a fixture: a fresh, empty database's SQLAlchemy URL)
+Every test module gets the fixture from tests/conftest.py:
 
     def test_something(pg_url):
         store = Store(pg_url)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-from pg import pg_url  # noqa: F401  (fixture)
 from search_hammer import hammer
 
 from trainlab.cli import main

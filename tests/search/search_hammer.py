@@ -1,4 +1,4 @@
-"""A worker for tests/test_search.py that hammers one SQLite file with Optuna and store writes; a module of its
+"""A worker for tests/search/test_search.py that hammers one SQLite file with Optuna and store writes; a module of its
 own so that spawned processes import only optuna and trainlab's storage, not the test module."""
 
 import optuna

@@ -1,5 +1,5 @@
 """Unit tests on plain arrays: the doctor's rules, the LR-test analysis, the ratio warnings, the sweep's
-schedule. The same rules are tested on real training runs in tests/test_doctor.py and test_checks.py."""
+schedule. The same rules are tested on real training runs in tests/doctor/test_diagnose.py and tests/test_checks.py."""
 
 import math
 

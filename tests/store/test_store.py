@@ -13,7 +13,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import numpy as np
-from pg import pg_url  # noqa: F401  (fixture: a fresh PostgreSQL database)
 
 from trainlab.store import METRIC_BLOCK, RUN_STATUSES, MetricBuffer, RunNotFound, Store, normalize_url
 

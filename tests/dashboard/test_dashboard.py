@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from pg import pg_url  # noqa: F401  (fixture: a fresh PostgreSQL database)
 from trainlab.cli import main
 from trainlab.config import Config
 from trainlab.dashboard import create_app
@@ -414,9 +413,9 @@ def test_static_files_are_package_data():
     """The page ships inside the package: pyproject's package-data glob covers dashboard/static."""
     import tomllib
 
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     globs = pyproject["tool"]["setuptools"]["package-data"]["trainlab"]
-    static = Path(__file__).parents[1] / "src/trainlab/dashboard/static"
+    static = Path(__file__).parents[2] / "src/trainlab/dashboard/static"
     package = static.parents[1]
     names = {p.name for p in static.iterdir()}
     assert {"index.html", "app.js", "app.css", "uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE"} <= names

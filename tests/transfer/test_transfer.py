@@ -28,7 +28,7 @@ from trainlab.train import CheckpointError, evaluate
 from trainlab.transfer.strategies import (FeatureCache, load_source, parse_strategy, plan_strategy, prepare_target,
                                           target_model, train_strategy)
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "transfer_target.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "transfer_target.py"
 
 
 def _example():
