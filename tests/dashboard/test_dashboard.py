@@ -21,8 +21,9 @@ from starlette.testclient import TestClient
 from trainlab.cli import main
 from trainlab.config import Config
 from trainlab.dashboard import create_app
-from trainlab.dashboard.app import RATIO_BAND, open_read_only
+from trainlab.dashboard.app import open_read_only
 from trainlab.dashboard.server import allowed_hosts, is_loopback
+from trainlab.doctor.rules import RATIO_BAND
 from trainlab.store import METRIC_BLOCK, Store
 from trainlab.tasks import load_task
 from trainlab.train import fit
@@ -289,7 +290,8 @@ def test_store_metric_buckets(tmp_path):
 
 def test_many_runs_are_read_in_parallel_parts_alike(tmp_path):
     """A cold study of many runs is read in parts on threads; the answer is the one-query answer."""
-    from trainlab.dashboard.app import _SeriesCache, _study_series
+    from trainlab.dashboard.api import study_series
+    from trainlab.dashboard.cache import SeriesCache
 
     store = Store(tmp_path / "many.db")
     rng = np.random.default_rng(1)
@@ -299,13 +301,13 @@ def test_many_runs_are_read_in_parallel_parts_alike(tmp_path):
         store.log_metrics(run, [(s, 1, "train/loss", float(v)) for s, v in enumerate(rng.random(steps))]
                           + [(steps - 1, 1, "val/acc", 0.5)])
     runs = store.runs(study="many")
-    cache = _SeriesCache(open_read_only(tmp_path / "many.db"))
+    cache = SeriesCache(open_read_only(tmp_path / "many.db"))
     assert cache.threads >= 1
     cache.threads = 2  # as on any machine with 2 cores or more
-    parallel = cache.get(runs, ("train/loss", "val/acc"), 40, _study_series)
+    parallel = cache.get(runs, ("train/loss", "val/acc"), 40, study_series)
     serial = store.metric_buckets([r["id"] for r in runs], ("train/loss", "val/acc"), 40)
-    assert parallel == {r["id"]: _study_series(serial[r["id"]]) for r in runs}
-    assert _SeriesCache(Store("sqlite://")).threads == 1  # one in-memory connection is never shared
+    assert parallel == {r["id"]: study_series(serial[r["id"]]) for r in runs}
+    assert SeriesCache(Store("sqlite://")).threads == 1  # one in-memory connection is never shared
 
 
 @pytest.mark.parametrize("url, status, message", [
@@ -438,7 +440,7 @@ def test_the_store_is_opened_read_only(trained, tmp_path):
     assert not missing.exists()  # a dashboard never creates a store
 
 
-def test_postgresql_store_reads_alike(trained, pg_url):
+def test_postgresql_store_reads_alike(trained, pg_url):  # noqa: F811
     """The same real runs copied into PostgreSQL: the same answers, and the dashboard's connection cannot write."""
     sqlite = Store(trained["path"])
     pg = Store(pg_url)

@@ -250,7 +250,7 @@ def test_metric_buckets_of_long_series_come_from_the_summary_blocks(store):
     _check_long_series(store)
 
 
-def test_metric_blocks_on_postgresql(pg_url):
+def test_metric_blocks_on_postgresql(pg_url):  # noqa: F811
     store = Store(pg_url)
     _check_long_series(store)
     store.close()

@@ -1,7 +1,8 @@
 """The command center: a local, read-only web dashboard of every run in a store.
 
 `create_app(store_or_url, allowed_hosts)` builds the ASGI app; `Server(app, bind(host, port))` serves
-it; `trainlab dashboard` does both. See app.py for the API and the safety rules. Names are imported
+it; `trainlab dashboard` does both. See app.py for the API (api.py assembles its answers, cache.py
+keeps rendered series) and security.py for the safety rules. Names are imported
 on first use, so the command line reads the defaults below without importing the web stack.
 """
 

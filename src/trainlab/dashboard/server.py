@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import uvicorn
 
-from trainlab.dashboard.app import LOOPBACK_HOSTS
+from trainlab.dashboard.security import LOOPBACK_HOSTS
 
 __all__ = ["is_loopback", "allowed_hosts", "bind", "url", "Server"]
 

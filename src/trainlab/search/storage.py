@@ -1,6 +1,7 @@
 """Where a search's Optuna study lives: Optuna's RDBStorage on the store's URL (SQLite with the store's
 connection settings and BEGIN IMMEDIATE, or PostgreSQL), the lock that makes asking for a trial atomic
 across worker processes and machines, and opening a study that must already exist. See `search` for why.
+The engine settings and the SQL of the locks are the store's (`trainlab.store.engine`, `.locks`).
 """
 
 from __future__ import annotations
@@ -11,24 +12,26 @@ import os
 import signal
 import threading
 import warnings
-import zlib
 from typing import Any, Iterator
 
 from trainlab.config import ConfigError
-from trainlab.store import BUSY_TIMEOUT_S, hide_password, normalize_url, sqlite_settings
+from trainlab.store import (
+    AdvisoryLock,
+    hide_password,
+    normalize_url,
+    optuna_engine_kwargs,
+    prepare_optuna_engine,
+    sqlite_file,
+)
 
 __all__ = ["open_storage", "open_existing_storage", "load_study", "StudyLock", "is_sqlite"]
 
 
+_ADVISORY_NAMESPACE = 7612  # the first key of the PostgreSQL advisory locks of StudyLock
+
+
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
-
-
-def _sqlite_on_begin(conn: Any) -> None:
-    # Optuna's sessions read, then write. A deferred transaction cannot wait for the write lock once
-    # another process has written, so SQLite would fail it at once ("database is locked"); taking the
-    # lock up front lets the busy timeout apply. Optuna's transactions are short, so serializing is cheap.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def open_storage(url: str | os.PathLike | None, *, heartbeat_s: int | None = None, grace_s: int | None = None,
@@ -41,28 +44,23 @@ def open_storage(url: str | os.PathLike | None, *, heartbeat_s: int | None = Non
     `check=False` skips Optuna's schema-version check (about 0.3 s) when this process already made it.
     """
     import optuna
-    from sqlalchemy import event
 
     url = normalize_url(url)
     kwargs: dict[str, Any] = {}
     if heartbeat_s is not None:
         kwargs = {"heartbeat_interval": int(heartbeat_s), "grace_period": int(grace_s or 3 * heartbeat_s),
                   "heartbeat_stale_trial_callback": on_stale}
-    engine_kwargs = {"connect_args": {"timeout": BUSY_TIMEOUT_S}} if is_sqlite(url) else {"pool_pre_ping": True}
     with warnings.catch_warnings(), _ctrl_c_deferred():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_compatibility_check=not check,
-                                                 **kwargs)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=optuna_engine_kwargs(url),
+                                                 skip_compatibility_check=not check, **kwargs)
         except ImportError as err:
             raise ValueError(f"storage: cannot open {hide_password(url)!r}: driver not installed ({err})") from None
         except Exception as err:  # sqlalchemy OperationalError and friends: one line, the cause
             detail = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
             raise ValueError(f"storage: cannot open {hide_password(url)!r}: {detail}") from None
-    if is_sqlite(url):
-        event.listen(storage.engine, "connect", sqlite_settings)
-        event.listen(storage.engine, "begin", _sqlite_on_begin)
-        storage.engine.dispose()  # connections opened by RDBStorage's constructor lack the listeners
+    prepare_optuna_engine(storage.engine)  # SQLite: the store's settings, every transaction BEGIN IMMEDIATE
     return storage
 
 
@@ -99,17 +97,13 @@ class StudyLock:
         self.url = url
         self._local = threading.Lock()
         self._path = None
-        self._engine = None
+        self._advisory = None
         if is_sqlite(url):
-            from sqlalchemy.engine import make_url
-
-            database = make_url(url).database or ""
-            if database and database != ":memory:" and not database.startswith("file:"):
-                self._path = os.path.abspath(database) + ".search-lock"
+            database = sqlite_file(url)
+            if database is not None:  # an in-memory database or a file: URI lives in one process
+                self._path = database + ".search-lock"
         elif url.startswith("postgresql"):
-            import sqlalchemy as sa
-
-            self._engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+            self._advisory = AdvisoryLock(url, namespace=_ADVISORY_NAMESPACE)
         else:
             raise ValueError(f"storage: search workers need SQLite or PostgreSQL, got {hide_password(url)!r}")
 
@@ -123,30 +117,23 @@ class StudyLock:
                         yield
                     finally:
                         fcntl.flock(f, fcntl.LOCK_UN)
-            elif self._engine is not None:
-                import sqlalchemy as sa
-
-                key = zlib.crc32(name.encode()) - 2**31  # a signed 32-bit int
-                with self._engine.begin() as conn:  # the xact lock ends with this transaction
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(7612, :k)"), {"k": key})
+            elif self._advisory is not None:
+                with self._advisory.hold(name):
                     yield
             else:
                 yield
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
+        if self._advisory is not None:
+            self._advisory.close()
 
 
 def open_existing_storage(url: str | os.PathLike | None):
     """open_storage for reading what is there: ConfigError, not a new empty file, when a SQLite file is missing."""
     url = normalize_url(url)
-    if is_sqlite(url):
-        from sqlalchemy.engine import make_url
-
-        database = make_url(url).database or ""
-        if database and not database.startswith("file:") and database != ":memory:" and not os.path.isfile(database):
-            raise ConfigError(f"study: no database file {database!r} (give --db or --storage)")
+    database = sqlite_file(url)
+    if database is not None and not os.path.isfile(database):
+        raise ConfigError(f"study: no database file {database!r} (give --db or --storage)")
     return open_storage(url)
 
 
