@@ -8,7 +8,6 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from pg import pg_url  # noqa: F401  (fixture: a fresh PostgreSQL database)
 from trainlab.store import (
     AdvisoryLock,
     Store,
