@@ -24,11 +24,11 @@ def cmd_recipe(args) -> int:
     if "OMP_NUM_THREADS" not in os.environ:  # unless the user chose
         import torch
 
-        from trainlab.search.runner import _cores
+        from trainlab.search.workers import default_workers, threads_per_worker
 
         # The recipe's own trainings (the checks) use the threads one search worker gets: more threads
         # than cores per process only contend (2 threads measured ~15x slower than 1 on a loaded 2-core box).
-        torch.set_num_threads(max(1, _cores() // (args.workers or max(1, min(4, _cores())))))
+        torch.set_num_threads(threads_per_worker(args.workers or default_workers()))
     result = run_recipe(hp, budget_minutes=args.budget, workers=args.workers, out=args.out, db=args.db,
                         fresh=args.fresh, force=args.force, quiet=args.quiet, runs_dir=args.runs_dir)
     if result.status == "interrupted":

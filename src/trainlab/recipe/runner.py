@@ -787,13 +787,13 @@ def run_recipe(hp: Config, *, budget_minutes: float = 5.0, workers: int | None =
     after a failed check. Ctrl-C stops cleanly: the result's status is "interrupted" and the report
     shows what was done. Raises ConfigError for bad input, before anything is written.
     """
-    from trainlab.search.runner import _cores
+    from trainlab.search.workers import default_workers
     from trainlab.tasks import load_task
 
     if not isinstance(budget_minutes, (int, float)) or not math.isfinite(budget_minutes) or budget_minutes <= 0:
         raise ConfigError(f"budget: must be a positive number of minutes, got {budget_minutes!r}")
     if workers is None:
-        workers = max(1, min(4, _cores()))
+        workers = default_workers()
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers: must be an integer >= 1, got {workers!r}")
     hp = apply_overrides(hp, {})
