@@ -31,8 +31,8 @@ import torch
 
 from trainlab import Config, Store, fit, load_task
 from trainlab.ensemble import evaluate_ensemble, members_from_runs
-from trainlab.recipe.runner import run_recipe
-from trainlab.search.runner import _cores, run_search
+from trainlab.recipe import run_recipe
+from trainlab.search import cpu_cores, run_search, threads_per_worker
 from trainlab.train.callbacks import Deadline
 
 RESULTS = Path(__file__).parent / "results"
@@ -98,8 +98,8 @@ def main() -> int:
     seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 3)))
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    torch.set_num_threads(max(1, _cores() // args.workers))
-    machine = {"cores": _cores(), "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+    torch.set_num_threads(threads_per_worker(args.workers))
+    machine = {"cores": cpu_cores(), "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                "loadavg_start": os.getloadavg()}
     print(f"budget {budget:g} min per run; seeds {seeds}; pairs {pairs}; methods {methods}; {args.workers} workers; "
           f"{machine['cores']} cores, load average {machine['loadavg_start'][0]:.1f}", flush=True)

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from trainlab import Config
-from trainlab.search.runner import _cores, run_search
+from trainlab.search import cpu_cores, run_search, threads_per_worker
 from trainlab.store import Store
 
 RESULTS = Path(__file__).parent / "results"
@@ -147,7 +147,7 @@ def _throughput_once(tmp: Path, workers: int, trials: int, epochs: int, tag: str
     end = min(max(b for _, b in v) for v in spans.values())     # the first worker's last trial ends
     done = sum(start <= b <= end for v in spans.values() for _, b in v)
     steady = (end - start).total_seconds()
-    return {"workers": workers, "threads_per_worker": threads if workers == 1 else max(1, _cores() // workers),
+    return {"workers": workers, "threads_per_worker": threads if workers == 1 else threads_per_worker(workers),
             "trials": len(runs), "trials_per_worker": {k: len(v) for k, v in spans.items()}, "wall_s": wall,
             "steady_s": steady, "steady_trials": done,
             "trials_per_min_steady": 60 * done / steady if steady > 0 and done else float("nan"),
@@ -175,7 +175,7 @@ def parallel_capacity() -> float:
 
 
 def throughput(tmp: Path, trials: int, epochs: int, repeats: int) -> dict:
-    cores = _cores()
+    cores = cpu_cores()
     capacity = [parallel_capacity()]
     print(f"  parallel capacity now: {capacity[0]:.2f} cores", flush=True)
     default_threads = torch.get_num_threads()
@@ -216,7 +216,7 @@ def main() -> int:
                    lr_points=9, tp_trials=24, tp_epochs=6, tp_repeats=3)
     out_path = RESULTS / ("search_quick.json" if args.quick else "search.json")
     result = json.loads(out_path.read_text()) if (args.only and out_path.exists()) else {}
-    result.update({"machine": f"{platform.node()}: {_cores()} cores, {platform.processor() or platform.machine()}",
+    result.update({"machine": f"{platform.node()}: {cpu_cores()} cores, {platform.processor() or platform.machine()}",
                    "load_average_at_start": os.getloadavg(), "quick": args.quick, "config": cfg,
                    "date": datetime.now().isoformat(timespec="seconds")})
     started = time.perf_counter()

@@ -36,7 +36,7 @@ import torch
 from trainlab import Config, Store, fit, load_task
 from trainlab.transfer.advisor import LECTURE, advise
 from trainlab.config import apply_overrides
-from trainlab.transfer.strategies import FeatureCache, compare, default_strategies, load_source, prepare_target
+from trainlab.transfer import FeatureCache, compare, default_strategies, load_source, prepare_target
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"

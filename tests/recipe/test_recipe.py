@@ -17,8 +17,9 @@ import pytest
 
 from trainlab.cli import main
 from trainlab.config import load_config
-from trainlab.recipe.runner import _rank_rows, study_name
-from trainlab.recipe.plan import PHASES, choose_move, phase_allowance, plan_budget, size_coarse, size_final, size_refine
+from trainlab.recipe.runner import study_name
+from trainlab.recipe.plan import (PHASES, choose_move, phase_allowance, plan_budget, rank_coarse, size_coarse, size_final,
+                                  size_refine)
 from trainlab.store import Store
 
 BUDGET_MIN = "0.5"
@@ -67,11 +68,30 @@ def test_search_sizing_fits_the_share():
     assert size_final(90, 1.5, 2) == {"members": 2, "epochs": 54, "patience": 27}
     assert size_final(90, 1.5, 2, run_s=6.0)["epochs"] == 50
     assert size_final(90, 1.5, 1, members=2)["epochs"] == 27     # two members one after the other
-    assert _rank_rows([{"lr": 1, "value": 0.9, "epochs": 3, "status": "completed"},
-                       {"lr": 2, "value": 0.95, "epochs": 3, "status": "pruned"},       # lost the last rung
-                       {"lr": 3, "value": 0.97, "epochs": 1, "status": "stopped"}], 3)[0]["lr"] == 2
+    assert rank_coarse([{"lr": 1, "value": 0.9, "epochs": 3, "status": "completed"},
+                        {"lr": 2, "value": 0.95, "epochs": 3, "status": "pruned"},       # lost the last rung
+                        {"lr": 3, "value": 0.97, "epochs": 1, "status": "stopped"}], 3)[0]["lr"] == 2
     assert size_final(90, 1.5, 1)["members"] == 1 and size_final(1, 9.0, 8) == {"members": 3, "epochs": 1,
                                                                                   "patience": 5}
+
+
+def test_cost_model_from_the_run_plan_then_from_measurements():
+    """Before any search the seconds per epoch come from the checks' seconds per update x the searches'
+    updates per epoch (their RunPlan: accumulation and batch size count); after one, from what it measured."""
+    from trainlab.config import Config
+    from trainlab.recipe.costs import CostModel
+    from trainlab.recipe.steps import search_base
+    from trainlab.train.plan import RunPlan
+
+    hp = Config(batch_size=32, accum_steps=2, warmup_steps=5, schedule="cosine")
+    updates = RunPlan.resolve(search_base(hp), examples=1000).updates_per_epoch
+    assert updates == 16                                       # ceil(ceil(1000 / 32) / 2)
+    before = CostModel(1, updates, evidence=(("lr", {"step_s": 0.01}),))
+    assert before.epoch_seconds() == pytest.approx(0.01 * 16 * 1.15)
+    measured = {"epoch_s": 2.0, "run_s": 1.0, "overhead_s": 3.0, "workers": 1}
+    after = CostModel(1, updates, evidence=(("lr", {"step_s": 0.01}), ("coarse", measured)))
+    assert after.epoch_seconds() == 2.0 and after.training_cost(4, 3) == 3.0 + 4 * (1.0 + 3 * 2.0)
+    assert after.min_work("checks") == 0.0 and after.min_work("refine") == 3.0 + 2 * (1.0 + 2 * 2.0)
 
 
 def test_doctor_move_priority():
@@ -182,7 +202,7 @@ def test_resume_skips_finished_steps_and_completes(resumed):
     d, code, output, before, after = resumed
     assert code == 0, output
     for key in ("init", "overfit", "lr"):
-        assert after[key]["id"] == before[key]["id"] and f"(done before, skipped)" in output
+        assert after[key]["id"] == before[key]["id"] and "(done before, skipped)" in output
     assert "resumed: 3 steps done" in output
     # every step has a verdict and evidence; 5-7 loop at least once; the final model was tested once
     for key in ("init", "overfit", "lr", "coarse", "refine-1", "doctor-1", "loop-1", "final"):
@@ -266,7 +286,7 @@ def test_report_renders_in_chromium(resumed):
 
 def test_deadline_stops_fit_and_search(tmp_path):
     from trainlab import fit, load_task
-    from trainlab.search.runner import run_search
+    from trainlab.search import run_search
     from trainlab.train.callbacks import BUDGET_REACHED, Deadline
 
     hp = load_config(None, ["task=digits", "model=mlp", "width=8", "epochs=50", "monitor_every=0"])

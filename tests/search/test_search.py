@@ -18,7 +18,9 @@ from search_hammer import hammer
 
 from trainlab.cli import main
 from trainlab.config import Config, ConfigError
-from trainlab.search.runner import PruningCallback, _budget_used, _make_sampler, _OnStaleTrial, run_search
+from trainlab.search import PruningCallback, run_search
+from trainlab.search.leaderboard import budget_used
+from trainlab.search.optuna_glue import OnStaleTrial, make_sampler
 from trainlab.search.storage import load_study, open_storage
 from trainlab.search.space import parse_space
 from trainlab.store import Store
@@ -94,7 +96,7 @@ def _draw(strategy: str, n: int, seed: int = 0):
     study = optuna.create_study(direction="maximize")
     drawn = []
     for i in range(n):
-        study.sampler = _make_sampler(strategy, space, seed, i, n)
+        study.sampler = make_sampler(strategy, space, seed, i, n)
         trial = study.ask()
         params = space.suggest(trial)
         study.tell(trial, -abs(math.log10(params["lr"]) + 2))
@@ -227,7 +229,7 @@ def test_stale_trial_is_retried_once_then_counts_against_the_budget(tmp_path):
     the retry takes its place in the budget; a retry that goes stale again is not retried."""
     db = str(tmp_path / "s.db")
     store = Store(db)
-    storage = open_storage(db, heartbeat_s=1, grace_s=1, on_stale=_OnStaleTrial(store, grace_s=1))
+    storage = open_storage(db, heartbeat_s=1, grace_s=1, on_stale=OnStaleTrial(store, grace_s=1))
     study = optuna.create_study(study_name="stale", storage=storage)
     first = study.ask()
     first.suggest_float("x", 0, 1)
@@ -238,7 +240,7 @@ def test_stale_trial_is_retried_once_then_counts_against_the_budget(tmp_path):
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[1].params == trials[0].params and trials[1].system_attrs["retry_history"] == [0]
-    assert _budget_used(trials) == 1  # the retry replaces the lost trial
+    assert budget_used(trials) == 1  # the retry replaces the lost trial
     assert store.runs(study="stale")[0]["status"] == "failed"
     assert store.runs(study="stale")[0]["reason"].startswith("worker lost: no heartbeat for 1 s (trial 0); retried")
 
@@ -249,7 +251,7 @@ def test_stale_trial_is_retried_once_then_counts_against_the_budget(tmp_path):
     optuna.storages.fail_stale_trials(study)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]  # max_retry=1: no third try
-    assert _budget_used(trials) == 1
+    assert budget_used(trials) == 1
 
 
 def _wait_for(predicate, timeout: float, what: str):

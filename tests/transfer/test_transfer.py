@@ -25,8 +25,8 @@ from trainlab.transfer.backbone import (FrozenStages, backbone_stages, head_name
 from trainlab.cli import main
 from trainlab.config import ConfigError, apply_overrides
 from trainlab.train import CheckpointError, evaluate
-from trainlab.transfer.strategies import (FeatureCache, load_source, parse_strategy, plan_strategy, prepare_target,
-                                          target_model, train_strategy)
+from trainlab.transfer import (FeatureCache, load_source, parse_strategy, plan_strategy, prepare_target,
+                               target_model, train_strategy)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "transfer_target.py"
 

@@ -13,7 +13,7 @@ __all__ = ["register"]
 
 def cmd_recipe(args) -> int:
     from trainlab.config import load_config
-    from trainlab.recipe.runner import run_recipe
+    from trainlab.recipe import run_recipe
 
     if not math.isfinite(args.budget) or args.budget <= 0:
         raise UsageError(f"--budget: must be a positive number of minutes, got {args.budget:g}")
@@ -24,11 +24,11 @@ def cmd_recipe(args) -> int:
     if "OMP_NUM_THREADS" not in os.environ:  # unless the user chose
         import torch
 
-        from trainlab.search.runner import _cores
+        from trainlab.search.workers import default_workers, threads_per_worker
 
         # The recipe's own trainings (the checks) use the threads one search worker gets: more threads
         # than cores per process only contend (2 threads measured ~15x slower than 1 on a loaded 2-core box).
-        torch.set_num_threads(max(1, _cores() // (args.workers or max(1, min(4, _cores())))))
+        torch.set_num_threads(threads_per_worker(args.workers or default_workers()))
     result = run_recipe(hp, budget_minutes=args.budget, workers=args.workers, out=args.out, db=args.db,
                         fresh=args.fresh, force=args.force, quiet=args.quiet, runs_dir=args.runs_dir)
     if result.status == "interrupted":
@@ -37,15 +37,19 @@ def cmd_recipe(args) -> int:
 
 
 def register(sub) -> None:
+    from trainlab.recipe import DEFAULT_BUDGET_MINUTES, DEFAULT_REPORT_DIR
+    from trainlab.search.workers import MAX_DEFAULT_WORKERS
+
     p = sub.add_parser("recipe", help="choose hyperparameters end to end (7 steps) within a time budget; "
                                       "writes a static HTML report")
     p.add_argument("config", nargs="?", help="YAML config to start from (default: the built-in defaults)")
     p.add_argument("--task", help="mnist1d (default), mnist1d-shuffle, digits, or path/to/file.py:build")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    p.add_argument("--budget", type=float, default=5.0, metavar="MINUTES", help="wall-clock budget (default: 5)")
+    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_MINUTES, metavar="MINUTES",
+                   help=f"wall-clock budget (default: {DEFAULT_BUDGET_MINUTES:g})")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="search worker processes (default: the machine's cores, at most 4)")
-    p.add_argument("--out", default="recipe-report", help="report directory (default: recipe-report)")
+                   help=f"search worker processes (default: the machine's cores, at most {MAX_DEFAULT_WORKERS})")
+    p.add_argument("--out", default=DEFAULT_REPORT_DIR, help=f"report directory (default: {DEFAULT_REPORT_DIR})")
     p.add_argument("--db", default=None, help="store URL or SQLite file (default: ./trainlab.db)")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"where checkpoints go (default: {DEFAULT_RUNS_DIR})")
     p.add_argument("--fresh", action="store_true", help="start a new study instead of resuming the last one")

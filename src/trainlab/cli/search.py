@@ -42,7 +42,7 @@ def cmd_search(args) -> int:
         if getattr(args, flag):
             raise UsageError("search: -o/--output belongs to: trainlab search report STUDY -o DIR")
     config = targets[0] if targets else None
-    from trainlab.search.runner import run_search
+    from trainlab.search import run_search
 
     join = args.space is None
     if join and args.study is None:
@@ -91,7 +91,16 @@ def cmd_report(args, rest: list[str]) -> int:
 
 
 def register(sub) -> None:
-    from trainlab.search.runner import DEFAULT_HEARTBEAT_S, PRUNERS, STRATEGIES
+    from trainlab.search import (
+        DEFAULT_HEARTBEAT_S,
+        DEFAULT_PRUNE,
+        DEFAULT_STRATEGY,
+        DEFAULT_TRIALS,
+        DEFAULT_WORKERS,
+        GRACE_HEARTBEATS,
+        PRUNERS,
+        STRATEGIES,
+    )
 
     p = sub.add_parser("search", help="hyperparameter search (grid, random, TPE; pruning; workers); "
                                       "'search report STUDY -o DIR' writes an HTML report",
@@ -100,12 +109,13 @@ def register(sub) -> None:
     p.add_argument("target", nargs="*", metavar="CONFIG", help="YAML config the space varies (default: built-in "
                    "defaults); or: report STUDY")
     p.add_argument("--space", help="search space YAML: lr: loguniform(1e-4, 1e-1), width: int(32, 256, log), ...")
-    p.add_argument("--strategy", default="random", choices=STRATEGIES, help="default: random")
-    p.add_argument("--prune", default="none", choices=PRUNERS,
-                   help="stop bad trials early on the per-epoch validation metric (default: none)")
+    p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=STRATEGIES, help=f"default: {DEFAULT_STRATEGY}")
+    p.add_argument("--prune", default=DEFAULT_PRUNE, choices=PRUNERS,
+                   help=f"stop bad trials early on the per-epoch validation metric (default: {DEFAULT_PRUNE})")
     p.add_argument("--trials", type=int, help="the study's total number of trials (default: the grid's size, "
-                   "else 20); re-running resumes until that many have finished")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+                   f"else {DEFAULT_TRIALS}); re-running resumes until that many have finished")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help=f"worker processes on this machine (default {DEFAULT_WORKERS})")
     p.add_argument("--study", help="study name (default: derived from config, space, strategy and pruning)")
     p.add_argument("--db", default=None, help="trainlab store URL or SQLite file (default: --storage, "
                    "else ./trainlab.db)")
@@ -116,8 +126,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, help="sampler seed (default: the config's seed)")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"where checkpoints go (default: {DEFAULT_RUNS_DIR})")
     p.add_argument("--heartbeat-s", type=int, default=DEFAULT_HEARTBEAT_S,
-                   help=f"seconds between trial heartbeats; a trial silent for 3 of them is retried once "
-                        f"(default {DEFAULT_HEARTBEAT_S})")
+                   help=f"seconds between trial heartbeats; a trial silent for {GRACE_HEARTBEATS} of them is "
+                        f"retried once (default {DEFAULT_HEARTBEAT_S})")
     p.add_argument("-o", "--output", help="search report: folder for index.html")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -15,7 +15,7 @@ def _setup(args):
     """(store, source, target task with its validation split, hyperparameters) from the arguments."""
     from trainlab.config import apply_overrides, load_config, parse_override
     from trainlab.tasks import load_task
-    from trainlab.transfer.strategies import load_source, prepare_target
+    from trainlab.transfer import load_source, prepare_target
 
     if not args.source:
         raise UsageError("transfer: give --source RUN (a run id) or --source FILE --arch ARCH")
@@ -51,8 +51,8 @@ def _print_result(result, as_json: bool) -> None:
 
 
 def cmd_transfer(args) -> int:
+    from trainlab.transfer import FeatureCache, compare, parse_strategy, train_strategy
     from trainlab.transfer.advisor import advise
-    from trainlab.transfer.strategies import FeatureCache, compare, parse_strategy, train_strategy
 
     common = dict(study=args.study, quiet=not args.verbose, runs_dir=args.runs_dir)
     if args.action == "run" and not args.strategy:

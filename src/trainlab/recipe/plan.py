@@ -1,14 +1,18 @@
-"""The recipe's plan: the budget's split into phases, the sizing of each search to its share, and the
-doctor's move between refine rounds. Pure arithmetic on numbers the recipe measures; no training here.
+"""The recipe's plan: the budget's split into phases, the sizing of each search to its share, the grids
+the searches try and the ranking of their results, and the doctor's move between refine rounds. Pure
+arithmetic on numbers the recipe measures (the cost model that turns measurements into seconds is
+`costs.py`); no training and no store here.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any, Sequence
 
-__all__ = ["PHASES", "plan_budget", "phase_allowance", "search_rounds", "epochs_fitting", "size_coarse", "size_refine",
-           "size_final", "choose_move", "MOVES", "COARSE_WEIGHT_DECAYS"]
+__all__ = ["PHASES", "PHASE_OF_STEP", "STEP_TITLES", "plan_budget", "phase_allowance", "search_rounds", "epochs_fitting",
+           "size_coarse", "size_refine", "size_final", "log_grid", "coarse_grid", "refine_grid", "rank_coarse",
+           "mean_std", "rank_candidates", "choose_move", "MOVES", "COARSE_WEIGHT_DECAYS"]
 
 PHASES = (("checks", 0.10), ("coarse", 0.25), ("refine", 0.35), ("final", 0.30))
 PHASE_OF_STEP = {1: "checks", 2: "checks", 3: "checks", 4: "coarse", 5: "refine", 6: "refine", 7: "refine",
@@ -45,8 +49,8 @@ def phase_allowance(remaining_s: float, phase: str, phases: Sequence[tuple[str, 
     """Seconds phase `phase` gets when it starts with `remaining_s` left: its share of what is left among
     itself and the phases after it (so time saved earlier is spread over the rest, and an overrun too).
 
-    >>> phase_allowance(300, "checks"), phase_allowance(285, "coarse"), phase_allowance(90, "final")
-    (30.0, 75.0, 90.0)
+    >>> phase_allowance(300, "checks"), round(phase_allowance(285, "coarse"), 2), phase_allowance(90, "final")
+    (30.0, 79.17, 90.0)
     """
     names = [n for n, _ in phases]
     if phase not in names:
@@ -146,6 +150,81 @@ def size_final(seconds: float, epoch_s: float, workers: int, max_epochs: int = M
     epochs = epochs_fitting(safety * seconds, search_rounds(members, workers), epoch_s, run_s, max_epochs)
     epochs = max(1, min(epochs, max_epochs))
     return {"members": members, "epochs": epochs, "patience": max(5, epochs // 2)}
+
+
+# --- the grids and their results (pure) ------------------------------------------------------------
+
+def log_grid(center: float, exponents: Sequence[float]) -> list[float]:
+    """center x 10^e for each exponent, to 3 significant digits.
+
+    >>> log_grid(0.01, COARSE_LR_EXPONENTS)
+    [0.0316, 0.01, 0.00316, 0.001]
+    """
+    return [float(f"{center * 10 ** e:.3g}") for e in exponents]
+
+
+def coarse_grid(center: float, n_lrs: int, n_wds: int) -> tuple[list[float], list[float]]:
+    """Step 4's (rates, weight decays) around step 3's rate, for a grid sized n_lrs x n_wds (size_coarse).
+
+    >>> coarse_grid(0.01, 2, 2)
+    ([0.01, 0.00316], [0.0001, 1e-05])
+    """
+    exponents = {4: COARSE_LR_EXPONENTS, 3: (0.5, 0.0, -0.5), 2: (0.0, -0.5), 1: (0.0,)}[n_lrs]
+    return log_grid(center, exponents), list(COARSE_WEIGHT_DECAYS[:n_wds])
+
+
+def refine_grid(ranked: Sequence[dict], n_lrs: int, n_wds: int) -> tuple[list[float], list[float]]:
+    """Step 5's first (rates, weight decays), sized n_lrs x n_wds (size_refine), around the best coarse row
+    of `ranked` (rank_coarse): with 2 rates, the best and its neighbour towards the runner-up's rate; with 2
+    weight decays, the best row's and the next best row's other one.
+
+    >>> refine_grid([{"lr": 0.01, "weight_decay": 1e-4}, {"lr": 0.0316, "weight_decay": 0.0}], 2, 2)
+    ([0.01, 0.0178], [0.0001, 0.0])
+    """
+    best = ranked[0]
+    other = next((r for r in ranked[1:] if r["weight_decay"] != best["weight_decay"]), None)
+    exponents = {3: REFINE_LR_EXPONENTS, 1: (0.0,)}.get(n_lrs)
+    if exponents is None:  # two rates: the best and its neighbour towards the runner-up's rate
+        second = next((r for r in ranked[1:] if r["lr"] != best["lr"]), None)
+        exponents = (0.0, 0.25 if second is not None and second["lr"] > best["lr"] else -0.25)
+    wds = [best["weight_decay"]] + ([other["weight_decay"]] if other and n_wds == 2 else [])
+    return log_grid(best["lr"], exponents), wds
+
+
+def rank_coarse(rows: list[dict], epochs: int) -> list[dict]:
+    """Coarse rows with a value, best first among those that trained all `epochs` (successive halving
+    marks the last rung's losers pruned after their full epochs: they count), then the rest."""
+    ok = [r for r in rows if r["value"] is not None and math.isfinite(r["value"])]
+    return sorted(ok, key=lambda r: ((r["epochs"] or 0) < epochs, -r["value"]))
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the finite values (0 for one value, NaN for none)."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def rank_candidates(rows: Sequence[dict], point: dict[str, Any]) -> tuple[list[dict], int]:
+    """Step 5's search, point by point: (the points with a finite mean over their folds, complete ones
+    first then by mean, best first; the number of points). `rows`: leaderboard rows with params lr,
+    weight_decay and split_seed; `point`: what every point shares (width, dropout, epochs). Each
+    candidate: point, folds/runs/status ({fold: value/run/status}), mean, std, complete (every fold's
+    run completed)."""
+    cands: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["params"]["lr"], r["params"]["weight_decay"])
+        c = cands.setdefault(key, {"point": {"lr": key[0], "weight_decay": key[1], **point},
+                                   "folds": {}, "runs": {}, "status": {}})
+        fold = r["params"]["split_seed"]
+        c["folds"][str(fold)], c["runs"][str(fold)], c["status"][str(fold)] = r["value"], r["run"], r["status"]
+    for c in cands.values():
+        c["mean"], c["std"] = mean_std(list(c["folds"].values()))
+        c["complete"] = all(s == "completed" for s in c["status"].values()) and len(c["folds"]) == len(FOLDS)
+    ranked = sorted((c for c in cands.values() if math.isfinite(c["mean"])),
+                    key=lambda c: (not c["complete"], -c["mean"]))
+    return ranked, len(cands)
 
 
 # --- the doctor's move (pure) -----------------------------------------------------------------------

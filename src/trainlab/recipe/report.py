@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from trainlab.doctor.curves import moving_average, smoothing_window
+from trainlab.recipe.plan import PHASE_OF_STEP
 from trainlab.store import RunNotFound, Store
 
 __all__ = ["write_report", "plot_overfit", "plot_grid_heatmap", "plot_refine_curves", "plot_cv_spread",
@@ -361,8 +362,6 @@ def write_report(store: Store, study: str, out: str | Path, *, result=None) -> P
     if result is not None:
         used = sum(s.get("seconds") or 0.0 for s in steps)
         plan_rows = []
-        from trainlab.recipe.runner import PHASE_OF_STEP
-
         for phase, planned in result.plan.items():
             spent = sum(s.get("seconds") or 0.0 for s in steps if PHASE_OF_STEP.get(s["number"]) == phase)
             plan_rows.append({"phase": phase, "planned share (s)": round(planned, 1), "spent (s)": round(spent, 1)})

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from trainlab.figures import plot_importance, plot_metric_vs_params, plot_search_layout
-from trainlab.search.runner import leaderboard, study_meta
+from trainlab.search.leaderboard import best_row, leaderboard, status_counts, study_meta
 from trainlab.search.space import parse_space
 from trainlab.search.storage import load_study, open_existing_storage
 
@@ -88,9 +88,7 @@ def write_search_report(study_name: str, out_dir: str | os.PathLike, db=None, st
     tried = [r for r in rows if r["params"]]
     distinct = [(p["name"], p.get("text", ""), len({repr(r["params"].get(p["name"])) for r in tried
                                                      if p["name"] in r["params"]})) for p in params]
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    counts = status_counts(rows)
     names = [p["name"] for p in params]
 
     h = ["<!doctype html><html><head><meta charset='utf-8'>",
@@ -103,7 +101,7 @@ def write_search_report(study_name: str, out_dir: str | os.PathLike, db=None, st
          f"<b>{html.escape(str(meta.get('prune', '?')))}</b>, {len(rows)} trials ("
          + ", ".join(f"{v} {html.escape(k)}" for k, v in sorted(counts.items())) + f"); metric {html.escape(metric)} "
          f"({'higher' if meta.get('mode', 'max') == 'max' else 'lower'} is better)</p>"]
-    best = next((r for r in rows if r["status"] == "completed" and r["value"] is not None), None)
+    best = best_row(rows)
     if best:
         h.append(f"<p>best: trial {best['trial']} (run {best['run']}), {html.escape(metric)} {best['value']:.4f}: "
                  + ", ".join(f"{html.escape(k)}={_fmt(v)}" for k, v in best["params"].items()) + "</p>")

@@ -26,7 +26,8 @@ import torch
 
 from trainlab.tasks import Task
 from trainlab.transfer.backbone import backbone_stages
-from trainlab.transfer.strategies import FeatureCache, Source
+from trainlab.transfer.source import Source
+from trainlab.transfer.strategies import FeatureCache
 
 __all__ = ["Advice", "advise", "ridge_cv_accuracy", "LECTURE", "EVIDENCE", "LITTLE_PER_CLASS", "PLENTY_PER_CLASS",
            "SIMILAR_GAIN"]

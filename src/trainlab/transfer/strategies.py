@@ -1,7 +1,8 @@
 """Transfer learning: a pretrained backbone, a new head, and five ways to train it on a target task.
 
-The backbone (its stages, head, weights, freezing and stage features) is `backbone.py`; this module
-loads a source, trains the strategies through the one loop `fit()`, and compares them:
+The backbone (its stages, head, weights, freezing and stage features) is `backbone.py`; the source and
+the target model built from it are `source.py`; this module trains the strategies through the one loop
+`fit()`, and compares them:
 
 - `linear`: the backbone frozen; the head's input features are computed once (cached) and a linear
   classifier is trained on them; the result is the backbone with that classifier as its head.
@@ -14,20 +15,15 @@ loads a source, trains the strategies through the one loop `fit()`, and compares
   stage, rising geometrically to lr at the head.
 - `scratch`: the same architecture from random initialization; the baseline the others must beat.
 
-Sources: a trainlab run (its best checkpoint; the architecture rebuilt from the run's hyperparameters)
-or a local weights file with its architecture (a built-in model, `torchvision:NAME`, `timm:NAME`,
-`file.py:fn`). References: Yosinski et al. 2014 (how transferable are features, by layer); Howard &
+References: Yosinski et al. 2014 (how transferable are features, by layer); Howard &
 Ruder 2018 (discriminative learning rates, gradual unfreezing); Kornblith et al. 2019 (linear evaluation).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import importlib
-import importlib.util
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -36,11 +32,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from trainlab.checkpoint import load_checkpoint, save_checkpoint
-from trainlab.config import DEFAULT_RUNS_DIR, Config, ConfigError, apply_overrides, make_config
-from trainlab.models import MODELS, build_model
+from trainlab.config import DEFAULT_RUNS_DIR, Config, ConfigError
 from trainlab.optim import build_optimizer
 from trainlab.store import Store
-from trainlab.tasks import Task, load_task, split_val
+from trainlab.tasks import Task
 from trainlab.train.evaluate import dataset_tensors
 from trainlab.train.loop import FitResult, fit
 from trainlab.transfer.backbone import (
@@ -50,15 +45,13 @@ from trainlab.transfer.backbone import (
     capture,
     head_linear,
     head_name,
-    load_weights,
     pool_features,
-    replace_head,
     stage_features,
 )
+from trainlab.transfer.source import Source, prepare_target, study_name, target_hparams, target_model
 
-__all__ = ["STRATEGIES", "Source", "StrategyResult", "Plan", "GradualUnfreeze", "FeatureCache", "parse_strategy",
-           "default_strategies", "load_source", "study_name", "prepare_target", "target_model", "plan_strategy",
-           "train_strategy", "compare"]
+__all__ = ["STRATEGIES", "StrategyResult", "Plan", "GradualUnfreeze", "FeatureCache", "parse_strategy",
+           "default_strategies", "plan_strategy", "train_strategy", "compare"]
 
 STRATEGIES = ("linear", "probe", "finetune:K", "full", "scratch")
 _STRATEGY = re.compile(r"^(linear|probe|full|scratch|finetune:(\d+))$")
@@ -89,95 +82,6 @@ def default_strategies(model: nn.Module) -> list[str]:
     n = len(backbone_stages(model))
     ks = sorted({1, max(1, n // 2)} - {n})
     return ["linear", "probe", *[f"finetune:{k}" for k in ks], "full", "scratch"]
-
-
-@dataclass
-class Source:
-    """A pretrained backbone: the model with its source head, where it came from, base hyperparameters."""
-
-    name: str
-    model: nn.Module
-    hp: Config
-    origin: str
-
-
-def _build_arch(arch: str | Callable | nn.Module, hp: Config, input_shape: tuple[int, ...] | None) -> nn.Module:
-    if isinstance(arch, nn.Module):
-        return arch
-    if callable(arch):
-        return arch(input_shape, 10)
-    if arch in MODELS:
-        if input_shape is None:
-            raise ConfigError(f"arch: the built-in {arch!r} needs the input shape (give a target task)")
-        return build_model(arch, input_shape, 10, hp.width, hp.dropout)
-    lib, _, name = arch.partition(":")
-    if lib == "torchvision" and name:
-        try:
-            import torchvision
-        except ImportError:
-            raise ConfigError(f"arch: {arch!r} needs torchvision, which is not installed") from None
-        return torchvision.models.get_model(name, weights=None)
-    if lib == "timm" and name:
-        try:
-            import timm
-        except ImportError:
-            raise ConfigError(f"arch: {arch!r} needs timm, which is not installed") from None
-        return timm.create_model(name, pretrained=False)
-    target, _, fn_name = arch.rpartition(":")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise ConfigError(f"arch: no such file {target!r}")
-        spec = importlib.util.spec_from_file_location(
-            f"trainlab_user_arch_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    elif target:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as err:
-            raise ConfigError(f"arch: cannot import module {target!r} ({err})") from None
-    else:
-        raise ConfigError(f"arch: unknown architecture {arch!r}; use one of {', '.join(MODELS)}, torchvision:NAME, "
-                          "timm:NAME, path/to/file.py:fn or pkg.module:fn")
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise ConfigError(f"arch: {target!r} has no function {fn_name!r}")
-    return fn(input_shape, 10)
-
-
-def load_source(source: int | str | Path, *, store: Store | None = None, arch: str | Callable | nn.Module | None = None,
-                hp: Config | None = None, input_shape: tuple[int, ...] | None = None) -> Source:
-    """The pretrained backbone `source` names: a run id (its best checkpoint, its architecture rebuilt from
-    the run's hyperparameters) or a weights file with `arch` (a built-in model name, `torchvision:NAME`,
-    `timm:NAME`, `file.py:fn(input_shape, num_classes)`, or a ready `nn.Module`).
-    """
-    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
-        if store is None:
-            raise ConfigError(f"source: run {source} needs a store")
-        run = store.run(int(source))
-        if not run.get("checkpoint"):
-            raise ConfigError(f"source: run {run['id']} has no checkpoint (status {run['status']}); "
-                              "train it with a store and checkpoints")
-        src_hp = make_config(run["hparams"])
-        try:
-            model = load_task(src_hp).build_model()
-        except ConfigError as err:
-            raise ConfigError(f"source: run {run['id']}'s model cannot be rebuilt from its hyperparameters: {err}") from None
-        load_weights(model, run["checkpoint"])
-        return Source(f"run{run['id']}", model, src_hp, f"run {run['id']} ({run['checkpoint']})")
-    if arch is None:
-        raise ConfigError(f"source: a weights file needs its architecture (arch), got only {str(source)!r}")
-    base = hp or Config()
-    if isinstance(arch, str) and arch in MODELS:
-        base = apply_overrides(base, {"model": arch})
-    model = _build_arch(arch, base, input_shape)
-    load_weights(model, source, fit_head=True)
-    return Source(Path(source).stem, model, base, str(source))
-
-
-def study_name(source: Source, task: Task) -> str:
-    return f"transfer-{source.name}-{task.name}"
 
 
 # --- gradual unfreezing ---------------------------------------------------------------------------------
@@ -251,32 +155,7 @@ class FeatureCache:
         return {s: pool_features(self.data[s][0].float(), self.max_features) for s in self.SPLITS}
 
 
-# --- targets and models ---------------------------------------------------------------------------------
-
-def prepare_target(task: Task, hp: Config) -> Task:
-    """`task` with its validation split in place (carved from train like `load_task` does)."""
-    if task.val is not None:
-        return task
-    train, val = split_val(task.train, hp.val_fraction, hp.split_seed)
-    return replace(task, train=train, val=val)
-
-
-def target_model(source: Source, task: Task) -> nn.Module:
-    """A copy of the source model for `task`: its head replaced when the number of classes differs."""
-    model = copy.deepcopy(source.model)
-    replace_head(model, task.num_classes)
-    x = dataset_tensors(task.train)[0][:2]
-    try:
-        with torch.no_grad():
-            out = model.eval()(x.to(next(model.parameters()).device))
-    except RuntimeError as err:
-        raise ConfigError(f"target: inputs of shape {tuple(x.shape[1:])} do not fit the source model "
-                          f"({str(err).splitlines()[0]})") from None
-    if out.ndim != 2 or out.shape[1] != task.num_classes:
-        raise ConfigError(f"target: the source model gives outputs of shape {tuple(out.shape[1:])}, "
-                          f"expected ({task.num_classes},)")
-    return model
-
+# --- re-initializing and grouping ---------------------------------------------------------------------------
 
 def _reinitialize(model: nn.Module, seed: int) -> nn.Module:
     torch.manual_seed(seed)
@@ -391,7 +270,7 @@ def train_strategy(source: Source, task: Task, strategy: str, hp: Config | None 
     >>> r = train_strategy(src, task, "finetune:1", hp)   # doctest: +SKIP
     >>> r.test_acc, r.trainable_params
     """
-    hp = hp or apply_overrides(source.hp, {"task": task.name})
+    hp = target_hparams(source, task, hp)
     task = prepare_target(task, hp)
     model = target_model(source, task)
     stages = backbone_stages(model)
@@ -448,7 +327,7 @@ def compare(source: Source, task: Task, hp: Config | None = None, strategies: Se
 
     Every name is checked before anything trains; `report` is called with each result as it finishes.
     """
-    hp = hp or apply_overrides(source.hp, {"task": task.name})
+    hp = target_hparams(source, task, hp)
     task = prepare_target(task, hp)
     strategies = list(strategies or default_strategies(source.model))
     for s in strategies:

@@ -1,0 +1,430 @@
+"""The recipe's steps, one method each: what a step does, given what the steps before it found.
+
+    init_step      1  the loss at initialization (check_init)
+    overfit_step   2  overfit a few minibatches, with the remedies (check_overfit)
+    lr_step        3  the learning-rate test (check_lr)
+    coarse_step    4  the coarse grid of rates x weight decays
+    refine_step    5  the finer grid (or the doctor's move) on two validation folds
+    doctor_step    6  the learning-curve doctor picks the next move
+    loop_step      7  back to 5, or on to the final model
+    final_step        the final model (an ensemble of one member per fold with 2+ workers), tested once
+
+A step reads the recipe's fixed inputs (`Steps`' fields) and its call (`Call`: its step run, the plan an
+interrupted earlier try stored, its seconds and its phase's deadline, the steps done before it) and
+returns a `StepResult`. It trains and searches in the store, but the runner (`runner.py`) records it,
+prints it, resumes it and enforces the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from trainlab.config import Config, apply_overrides
+from trainlab.recipe.costs import CostModel, measure_search
+from trainlab.recipe.plan import (
+    COARSE_WEIGHT_DECAYS,
+    FOLDS,
+    MAX_MEMBERS,
+    MAX_ROUNDS,
+    MIN_REFINE_EPOCHS,
+    STEP_TITLES,
+    choose_move,
+    coarse_grid,
+    epochs_fitting,
+    mean_std,
+    rank_candidates,
+    rank_coarse,
+    refine_grid,
+    search_rounds,
+    size_coarse,
+    size_final,
+    size_refine,
+)
+from trainlab.recipe.records import Interrupted, StepResult, StopRecipe
+from trainlab.store import Store
+
+if TYPE_CHECKING:  # for the annotation only: importing trainlab.recipe stays free of torch
+    from trainlab.tasks import Task
+
+__all__ = ["Call", "Steps", "search_base", "final_config"]
+
+
+@dataclass(frozen=True)
+class Call:
+    """What one step is given by the runner for this call."""
+
+    run_id: int                        # the step's own run in the store (kind "step")
+    plan: dict | None                  # the search plan an interrupted earlier try stored, else None
+    seconds: float                     # the step's allowance: its share of its phase's time left
+    deadline: float                    # time.time() at which the step's phase ends
+    earlier: tuple[StepResult, ...]    # the steps done before this one (read back ones too), in order
+    interrupted: Callable[[], bool] = lambda: False   # whether Ctrl-C arrived (fit() swallows it)
+
+    def evidence(self, key: str) -> dict:
+        """The evidence of the latest earlier step `key`; {} when there is none."""
+        for s in reversed(self.earlier):
+            if s.key == key:
+                return s.evidence
+        return {}
+
+    def left(self) -> float:
+        """Seconds left in the step's phase."""
+        return max(0.0, self.deadline - time.time())
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _acc(x: Any) -> str:
+    """An accuracy for a message; 'n/a' for a missing one (NaN, or None once read back from JSON)."""
+    return f"{x:.4f}" if _finite(x) is not None else "n/a"
+
+
+def _grid_text(values: Sequence[Any]) -> str:
+    """A search space's grid(...) of these values."""
+    return "grid(" + ", ".join(repr(float(v)) if isinstance(v, float) else str(v) for v in values) + ")"
+
+
+def search_base(hp: Config, **changes: Any) -> Config:
+    """The config the recipe's searches train (steps 4 and 5): a constant rate, no warmup, no early stop,
+    no averaging, one seed, epochs rather than steps; `changes` on top."""
+    return apply_overrides(hp, {"schedule": "constant", "warmup_steps": 0, "warmup_epochs": 0.0,
+                                "patience": None, "ema": None, "snapshots": False, "seeds": 1,
+                                "steps": None, **changes})
+
+
+def final_config(hp: Config, point: dict, epochs: int, patience: int, split_seed: int = FOLDS[0]) -> Config:
+    """The final model's config: the chosen point with cosine decay and early stopping on validation."""
+    return apply_overrides(hp, {"lr": point["lr"], "weight_decay": point["weight_decay"],
+                                "width": point.get("width"), "dropout": point.get("dropout") or 0.0,
+                                "schedule": "cosine", "epochs": epochs, "patience": patience,
+                                "early_stop_metric": "val/acc", "early_stop_mode": "max", "steps": None,
+                                "split_seed": split_seed, "seeds": 1})
+
+
+# --- the steps --------------------------------------------------------------------------------------------
+
+@dataclass
+class Steps:
+    """The recipe's fixed inputs, and one method per step."""
+
+    hp: Config
+    task: Task
+    store: Store
+    db_url: str
+    study: str
+    out: Path
+    runs_dir: str
+    workers: int
+    updates_per_epoch: int    # of a search's training (its RunPlan): the cost model's epochs from steps
+    warmup_s: float = 0.0     # torch's one-time start-up cost in this process (a worker pays it again)
+
+    def costs(self, call: Call) -> CostModel:
+        """The cost model as of this call: what the steps before it measured."""
+        return CostModel(self.workers, self.updates_per_epoch, self.warmup_s,
+                         tuple((s.key, s.evidence) for s in call.earlier))
+
+    def save_plan(self, call: Call, plan: dict) -> None:
+        """Keep a search's plan with its step run, so that an interrupted search resumes with the same one."""
+        self.store.update_run(call.run_id, summary={"plan": plan})
+
+    def _measure(self, runs: Sequence[dict], search_seconds: float, n_workers: int) -> dict[str, float]:
+        """measure_search on a search's runs, with their epochs' times (fit's epoch_time_s) from the store."""
+        timed = []
+        for r in runs:
+            secs, epochs = (r.get("summary") or {}).get("seconds"), r.get("epochs")
+            times = (self.store.metrics(r["id"], ["epoch_time_s"]).get("epoch_time_s", {}).get("value", [])
+                     if secs and epochs else [])
+            timed.append({"seconds": secs, "epochs": epochs, "epoch_times": times,
+                          "completed": r["status"] == "completed"})
+        return measure_search(timed, search_seconds, n_workers)
+
+    # ---- steps 1-3: the checks
+    def init_step(self, call: Call) -> StepResult:
+        from trainlab.checks import check_init
+
+        t0 = time.time()
+        r = check_init(self.task, self.hp, self.store, study=self.study)
+        fwd = (time.time() - t0) / max(1, r.evidence.get("batches", 10))
+        ev = {**r.evidence, "check_run": r.run_id, "forward_s": fwd, "step_s_estimate": 3 * fwd}
+        ev.pop("batch_losses", None)
+        return StepResult("init", 1, STEP_TITLES[1], r.verdict, r.message, ev)
+
+    def overfit_step(self, call: Call) -> StepResult:
+        from trainlab.checks import check_overfit
+
+        step_s = call.evidence("init").get("step_s_estimate") or 0.01
+        attempts, lr, tried = [], self.hp.lr, set()
+        t_end = time.time() + call.seconds
+        result = None
+        for attempt in range(4):   # the first try and up to three remedies, one decade at a time
+            # Sized to the time left (about 3x the steps' cost, for the validations on the sample every few
+            # steps), but never below 200 steps: a remedy is tried even when it overruns this small share.
+            left = t_end - time.time()
+            max_steps = int(min(1000, max(200, left / (3 * step_s))))
+            tried.add(lr)
+            t0 = time.time()
+            r = check_overfit(self.task, apply_overrides(self.hp, {"lr": lr}), self.store, max_steps=max_steps,
+                              study=self.study, runs_dir=self.runs_dir)
+            seconds = time.time() - t0
+            if call.interrupted():
+                raise Interrupted()
+            steps = r.evidence.get("steps") or 0
+            if steps:  # the check also validates on the sample every few steps: about a third of its time
+                step_s = seconds / steps / 1.5
+            attempts.append({"lr": lr, "verdict": r.verdict, "message": r.message, "steps": steps,
+                             "max_steps": max_steps, "cause": r.evidence.get("cause"), "run": r.run_id,
+                             "seconds": seconds})
+            result = r
+            if r.passed:
+                break
+            cause = r.evidence.get("cause")
+            ups = [lr * 10, lr / 10] if cause != "loss exploding" else [lr / 10]
+            nxt = next((x for x in ups if not any(math.isclose(x, t) for t in tried) and 1e-6 <= x <= 10), None)
+            if nxt is None:
+                break
+            lr = nxt
+        ev = {"attempts": attempts, "lr": lr, "step_s": step_s, "check_run": result.run_id if result else None,
+              "examples": result.evidence.get("examples") if result else None}
+        if result is not None and result.passed:
+            extra = f" (at lr {lr:g}, after {len(attempts) - 1} remed{'y' if len(attempts) == 2 else 'ies'})" \
+                if len(attempts) > 1 else ""
+            return StepResult("overfit", 2, STEP_TITLES[2], "pass", result.message + extra, ev)
+        tried_txt = ", ".join(f"{a['lr']:g}" for a in attempts)
+        msg = (result.message if result else "no time to try") + f"; learning rates tried: {tried_txt}"
+        return StepResult("overfit", 2, STEP_TITLES[2], "fail", msg, ev)
+
+    def lr_step(self, call: Call) -> StepResult:
+        from trainlab.checks import check_lr
+
+        step_s = call.evidence("overfit").get("step_s") or call.evidence("init").get("step_s_estimate") or 0.01
+        # 4 discrete trials of s steps and a sweep of 2s steps, plus a validation per trial
+        steps = int(min(100, max(50, call.seconds / (6.5 * step_s))))   # at least 50: a meaningful test
+        t0 = time.time()
+        r = check_lr(self.task, self.hp, self.store, steps=steps, sweep_steps=max(20, 2 * steps), study=self.study)
+        seconds = time.time() - t0
+        ev = {"suggested_lr": r.suggested_lr, "discrete_lr": r.discrete_lr, "sweep_lr": r.sweep_lr,
+              "agree": r.agree, "rule": r.rule, "table": r.table, "trial_steps": steps, "check_run": r.run_id,
+              "seconds": seconds, "step_s": seconds / (6 * steps + 2)}
+        verdict = r.verdict
+        if r.suggested_lr is None:
+            ev["suggested_lr"] = self.hp.lr
+        return StepResult("lr", 3, STEP_TITLES[3], verdict, r.message, ev)
+
+    # ---- step 4: coarse grid
+    def _search(self, base: Config, space: dict, plan: dict, study: str, deadline: float, checkpoints: bool,
+                workers: int | None = None):
+        from trainlab.search import run_search
+
+        workers = workers or plan.get("workers") or self.workers
+        return run_search(base, space, strategy="grid", workers=min(workers, plan.get("trainings", workers)),
+                          study=study, db=self.db_url, prune=plan.get("prune", "none"), epochs=plan["epochs"],
+                          runs_dir=self.runs_dir, checkpoints=checkpoints, quiet=True, deadline=deadline)
+
+    def coarse_step(self, call: Call) -> StepResult:
+        plan = call.plan
+        if plan is None:
+            center = float(call.evidence("lr").get("suggested_lr") or self.hp.lr)
+            size, workers = self.costs(call).sized(call.seconds, lambda s, e, w, r: size_coarse(s, e, w, run_s=r),
+                                                   lambda z: z["n_lrs"] * z["n_wds"])
+            lrs, wds = coarse_grid(center, size["n_lrs"], size["n_wds"])
+            plan = {"lrs": lrs, "wds": wds, "epochs": size["epochs"], "prune": size["prune"], "center": center,
+                    "study": f"{self.study}/coarse", "trainings": len(lrs) * len(wds), "workers": workers,
+                    "epoch_s_estimate": self.costs(call).epoch_seconds()}
+            self.save_plan(call, plan)
+        base = search_base(self.hp, split_seed=FOLDS[0])
+        space = {"lr": _grid_text(plan["lrs"]), "weight_decay": _grid_text(plan["wds"])}
+        res = self._search(base, space, plan, plan["study"], call.deadline, checkpoints=False)
+        rows = [{"lr": r["params"].get("lr"), "weight_decay": r["params"].get("weight_decay"), "value": r["value"],
+                 "status": r["status"], "epochs": r["epochs"], "run": r["run"]} for r in res.leaderboard]
+        runs = [self.store.run(r["run"]) for r in rows if r["run"] is not None]
+        measured = self._measure(runs, res.seconds, plan.get("workers", 1))
+        ranked = rank_coarse(rows, plan["epochs"])
+        if not ranked:  # the budget ran out while the workers started: go on from step 3's rate
+            best = {"lr": plan["center"], "weight_decay": COARSE_WEIGHT_DECAYS[0], "value": None, "status": "not run",
+                    "epochs": 0, "run": None}
+            msg = (f"no grid point finished within the budget ({res.seconds:.0f} s, {len(rows)} started): going on "
+                   f"with step 3's rate {plan['center']:.3g} and weight decay {best['weight_decay']:g}")
+            ev = {**plan, "rows": rows, "ranked": [best], "best": best, "search_seconds": res.seconds,
+                  "counts": res.counts, **measured}
+            return StepResult("coarse", 4, STEP_TITLES[4], "done", msg, ev)
+        best = ranked[0]
+        msg = (f"best lr {best['lr']:.3g}, weight decay {best['weight_decay']:g}: val/acc {best['value']:.4f} after "
+               f"{best['epochs']} epochs ({len(plan['lrs'])} rates x {len(plan['wds'])} weight decays, "
+               f"{plan['epochs']} epochs" + (", successive halving" if plan["prune"] == "sha" else "") + ")")
+        ev = {**plan, "rows": rows, "ranked": [r for r in ranked[:3]], "best": best, "search_seconds": res.seconds,
+              "counts": res.counts, **measured}
+        return StepResult("coarse", 4, STEP_TITLES[4], "done", msg, ev)
+
+    # ---- steps 5-7: refine, doctor, loop
+    def refine_step(self, call: Call, k: int, incumbent: dict | None, move: dict | None) -> StepResult:
+        plan = call.plan
+        if plan is None:
+            if k == 1:
+                size, workers = self.costs(call).sized(call.seconds, lambda s, e, w, r: size_refine(s, e, w, run_s=r),
+                                                       lambda z: z["n_lrs"] * z["n_wds"] * len(FOLDS))
+                lrs, wds = refine_grid(call.evidence("coarse")["ranked"], size["n_lrs"], size["n_wds"])
+                point = {k_: getattr(self.hp, k_) for k_ in ("width", "dropout")}
+                epochs, short = size["epochs"], size["short"]
+            else:
+                point = {**incumbent["point"], **move["changes"]}
+                lrs, wds = [point["lr"]], [point["weight_decay"]]
+                want = int(point.get("epochs") or incumbent["point"]["epochs"])
+
+                def one_point(s, e, w, r):
+                    return {"epochs": epochs_fitting(s, search_rounds(len(FOLDS), w), e, r, want)}
+
+                size, workers = self.costs(call).sized(call.seconds, one_point, lambda z: len(FOLDS))
+                short = size["epochs"] < want
+                epochs = max(2, min(want, size["epochs"]))
+            plan = {"lrs": lrs, "wds": wds, "epochs": epochs, "short": short, "round": k,
+                    "width": point.get("width"), "dropout": point.get("dropout") or 0.0,
+                    "study": f"{self.study}/refine-{k}", "trainings": len(lrs) * len(wds) * len(FOLDS),
+                    "workers": workers, "move": move["move"] if move else None}
+            self.save_plan(call, plan)
+        base = search_base(self.hp, width=plan["width"], dropout=plan["dropout"])
+        space = {"lr": _grid_text(plan["lrs"]), "weight_decay": _grid_text(plan["wds"]),
+                 "split_seed": _grid_text(list(FOLDS))}
+        res = self._search(base, space, plan, plan["study"], call.deadline, checkpoints=False)
+        runs = [self.store.run(r["run"]) for r in res.leaderboard if r["run"] is not None]
+        measured = self._measure(runs, res.seconds, plan.get("workers", 1))
+        ranked, n_points = rank_candidates(res.leaderboard, {"width": plan["width"], "dropout": plan["dropout"],
+                                                             "epochs": plan["epochs"]})
+        if not ranked:  # the budget ran out while the workers started
+            if incumbent is None:
+                c = call.evidence("coarse")["best"]
+                incumbent = {"point": {"lr": c["lr"], "weight_decay": c["weight_decay"], "width": plan["width"],
+                                       "dropout": plan["dropout"], "epochs": plan["epochs"]},
+                             "folds": {}, "runs": {}, "status": {}, "mean": math.nan, "std": math.nan, "complete": False}
+            msg = (f"no run finished within the budget ({res.seconds:.0f} s): keeping lr "
+                   f"{incumbent['point']['lr']:.3g}, weight decay {incumbent['point']['weight_decay']:g}")
+            ev = {**plan, "candidates": [], "best": incumbent, "incumbent": incumbent, "improved": False if k > 1 else None,
+                  "search_seconds": res.seconds, **measured}
+            return StepResult(f"refine-{k}", 5, STEP_TITLES[5], "done", msg, ev)
+        best = ranked[0]
+        new_incumbent = best
+        improved = None
+        if incumbent is not None:
+            improved = _finite(incumbent["mean"]) is None or best["mean"] > incumbent["mean"]
+            if not improved:
+                new_incumbent = incumbent
+        folds = ", ".join(f"{v:.4f}" for v in best["folds"].values() if v is not None)
+        msg = (f"best lr {best['point']['lr']:.3g}, weight decay {best['point']['weight_decay']:g}"
+               + (f", width {plan['width']}" if plan["width"] else "")
+               + (f", dropout {plan['dropout']:g}" if plan["dropout"] else "")
+               + f": mean val/acc {best['mean']:.4f} +- {best['std']:.4f} over {len(best['folds'])} folds ({folds}); "
+               f"{n_points} configs x {len(FOLDS)} folds, {plan['epochs']} epochs, constant lr"
+               + (" (shortened to fit the budget)" if plan.get("short") else ""))
+        if improved is not None:
+            msg += (f"; improves on {_acc(incumbent['mean'])}" if improved else
+                    f"; no better than {_acc(incumbent['mean'])}, keeping that")
+        ev = {**plan, "candidates": ranked, "best": best, "incumbent": new_incumbent, "improved": improved,
+              "search_seconds": res.seconds, **measured}
+        return StepResult(f"refine-{k}", 5, STEP_TITLES[5], "done", msg, ev)
+
+    def doctor_step(self, call: Call, k: int) -> StepResult:
+        from trainlab.doctor.diagnose import diagnose_run
+        from trainlab.models import DEFAULT_WIDTH
+
+        ev5 = call.evidence(f"refine-{k}")
+        best = ev5["best"]
+        per_run, findings = [], []
+        for fold, run_id in best["runs"].items():
+            if run_id is None:
+                continue
+            d = diagnose_run(self.store, run_id, self.task.num_classes)
+            per_run.append({"run": run_id, "fold": fold, "findings": [f.to_dict() for f in d.findings]})
+            for f in d.findings:
+                if f.name not in {x["name"] for x in findings}:
+                    findings.append(f.to_dict())
+        move = choose_move(findings, best["point"], DEFAULT_WIDTH.get(self.hp.model))
+        names = ", ".join(f["name"] for f in findings) or "none (healthy)"
+        verdict = "findings" if findings else "healthy"
+        msg = f"{names} -> next move: {move['move']}"
+        if move["changes"]:
+            msg += " (" + ", ".join(f"{k_} {best['point'].get(k_)} -> {v:.3g}" if isinstance(v, float)
+                                    else f"{k_} {best['point'].get(k_)} -> {v}" for k_, v in move["changes"].items()) + ")"
+        return StepResult(f"doctor-{k}", 6, STEP_TITLES[6], verdict, msg,
+                          {"runs": per_run, "findings": findings, **move, "point": best["point"]})
+
+    def loop_step(self, call: Call, k: int) -> StepResult:
+        ev5, ev6 = call.evidence(f"refine-{k}"), call.evidence(f"doctor-{k}")
+        incumbent = ev5["incumbent"]
+        nxt_epochs = int(ev6["changes"].get("epochs") or incumbent["point"]["epochs"])
+        cost = self.costs(call).training_cost(len(FOLDS), max(2, min(nxt_epochs, MIN_REFINE_EPOCHS)))
+        left = call.left()
+        ev = {"round": k, "incumbent": incumbent, "move": ev6["move"], "time_left_s": left,
+              "next_round_cost_s": cost, "improved": ev5.get("improved")}
+        if ev6["move"] == "add decay":
+            go, why = False, "the curves call for decay, which the final model adds"
+        elif ev5.get("improved") is False:
+            go, why = False, "validation did not improve in this round"
+        elif k >= MAX_ROUNDS:
+            go, why = False, f"{MAX_ROUNDS} rounds done"
+        elif left < cost:
+            go, why = False, f"budget: {left:.0f} s left in the refine phase, a round needs about {cost:.0f} s"
+        else:
+            go, why = True, f"{ev6['move']} ({left:.0f} s left, a round needs about {cost:.0f} s)"
+        ev["continue"] = go
+        msg = (f"back to step 5: {why}" if go else why) + \
+            f"; chosen so far: lr {incumbent['point']['lr']:.3g}, weight decay {incumbent['point']['weight_decay']:g}, " \
+            f"mean val/acc {_acc(incumbent['mean'])}"
+        return StepResult(f"loop-{k}", 7, STEP_TITLES[7], "continue" if go else "stop", msg, ev)
+
+    # ---- the final model
+    def final_step(self, call: Call, incumbent: dict) -> StepResult:
+        from trainlab.ensemble import evaluate_ensemble, members_from_runs
+
+        plan = call.plan
+        if plan is None:
+            members = max(1, min(self.workers, MAX_MEMBERS))
+            size, workers = self.costs(call).sized(
+                call.seconds, lambda s, e, w, r: size_final(s, e, w, run_s=r, members=members), lambda z: z["members"])
+            plan = {**size, "study": f"{self.study}/final", "trainings": size["members"], "prune": "none",
+                    "workers": workers,
+                    "point": incumbent["point"], "folds": list(range(size["members"]))}
+            self.save_plan(call, plan)
+        base = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"])
+        res = self._search(base, {"split_seed": _grid_text(plan["folds"])}, plan, plan["study"],
+                           call.deadline, checkpoints=True)
+        members = []
+        for r in sorted(res.leaderboard, key=lambda r: r["params"]["split_seed"]):
+            run = self.store.run(r["run"]) if r["run"] is not None else None
+            members.append({"run": r["run"], "fold": r["params"]["split_seed"], "val_acc": r["value"],
+                            "status": r["status"], "epochs": r["epochs"],
+                            "best_epoch": run["best_epoch"] if run else None,
+                            "checkpoint": run["checkpoint"] if run else None})
+        usable = [m for m in members if m["checkpoint"]]
+        if not usable:
+            raise StopRecipe("final model: no member finished an epoch (the budget is too small)")
+        # The test split, once, for the final model only.
+        ens = evaluate_ensemble(members_from_runs(self.store, [m["run"] for m in usable]), split="test")
+        val_mean, val_std = mean_std([m["val_acc"] for m in usable])
+        hp_final = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"])
+        yaml_path = self.out / "final.yaml"
+        self.out.mkdir(parents=True, exist_ok=True)
+        header = (f"# trainlab recipe, study {self.study}: the final config (train it with: trainlab train {yaml_path.name})\n"
+                  f"# chosen on validation: mean val/acc {_acc(incumbent['mean'])} +- {_acc(incumbent['std'])} over folds "
+                  f"{', '.join(sorted(incumbent['folds']))} (constant lr, {incumbent['point']['epochs']} epochs); "
+                  f"final model val/acc {val_mean:.4f}, test/acc {ens.ensemble_acc:.4f}\n")
+        yaml_path.write_text(header + hp_final.to_yaml())
+        kind = f"ensemble of {len(usable)} (one per validation fold)" if len(usable) > 1 else "one model"
+        cut = [m for m in usable if m["status"] == "stopped"]
+        if cut:
+            kind += (f" (cut at the budget after {min(m['epochs'] for m in cut)} of {plan['epochs']} epochs: "
+                     "the decay did not finish)")
+        msg = (f"{kind}: val/acc {val_mean:.4f}" + (f" +- {val_std:.4f}" if len(usable) > 1 else "")
+               + f", test/acc {ens.ensemble_acc:.4f}; lr {plan['point']['lr']:.3g}, weight decay "
+               f"{plan['point']['weight_decay']:g}, cosine over {plan['epochs']} epochs, patience {plan['patience']}")
+        ev = {**plan, "members": members, "val_acc": val_mean, "val_std": val_std, "test_acc": ens.ensemble_acc,
+              "test_loss": ens.ensemble_loss, "test_n": ens.n, "ensemble": len(usable) > 1, "config": hp_final.model_dump(mode="json"),
+              "yaml": str(yaml_path), "cv": {"folds": incumbent["folds"], "mean": incumbent["mean"],
+                                             "std": incumbent["std"]}, "search_seconds": res.seconds}
+        return StepResult("final", 8, STEP_TITLES[8], "done", msg, ev)
