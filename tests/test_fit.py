@@ -163,7 +163,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, mid_epoch):
 
 _WRITER = """
 import sys, torch
-from trainlab.train.checkpoint import save_checkpoint
+from trainlab.checkpoint import save_checkpoint
 print("writing", flush=True)
 save_checkpoint({"model": {"w": torch.ones(60_000_000)}, "step": 2}, sys.argv[1])
 """
