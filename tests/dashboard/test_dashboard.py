@@ -28,7 +28,9 @@ from trainlab.store import METRIC_BLOCK, Store
 from trainlab.tasks import load_task
 from trainlab.train import fit
 
-TINY = dict(model="mlp", width=16, batch_size=64)  # 57 steps per epoch on mnist1d
+import helpers
+
+TINY = dict(helpers.TINY, width=16, batch_size=64, monitor_every=50)  # 57 steps per epoch on mnist1d
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]

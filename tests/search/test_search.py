@@ -14,6 +14,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+import helpers
+from helpers import as_set
 from search_hammer import hammer
 
 from trainlab.cli import main
@@ -27,12 +29,12 @@ from trainlab.store import Store
 
 TrialState = optuna.trial.TrialState
 TRAINLAB = str(Path(sys.executable).with_name("trainlab"))
-TINY = ["--set", "model=mlp", "--set", "width=16", "--set", "batch_size=128", "--set", "monitor_every=0"]
+TINY = as_set(dict(helpers.TINY, width=16))
 
 
 def tiny(**kw) -> Config:
     """An mlp that trains an epoch of mnist1d in a fraction of a second."""
-    return Config(**{"model": "mlp", "width": 16, "epochs": 2, "batch_size": 128, "monitor_every": 0, **kw})
+    return helpers.tiny(width=16, epochs=2, **kw)
 
 
 GRID4 = {"lr": "grid(1e-2, 3e-2)", "weight_decay": "grid(0, 1e-4)"}

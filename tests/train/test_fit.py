@@ -12,16 +12,16 @@ import torch
 
 from trainlab.config import Config
 from trainlab.store import Store
-from trainlab.tasks import load_task
 from trainlab.train import CheckpointError, Stop, fit, load_checkpoint, lr_schedule, save_checkpoint
+import helpers
 from helpers import InterruptAt
 
-TINY = dict(model="mlp", width=32, batch_size=64)
+TINY = dict(helpers.TINY, batch_size=64, monitor_every=50)  # 57 updates per epoch, monitors on
 
 
 @pytest.fixture(scope="module")
-def task():
-    return load_task(Config(**TINY))
+def task(tiny_task):
+    return tiny_task
 
 
 def test_fit_stores_every_step_and_follows_the_schedule(task, tmp_path):
