@@ -226,11 +226,14 @@
     return csvText(header, u.data[0].map((_, i) => u.data.map(col => col[i])));
   }
   // a "CSV" button in the panel (or card) holding target; getText builds the file when clicked
+  // (a chart drawn again replaces what the button downloads)
   function addCsv(target, getText, name) {
     const holder = target.closest(".panel, .card");
-    if (!holder || holder.querySelector(":scope > .csv")) return;
+    if (!holder) return;
+    holder.tlCsv = { getText, name };
+    if (holder.querySelector(":scope > .csv")) return;
     holder.append(el("button", { class: "csv", type: "button", title: "download this chart's data as CSV",
-                                 text: "CSV", onclick: () => download(name, getText()) }));
+                                 text: "CSV", onclick: () => download(holder.tlCsv.name, holder.tlCsv.getText()) }));
   }
 
   // The band of healthy update/weight ratios, shaded under the series, with a dashed line at 1e-3.
@@ -504,7 +507,7 @@
       scales: { x: { time: false }, y: st.log ? { distr: 3, log: 10 } : {} },
       axes: [{ label: "step", labelSize: 14 }, { label: st.key + (st.log ? " (log)" : ""), labelSize: 16 }],
       series: [{ label: "step" }].concat(runs.map((r, i) => lineSeries(runLabel(r) + (r.status !== "completed" ? " [" + r.status + "]" : ""),
-        COLORS[i % COLORS.length], { width: 1.6, dash: r.status === "pruned" ? [6, 3] : r.status === "completed" ? undefined : [2, 3],
+        COLORS[i % COLORS.length], { width: 1.6, points: { size: 5 }, dash: r.status === "pruned" ? [6, 3] : r.status === "completed" ? undefined : [2, 3],
                                      value: (u, v) => (v === null || v === undefined ? "–" : fmt(v)) }))),
     };
     if (compareChart) { compareChart.destroy(); charts = charts.filter(c => c !== compareChart); }
@@ -933,6 +936,7 @@
     }
   }
 
+  window.tlTicks = { tickLabels, logTicks: splits => logTicks(null, splits) };  // for the tests
   window.addEventListener("hashchange", () => { window.scrollTo(0, 0); route(); });
   api("/api/info").then(i => { info = i; }, () => {}).finally(route);
 })();
