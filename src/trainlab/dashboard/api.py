@@ -17,13 +17,18 @@ from trainlab.dashboard.findings import Doctor, status_findings
 from trainlab.doctor.rules import RATIO_BAND
 from trainlab.store import RUN_STATUSES, Store
 
-__all__ = ["STUDY_POINTS", "NO_STUDY", "NO_STUDY_NAME", "LOSS_KEY", "VAL_KEY", "LOG_SPAN", "info", "studies", "study",
-           "run", "run_metrics", "axis", "varying", "run_fields", "dumps", "study_series", "run_series"]
+__all__ = ["STUDY_POINTS", "COMPARE_POINTS", "COMPARE_MAX_RUNS", "NO_STUDY", "NO_STUDY_NAME", "CHECKS", "CHECKS_NAME",
+           "LOSS_KEY", "VAL_KEY", "LOG_SPAN", "info", "studies", "study", "run", "run_metrics", "compare", "axis",
+           "varying", "run_fields", "dumps", "study_series", "run_series", "pseudo_study"]
 
 STUDY_POINTS = 150     # buckets per series on the study page's small charts
 STUDY_DIGITS = 5       # significant digits of the study page's values (run pages get them all)
 NO_STUDY = "none"      # the key of the pseudo-study holding runs filed under no study
 NO_STUDY_NAME = "(no study)"
+CHECKS = "checks"      # the key of the pseudo-study holding the check runs filed under no study
+CHECKS_NAME = "(checks)"
+COMPARE_POINTS = 500   # buckets per series on the comparison chart
+COMPARE_MAX_RUNS = 24  # runs one comparison may overlay
 LOSS_KEY, VAL_KEY = "train/loss", "val/acc"
 LOG_SPAN = 10.0        # a positive hyperparameter whose max/min reaches this is drawn on a log axis
 
@@ -37,7 +42,20 @@ _RUN_FIELDS = ("id", "name", "kind", "study", "status", "reason", "created", "up
 def info(store: Store, poll_s: float) -> dict[str, Any]:
     """GET /api/info: the store, the poll interval, the update/weight ratio band, the statuses."""
     return {"store": repr(store), "poll_s": poll_s, "ratio_band": list(RATIO_BAND),
-            "statuses": list(RUN_STATUSES), "no_study": NO_STUDY}
+            "statuses": list(RUN_STATUSES), "no_study": NO_STUDY, "checks": CHECKS,
+            "compare_max_runs": COMPARE_MAX_RUNS}
+
+
+def pseudo_study(run: dict) -> str | None:
+    """The pseudo-study a run filed under no study belongs to (CHECKS for checks, else NO_STUDY); None
+    when the run has a study."""
+    if run["study_id"] is not None:
+        return None
+    return CHECKS if run["kind"] == "check" else NO_STUDY
+
+
+def _loose(store: Store, key: str) -> list[dict]:
+    return [r for r in store.runs(kind=None) if pseudo_study(r) == key]
 
 
 def studies(store: Store) -> dict[str, Any]:
@@ -48,13 +66,16 @@ def studies(store: Store) -> dict[str, Any]:
         rows.append({"key": str(s["id"]), "name": s["name"], "runs": s["runs"], "status": s["status"],
                      "best_metric": best.get(s["id"]), "last_activity": s["last_activity"],
                      "created": s["created"]})
-    loose = [r for r in store.runs(kind=None) if r["study_id"] is None]
-    if loose:
+    every = store.runs(kind=None)
+    for key, name in ((NO_STUDY, NO_STUDY_NAME), (CHECKS, CHECKS_NAME)):
+        loose = [r for r in every if pseudo_study(r) == key]
+        if not loose:
+            continue
         status: dict[str, int] = {}
         for r in loose:
             status[r["status"]] = status.get(r["status"], 0) + 1
         results = [r["best_metric"] for r in loose if r["kind"] == "train" and r["best_metric"] is not None]
-        rows.append({"key": NO_STUDY, "name": NO_STUDY_NAME, "runs": len(loose), "status": status,
+        rows.append({"key": key, "name": name, "runs": len(loose), "status": status,
                      "best_metric": max(results) if results else None,
                      "last_activity": max(r["updated"] for r in loose), "created": min(r["created"] for r in loose)})
     return {"studies": rows}
@@ -63,11 +84,11 @@ def studies(store: Store) -> dict[str, Any]:
 def study(store: Store, cache: SeriesCache, doctor: Doctor, key: str, *, points: int = STUDY_POINTS,
           status: str | None = None) -> tuple[str, list[dict]] | None:
     """GET /api/studies/{key}: the JSON text of one study's page and the runs still to diagnose, or None
-    when no study has this key (NO_STUDY, or a study id as digits). ``status`` keeps only those runs;
-    the status counts and varying hyperparameters are the whole study's."""
-    if key == NO_STUDY:
-        name = NO_STUDY_NAME
-        runs = [r for r in store.runs(kind=None) if r["study_id"] is None]
+    when no study has this key (NO_STUDY, CHECKS, or a study id as digits). ``status`` keeps only those
+    runs; the status counts and varying hyperparameters are the whole study's."""
+    if key in (NO_STUDY, CHECKS):
+        name = NO_STUDY_NAME if key == NO_STUDY else CHECKS_NAME
+        runs = _loose(store, key)
     else:
         found = [s for s in store.studies(kind=None) if s["id"] == int(key)]
         if not found:
@@ -109,7 +130,7 @@ def run(store: Store, doctor: Doctor, run_id: int) -> dict[str, Any]:
     item = run_fields(r)
     item["findings"] = doctor.findings(r, wait=True)
     item["doctor"] = doctor.available
-    item["study_key"] = NO_STUDY if r["study_id"] is None else str(r["study_id"])
+    item["study_key"] = pseudo_study(r) or str(r["study_id"])
     item["ratio_band"] = list(RATIO_BAND)
     return item
 
@@ -121,6 +142,22 @@ def run_metrics(store: Store, cache: SeriesCache, run_id: int, points: int = MAX
     series = cache.get([r], keys, points, run_series)[run_id] if keys else "{}"
     head = dumps({"run": run_id, "status": r["status"], "updated": r["updated"]})
     return head[:-1] + ',"series":' + series + "}"
+
+
+def compare(store: Store, cache: SeriesCache, run_ids: list[int], key: str = LOSS_KEY,
+            points: int = COMPARE_POINTS) -> str:
+    """GET /api/compare?runs=1,2&key=K: the JSON text of one metric of several runs, for one chart with
+    shared axes: {"key", "keys" (every metric any of the runs has, for the page's choice), "runs": [{id,
+    name, status, study, best_metric, series: plot arrays of `key` or null}]}. RunNotFound if one is absent."""
+    runs = [store.run(i) for i in dict.fromkeys(run_ids)]
+    keys: dict[str, None] = {}
+    for r in runs:
+        keys.update(dict.fromkeys(store.metric_keys(r["id"])))
+    series = cache.get(runs, (key,), points, compare_series)
+    items = [dumps({k: r.get(k) for k in ("id", "name", "status", "study", "best_metric")})[:-1]
+             + ',"series":' + series[r["id"]] + "}" for r in runs]
+    head = dumps({"key": key, "keys": sorted(keys)})
+    return head[:-1] + ',"runs":[' + ",".join(items) + "]}"
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -182,3 +219,13 @@ def study_series(got: dict[str, dict]) -> str:
 def run_series(got: dict[str, dict]) -> str:
     """Every series of a run at full precision, as the JSON text of an object key -> plot arrays."""
     return dumps({k: plot_series(v, smooth=k == LOSS_KEY) for k, v in got.items()}, safe=True)
+
+
+def compare_series(got: dict[str, dict]) -> str:
+    """One series of a run for the comparison chart (its only key), as JSON text; "null" when absent."""
+    if not got:
+        return "null"
+    (buckets,) = got.values()
+    plot = plot_series(buckets, digits=6)
+    del plot["lo"], plot["hi"]  # the chart draws each run's bucket means
+    return dumps(plot, safe=True)
