@@ -547,6 +547,7 @@ def test_cli_errors(trained, tmp_path, capsys):
     assert not (tmp_path / "nope.db").exists()
 
 
+@pytest.mark.slow
 def test_a_training_writing_the_store_while_the_dashboard_polls(tmp_path):
     """A real `trainlab train` process writes the SQLite file; the dashboard polls every endpoint meanwhile."""
     path = tmp_path / "live.db"
@@ -603,6 +604,7 @@ def server(trained):
     _stop(proc)
 
 
+@pytest.mark.slow
 def test_the_page_in_chromium(trained, server, tmp_path):
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing (scripts/system-deps.sh installs Debian's chromium)")
@@ -709,6 +711,7 @@ def test_the_page_in_chromium(trained, server, tmp_path):
     assert (tmp_path / "study.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_runs_in_progress_update_without_a_reload(trained, tmp_path):
     """A run written while its study page and its run page are open shows its new state by polling alone."""
     if not os.path.exists(CHROMIUM):

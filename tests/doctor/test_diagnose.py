@@ -140,6 +140,7 @@ def test_scaled_up_head_is_flagged_as_initial_loss_far_from_log_c(db):
 
 # --- healthy runs: no false alarm ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_healthy_default_resnet_gets_no_finding(db, capsys):
     # the default model, optimizer, lr and cosine schedule; narrower and shorter so the test stays fast
     store, r = train(db, model="resnet", width=8, epochs=6)
@@ -151,6 +152,7 @@ def test_healthy_default_resnet_gets_no_finding(db, capsys):
     assert "no problems found" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_healthy_digits_mlp_gets_no_finding(db):
     store, r = train(db, task="digits", model="mlp", epochs=15)
     assert r.history["val/acc"][-1] > 0.95 and r.history["train/acc"][-1] > 0.99

@@ -22,6 +22,8 @@ from trainlab.recipe.plan import (PHASES, choose_move, phase_allowance, plan_bud
                                   size_refine)
 from trainlab.store import Store
 
+pytestmark = pytest.mark.slow  # every test here runs recipe steps for real
+
 BUDGET_MIN = "0.5"
 STEP_KEYS = ["init", "overfit", "lr", "coarse"]
 

@@ -559,6 +559,7 @@ def _concurrent_writer(url, index, barrier, results):
         results.put((index, None, None, traceback.format_exc()))
 
 
+@pytest.mark.slow
 def test_many_processes_write_one_sqlite_file(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     Store(url).close()  # the file exists, as when a search starts its workers

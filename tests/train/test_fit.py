@@ -116,6 +116,7 @@ def _states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mid_epoch", [False, True], ids=["epoch-checkpoints", "mid-epoch-checkpoints"])
 def test_resume_after_sigkill_is_exact(tmp_path, mid_epoch):
     cfg = tmp_path / "c.yaml"
@@ -169,6 +170,7 @@ save_checkpoint({"model": {"w": torch.ones(60_000_000)}, "step": 2}, sys.argv[1]
 """
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint({"model": {"w": torch.zeros(3)}, "step": 1}, path)
