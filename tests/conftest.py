@@ -14,4 +14,4 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-from pg import pg_url  # noqa: E402,F401  (fixture: a fresh PostgreSQL database)
+from pg import pg_server, pg_url  # noqa: E402,F401  (fixtures: a fresh PostgreSQL database; a server of one's own)
