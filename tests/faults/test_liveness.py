@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import sqlite3
-import time
 
 import pytest
 import sqlalchemy as sa

@@ -140,15 +140,28 @@ class Store:
     def _read(self) -> Iterator[Connection]:
         """A read transaction: one consistent snapshot, never the write lock."""
         self._check_fork()
-        with self._engine.connect() as conn:
-            yield conn
+        with self._faults():
+            with self._engine.connect() as conn:
+                yield conn
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A write transaction: BEGIN IMMEDIATE on SQLite, committed on exit."""
         self._check_fork()
-        with self._write_engine.begin() as conn:
-            yield conn
+        with self._faults(translate=not self.read_only):  # a read-only store's write is the caller's bug
+            with self._write_engine.begin() as conn:
+                yield conn
+
+    @contextmanager
+    def _faults(self, translate: bool = True) -> Iterator[None]:
+        """A database that cannot be reached or read raises a StoreFault naming this store (`errors`)."""
+        try:
+            yield
+        except sa.exc.DBAPIError as err:
+            fault = classify(err, self._shown_url) if translate else None
+            if fault is None:
+                raise
+            raise fault from None
 
     def close(self) -> None:
         """Close every pooled connection. The Store reconnects if used again."""
