@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 
 from helpers import TINY  # noqa: E402
-from pg import pg_url  # noqa: E402,F401  (fixture: a fresh PostgreSQL database)
+from pg import pg_server, pg_url  # noqa: E402,F401  (fixtures: a fresh PostgreSQL database; a server of one's own)
 
 
 @pytest.fixture(scope="session")

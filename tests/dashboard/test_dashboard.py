@@ -335,7 +335,7 @@ def test_many_runs_are_read_in_parallel_parts_alike(tmp_path):
     ("/api/studies/none?points=100000", 400, "points must be an integer from 2 to 2000"),
     ("/api/studies/none?points=", 400, "points must be an integer"),
     ("/api/studies/none?status=done", 400, "status must be one of running, completed, stopped, diverged, failed, "
-                                           "pruned; got 'done'"),
+                                           "pruned, lost; got 'done'"),
     ("/api/studies/none?points=5&points=6", 400, "parameter 'points' given twice"),
     ("/api/studies?x=1", 400, "unknown parameter 'x'; known: none"),
     ("/api/runs/1/metrics?path=/etc/passwd", 400, "unknown parameter 'path'; known: points"),

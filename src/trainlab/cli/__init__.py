@@ -64,3 +64,26 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"trainlab: error: {msg}", file=sys.stderr)
         return 2
+    except Exception as err:  # faults of the machine: the database, the disk. A bug keeps its traceback.
+        found = _fault(err)
+        if found is None:
+            raise
+        code, msg = found
+        print(f"trainlab: error: {msg}", file=sys.stderr)
+        return code
+
+
+def _fault(err: Exception) -> tuple[int, str] | None:
+    """(exit status, one line) for an error of the machine rather than of trainlab: a database that cannot
+    be reached or read (`store.errors.classify`: 2 bad input, 1 fault), a checkpoint that cannot be written
+    (its `exit_code`), any other OSError (1: disk full, permission denied...); None for anything else."""
+    from trainlab.store.errors import classify
+
+    fault = classify(err)
+    if fault is not None:
+        return fault.exit_code, str(fault).splitlines()[0]
+    if type(err).__name__ == "CheckpointWriteError":  # trainlab.checkpoint (torch): not imported here
+        return getattr(err, "exit_code", 1), str(err).splitlines()[0]
+    if isinstance(err, OSError):
+        return 1, (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return None

@@ -15,7 +15,8 @@ class UsageError(ValueError):
 def open_store(args):
     from trainlab.store import Store
 
-    return Store(args.db)
+    lost_after = getattr(args, "lost_after", None)  # `runs --lost-after S`: when a silent run shows as lost
+    return Store(args.db) if lost_after is None else Store(args.db, lost_after_s=lost_after)
 
 
 def print_json(data: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any
 
@@ -68,6 +69,16 @@ def _run_row(run: dict) -> dict:
             "duration_s": round(seconds, 1) if seconds is not None else None}
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 def cmd_runs(args) -> int:
     store = open_store(args)
     if args.action == "show":
@@ -78,7 +89,7 @@ def cmd_runs(args) -> int:
             print_json(run)
             return 0
         for key in ("id", "name", "study", "kind", "status", "reason", "created", "finished", "best_metric",
-                    "best_epoch", "epochs", "checkpoint", "seed", "host"):
+                    "best_epoch", "epochs", "checkpoint", "seed", "host", "pid", "heartbeat"):
             print(f"{key:12} {run.get(key)}")
         for key, value in (run.get("summary") or {}).items():
             print(f"{key:12} {value}")
@@ -174,6 +185,8 @@ def register(sub) -> None:
     p.add_argument("--study")
     p.add_argument("--kind", default="train", help="train (default), check, step, or all")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--lost-after", type=_seconds, metavar="S", help="a running run whose heartbeat is older than "
+                   "S seconds shows as lost (default: 300; a run whose process is gone from this machine at once)")
     p.set_defaults(fn=cmd_runs)
 
     p = add_db(sub.add_parser("plot", help="plot a run's curves"))

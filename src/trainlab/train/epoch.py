@@ -5,7 +5,8 @@ Callbacks answer in two ways. `epoch_metrics(state) -> {name: value}` (optional:
 its averaged weights) adds metrics before any callback decides; `on_epoch_end(state) -> Stop | None`
 decides. `summary() -> dict` (optional: the snapshots taken) is what a callback wants in the run's
 summary; the recorder stores it. Under data parallelism every rank computes the same metrics (validation
-is reduced across ranks), and the first rank's stop decides for all.
+is reduced across ranks), and the first rank's stop decides for all. A `Halt` (SIGTERM during validation,
+the store's memory bound) stops the run after the epoch's checkpoint: resuming starts the next epoch.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from trainlab.train.callbacks import LoopState, Stop
 from trainlab.train.data import train_subset
 from trainlab.train.early_stopping import EarlyStopping
 from trainlab.train.evaluate import dataset_tensors, evaluate
+from trainlab.train.halt import Halt, resume_hint
 from trainlab.train.record import Recorder
 from trainlab.train.resume import Checkpoints, Position
 
@@ -56,12 +58,13 @@ class EpochEnd:
 
     def __init__(self, task: Task, hp: Config, model: nn.Module, device: torch.device, dist: Dist | None,
                  data: tuple[Tensors, Tensors], callbacks: Sequence, stopper: EarlyStopping, recorder: Recorder,
-                 checkpoints: Checkpoints, verbose: bool):
+                 checkpoints: Checkpoints, verbose: bool, halt: Halt | None = None):
         self.task, self.hp, self.model, self.device = task, hp, model, device
         self.dist = dist if dist is not None and dist.ddp else None
         self.val, self.train_eval = data
         self.callbacks, self.stopper, self.rec, self.ckpts, self.verbose = callbacks, stopper, recorder, checkpoints, verbose
         self.measuring = [cb for cb in callbacks if hasattr(cb, "epoch_metrics")]
+        self.halt = halt or Halt()
 
     def _validate(self, seen: int, seconds: float) -> dict[str, float]:
         task, model, device = self.task, self.model, self.device
@@ -104,6 +107,11 @@ class EpochEnd:
                   f"val/loss {metrics['val/loss']:.4f}  train/acc {metrics['train/acc']:.4f}  "
                   f"lr {state.plan.lr(max(step - 1, 0)):.2e}  {metrics['samples_per_s']:.0f} samples/s")
         final = Stop("completed", decision.reason) if decision.stop else stop
+        if self.halt.reason is None and (why := self.rec.halt_reason()):
+            self.halt.stop(why)
+        if final is None and self.halt.reason is not None and step < state.plan.total_updates:  # else: done anyway
+            final = Stop("stopped", f"{self.halt.reason} after epoch {epoch + 1}" + resume_hint(
+                state.run_id, self.ckpts.run_dir, state.world_size))
         if self.dist is not None:  # the lowest rank that stops (early stopping or a callback) decides for all
             final = first_decision(self.dist, final)
         return final

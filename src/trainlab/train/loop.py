@@ -6,6 +6,10 @@ epochs: the updates (`steps.Steps`: forward, loss, backward, clipping, optimizer
 losses stay on the device and are read every `steps.DRAIN` steps, so nothing synchronizes or writes to the
 database per step) and the epoch's end (`epoch.EpochEnd`: validation, callbacks, early stopping, the best
 weights, checkpoints). Every exit path restores the best weights and records the run's end.
+
+Faults (`halt`, `record`, `resume.Checkpoints`): SIGTERM stops the run like Ctrl-C, at a clean point, with a
+last checkpoint; a checkpoint that cannot be written fails the run at the next checkpoint, recording the
+weights actually on disk; a database outage keeps the rows in memory while training goes on.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from trainlab.train.data import Batches, epoch_order
 from trainlab.train.early_stopping import EarlyStopping
 from trainlab.train.epoch import EpochEnd, callback_summary, held_out
 from trainlab.train.evaluate import evaluate
+from trainlab.train.halt import Halt, resume_hint
 from trainlab.train.plan import RunPlan, lr_schedule
 from trainlab.train.record import Recorder
 from trainlab.train.resume import Checkpoints, Position, resume_run
@@ -82,6 +87,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     `dist` (from `trainlab.parallel.ddp.init()` under torchrun) trains data-parallel: DDP, each rank on its
     shard, decisions agreed across ranks, and only rank 0 writes (run row, metrics, checkpoints, output);
     the other ranks return the same status with `run_id` and their `rank`, but no test result or checkpoint.
+    SIGTERM (from the main thread's handler, installed for the run) stops like Ctrl-C, writing `last.pt` at
+    the exact position. A checkpoint that cannot be written raises CheckpointWriteError (the run "failed").
     """
     started = time.perf_counter()
     ddp = dist is not None and dist.ddp
@@ -103,36 +110,39 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     if resume is not None:
         pos = resume_run(resume, rec.run_dir, model=model, optimizer=optimizer, stopper=stopper,
                          callbacks=callbacks, device=device, dist=dist, world_size=world)
-        rec.resumed(pos.step)
+        rec.resumed(pos.step, dist)  # claims the run: refused while another live process trains it
     ckpts = Checkpoints(rec.run_dir, hp, model, optimizer, stopper, callbacks, world, flush=rec.flush)
-    if ddp and resume is None:  # a torchrun restart resumes from last.pt, so there is one from the start
-        ckpts.save("last.pt", pos)
     if not quiet:
         print("\n".join(plan.describe(hp, f"run {rec.run_id}" if rec.run_id is not None else "run", task.name)))
-    steps = Steps(net, model, optimizer, task, hp, plan, batches, rec, callbacks, state, ckpts, dist, pos.step, quiet)
-    end_epoch = EpochEnd(task, hp, model, device, dist, data, callbacks, stopper, rec, ckpts, verbose=not quiet)
+    halt = Halt()  # SIGTERM, the store's memory bound: a clean stop at the next update
+    steps = Steps(net, model, optimizer, task, hp, plan, batches, rec, callbacks, state, ckpts, dist, pos.step, quiet,
+                  halt)
+    end_epoch = EpochEnd(task, hp, model, device, dist, data, callbacks, stopper, rec, ckpts, not quiet, halt)
 
     status, reason = "completed", None
     try:
-        for epoch in range(pos.epoch, plan.epochs):
-            state.epoch = pos.epoch = epoch
-            t0 = time.perf_counter()
-            seen, stop = steps.epoch(epoch, pos)  # the updates; ends early on divergence or a callback's stop
-            if stop is None or stop.status != "diverged":  # validation, early stopping, checkpoints
-                stop = end_epoch(state, pos, seen, time.perf_counter() - t0, stop)
-            if stop is not None:
-                status, reason = stop.status, stop.reason
-                break
-    except KeyboardInterrupt:
-        steps.read_losses(state.epoch, pos, collective=False)
-        status = "stopped"
-        reason = f"interrupted at step {pos.step}" + (
-            f"; resume with: trainlab train --resume {rec.run_id}" if rec.run_dir else "")
+        with halt:
+            ckpts.prepare()  # a runs folder that cannot hold checkpoints fails now, not after an epoch
+            if ddp and resume is None:  # a torchrun restart resumes from last.pt, so there is one from the start
+                ckpts.save("last.pt", pos)
+            try:
+                for epoch in range(pos.epoch, plan.epochs):
+                    state.epoch = pos.epoch = epoch
+                    t0 = time.perf_counter()
+                    seen, stop = steps.epoch(epoch, pos)  # the updates; ends early on divergence, a stop or a halt
+                    if stop is None or not (stop.status == "diverged" or steps.interrupted):
+                        stop = end_epoch(state, pos, seen, time.perf_counter() - t0, stop)  # validation, checkpoints
+                    if stop is not None:
+                        status, reason = stop.status, stop.reason
+                        break
+            except KeyboardInterrupt:
+                steps.read_losses(state.epoch, pos, collective=False)
+                status, reason = "stopped", f"interrupted at step {pos.step}" + resume_hint(rec.run_id, rec.run_dir)
+            ckpts.close()  # the last writes landed, or the run fails on their error
     except BaseException as err:
-        ckpts.close()
-        rec.failed(err, callback_summary(callbacks))
+        ckpts.close(raise_errors=False)
+        rec.failed(err, callback_summary(callbacks), ckpts.on_disk())
         raise
-    ckpts.close()
 
     if pos.best_state is not None:
         model.load_state_dict(pos.best_state)

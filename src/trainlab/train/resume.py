@@ -9,6 +9,7 @@ epoch alone, see `data.epoch_order`).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from trainlab.checkpoint import AsyncCheckpointer, load_checkpoint, rng_state, set_rng_state
+from trainlab.checkpoint import AsyncCheckpointer, CheckpointWriteError, load_checkpoint, rng_state, set_rng_state
 from trainlab.config import Config, ConfigError
 from trainlab.parallel.ddp import Dist, broadcast_object, first_decision
 from trainlab.train.early_stopping import EarlyStopping
@@ -40,7 +41,8 @@ class Position:
 class Checkpoints:
     """Writes `last.pt` and `best.pt` into `run_dir` on a background thread (`AsyncCheckpointer`); nothing
     when `run_dir` is None. `flush` runs before each write, so the metric rows up to a checkpoint's step are
-    stored before it lands."""
+    stored before it lands. A write that failed raises its CheckpointWriteError at the next `save` (the next
+    epoch's end, or mid-epoch checkpoint) or at `close`; `on_disk()` says what the files hold."""
 
     def __init__(self, run_dir: Path | None, hp: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
                  stopper: EarlyStopping, callbacks: Sequence, world_size: int, flush: Callable[[], None]):
@@ -49,11 +51,28 @@ class Checkpoints:
         self.writer = AsyncCheckpointer()
         self.saved_at = time.monotonic()
 
+    def prepare(self) -> None:
+        """Make `run_dir` and check that a file can be written in it, before the first epoch: a runs folder
+        that is a file or read-only is one line at once (CheckpointWriteError, exit status 2), not an error
+        after the first epoch."""
+        if self.run_dir is None:
+            return
+        probe = self.run_dir / f".probe.{os.getpid()}"
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(probe, "wb") as f:
+                f.write(b"trainlab")
+            probe.unlink()
+        except OSError as err:
+            raise CheckpointWriteError(err.filename or self.run_dir, err, exit_code=2) from None
+
     def save(self, name: str, pos: Position, also: str | None = None) -> Path | None:
-        """Write the run at `pos` to `name` (and to `also`: one serialization, two files)."""
+        """Write the run at `pos` to `name` (and to `also`: one serialization, two files). Raises the
+        CheckpointWriteError of an earlier write that failed."""
         self.saved_at = time.monotonic()
         if self.run_dir is None:
             return None
+        self.writer.check()
         self.flush()
         payload = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": pos.step,
@@ -62,7 +81,30 @@ class Checkpoints:
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")},
             "world_size": self.world_size,
         }
-        return self.writer.save(payload, self.run_dir / name, *([self.run_dir / also] if also else []))
+        meta = {"step": pos.step, "epoch": pos.epoch, "batch": pos.batch, "best_metric": self.stopper.best,
+                "best_epoch": self.stopper.best_epoch}
+        return self.writer.save(payload, self.run_dir / name, *([self.run_dir / also] if also else []), meta=meta)
+
+    def on_disk(self) -> dict[str, dict] | None:
+        """What the checkpoints written by this process hold: {"last.pt": {path, step, epoch, batch,
+        best_metric, best_epoch}, "best.pt": ...}, for the files whose write landed; None without a run_dir."""
+        if self.run_dir is None:
+            return None
+        out = {}
+        for name in ("last.pt", "best.pt"):
+            path = self.run_dir / name
+            meta = self.writer.landed.get(str(path))
+            if meta is None and path.is_file():  # written before this process (a resumed run): read it
+                try:
+                    ckpt = load_checkpoint(path)
+                except Exception:
+                    continue
+                stopper = ckpt.get("early_stopping") or {}
+                meta = {"step": ckpt.get("step"), "epoch": ckpt.get("epoch"), "batch": ckpt.get("batch"),
+                        "best_metric": stopper.get("best"), "best_epoch": stopper.get("best_epoch")}
+            if meta is not None:
+                out[name] = {"path": str(path), **meta}
+        return out
 
     def due(self, step: int, dist: Dist | None, every: int) -> bool:
         """Time for a mid-epoch last.pt (`hp.checkpoint_every_minutes`)? Under DDP rank 0's clock decides for
@@ -76,9 +118,9 @@ class Checkpoints:
         best = self.run_dir / "best.pt" if self.run_dir is not None else None
         return str(best) if best is not None and best.is_file() else None
 
-    def close(self) -> None:
-        """Wait for the pending writes."""
-        self.writer.close()
+    def close(self, raise_errors: bool = True) -> None:
+        """Wait for the pending writes; raise the first that failed (unless `raise_errors` is False)."""
+        self.writer.close(raise_errors)
 
 
 def resume_run(run_id: int, run_dir: Path | None, *, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -4,7 +4,10 @@ Per update: the scheduled learning rate, forward and loss (bfloat16 autocast on 
 micro-batches under gradient accumulation), optional clipping, the optimizer step, the update/weight ratios
 at the monitor's cadence, the callbacks' `on_step_end`, a mid-epoch `last.pt` when due. The loss stays on
 the device: `pending` holds the detached losses and `read_losses` reads them every `DRAIN` steps (one
-synchronization, one all-reduce under DDP), writes their rows and checks for divergence. Nothing here
+synchronization, one all-reduce under DDP), writes their rows and checks for divergence. A `Halt` (SIGTERM,
+the store's memory bound) is read after every update, under DDP at each read of the losses (its all-reduce
+carries the flag, so every rank stops at the same update): the epoch stops there, `last.pt` is written at
+that exact position, and the run ends "stopped", resumable. Nothing here
 synchronizes with the device, builds objects or writes to the store per step beyond what a hand-written
 loop does.
 """
@@ -24,6 +27,7 @@ from trainlab.parallel.ddp import Dist, first_decision, mean_across
 from trainlab.tasks import Task
 from trainlab.train.callbacks import LoopState, Stop
 from trainlab.train.data import Batches, accumulate, epoch_order, grouped
+from trainlab.train.halt import Halt, resume_hint
 from trainlab.train.plan import RunPlan
 from trainlab.train.record import Recorder
 from trainlab.train.resume import Checkpoints, Position
@@ -40,7 +44,7 @@ class Steps:
 
     def __init__(self, net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, hp: Config,
                  plan: RunPlan, batches: Batches, rec: Recorder, callbacks: Sequence, state: LoopState,
-                 ckpts: Checkpoints, dist: Dist | None, step: int, quiet: bool):
+                 ckpts: Checkpoints, dist: Dist | None, step: int, quiet: bool, halt: Halt | None = None):
         self.net, self.model, self.optimizer, self.hp, self.plan, self.rec = net, model, optimizer, hp, plan, rec
         self.callbacks, self.state, self.ckpts, self.quiet, self.num_classes = callbacks, state, ckpts, quiet, task.num_classes
         self.dist = dist if dist is not None and dist.ddp else None
@@ -52,12 +56,16 @@ class Steps:
         self.pending: list[torch.Tensor] = []
         self.first = step  # the update of pending[0]
         self.bar = None  # one progress bar per epoch (loss, lr), unless quiet
+        self.halt = halt or Halt()
+        self.halted = False       # every rank agreed to halt (at the last read of the losses)
+        self.interrupted = False  # the run halted mid-epoch: last.pt holds the exact position, no epoch end
 
     def epoch(self, epoch: int, pos: Position) -> tuple[int, Stop | None]:
         """Train `epoch` from update `pos.step` and micro-batch `pos.batch`; (examples seen, a stop or None)."""
         hp, net, model, optimizer, loss_fn, amp, ratio, pending = (self.hp, self.net, self.model, self.optimizer,
                                                                     self.loss_fn, self.amp, self.ratio, self.pending)
-        callbacks, state, dist, ckpts = self.callbacks, self.state, self.dist, self.ckpts
+        callbacks, state, dist, ckpts, halt = self.callbacks, self.state, self.dist, self.ckpts, self.halt
+        solo = dist is None  # one process reads the halt after every update; DDP ranks agree in read_losses
         accum, clip, minutes = hp.accum_steps, hp.grad_clip, hp.checkpoint_every_minutes
         groups, factor, total = optimizer.param_groups, self.plan.factor, self.plan.total_updates
         step, start, seen, stop = pos.step, pos.batch, 0, None
@@ -101,6 +109,9 @@ class Steps:
                     if why:
                         stop = Stop("diverged", why)
                         break
+                    if self.halted:
+                        stop = self._interrupt(epoch, pos, step, start, seen)
+                        break
                 if callbacks:
                     state.step = step
                     for cb in callbacks:
@@ -113,6 +124,9 @@ class Steps:
                     pos.step, pos.batch = step, start + math.ceil(seen / hp.batch_size)
                     self.read_losses(epoch, pos)
                     ckpts.save("last.pt", pos)
+                if solo and halt.reason is not None:
+                    stop = self._interrupt(epoch, pos, step, start, seen)
+                    break
             why = self.read_losses(epoch, pos)
             if why and stop is None:
                 stop = Stop("diverged", why)
@@ -122,6 +136,17 @@ class Steps:
                 self.bar.close()
                 self.bar = None
         return seen, stop
+
+    def _interrupt(self, epoch: int, pos: Position, step: int, start: int, seen: int) -> Stop:
+        """Halt after update `step`: the losses read, `last.pt` written at this exact position (the next
+        micro-batch of `epoch`), and the stop to record."""
+        pos.step, pos.batch = step, start + math.ceil(seen / self.hp.batch_size)
+        self.read_losses(epoch, pos)
+        self.ckpts.save("last.pt", pos)
+        self.interrupted = True
+        why = self.halt.reason or "stopped by another rank"
+        return Stop("stopped", f"{why} at step {step}" + resume_hint(self.state.run_id, self.ckpts.run_dir,
+                                                                     self.state.world_size))
 
     def _ratios(self, step: int, epoch: int, gnorm) -> None:
         ratios = self.ratio.after()
@@ -135,11 +160,17 @@ class Steps:
         Under DDP the losses are averaged across ranks first (one all-reduce per read), so train/loss is the
         global batch's loss and every rank judges divergence on the same numbers: no rank is left waiting.
         """
+        if self.halt.reason is None and (why := self.rec.halt_reason()):
+            self.halt.stop(why)
         if not self.pending:
             return None
         values = torch.stack(self.pending).float()
         self.pending.clear()
-        values = (mean_across(self.dist, values) if self.dist is not None and collective else values).tolist()
+        if self.dist is not None and collective:  # the halt flag rides on the losses' all-reduce: every rank agrees
+            values = mean_across(self.dist, torch.cat([values, values.new_tensor([float(self.halt.reason is not None)])]))
+            values, self.halted = values[:-1].tolist(), values[-1].item() > 0
+        else:
+            values, self.halted = values.tolist(), self.halt.reason is not None
         first, self.first = self.first, self.first + len(values)
         if pos.reference is None:
             pos.reference = max(values[0], math.log(max(self.num_classes, 2)))
