@@ -103,7 +103,7 @@ def _csv(download) -> list[list[str]]:
 def test_comparing_in_chromium(built, tmp_path):
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing (scripts/system-deps.sh installs Debian's chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     trials = built["trials"]
     server = Server(create_app(built["path"], allowed_hosts("127.0.0.1")), bind("127.0.0.1", 0)).start()

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _checkpoint_error() -> type:
     """train's CheckpointError, without importing torch for commands that never train (dashboard, runs)."""
-    checkpoint = sys.modules.get(f"{__package__.rpartition('.')[0]}.train.checkpoint")
+    checkpoint = sys.modules.get(f"{__package__.rpartition('.')[0]}.checkpoint")
     return checkpoint.CheckpointError if checkpoint is not None else UsageError  # not imported: not raised
 
 
