@@ -32,6 +32,7 @@ from trainlab.train.data import Batches, epoch_order
 from trainlab.train.early_stopping import EarlyStopping
 from trainlab.train.epoch import EpochEnd, callback_summary, held_out
 from trainlab.train.evaluate import evaluate
+from trainlab.train.pipelined import PipelineRun, check_pipeline
 from trainlab.train.plan import RunPlan, lr_schedule
 from trainlab.train.precision import Execution, input_dims
 from trainlab.train.record import Recorder
@@ -84,6 +85,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     `dist` (from `trainlab.parallel.ddp.init()` under torchrun) trains data-parallel: DDP, each rank on its
     shard, decisions agreed across ranks, and only rank 0 writes (run row, metrics, checkpoints, output);
     the other ranks return the same status with `run_id` and their `rank`, but no test result or checkpoint.
+    With `hp.parallel == "pipeline"` the ranks split the model's stages instead (`pipelined.PipelineRun`).
     """
     started = time.perf_counter()
     ddp = dist is not None and dist.ddp
@@ -93,9 +95,13 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     device = dist.device if ddp else resolve_device(hp.device)
     task = task or load_task(hp)
     callbacks = [*callbacks_for(hp), *callbacks]  # EMA and snapshots, when hp asks for them
-    model, optimizer, net, ex = _build(task, hp, model, optimizer, device, dist, world)
-    plan = RunPlan.resolve(hp, len(task.train), world, factor=schedule, execution=ex)  # derived once
-    batches, data = Batches(task.train, hp.batch_size, device, rank, world), held_out(task, device, dist)
+    pipelined = hp.parallel == "pipeline" and check_pipeline(hp, dist)  # a ConfigError before anything is stored
+    model, optimizer, net, ex = _build(task, hp, model, optimizer, device, None if pipelined else dist, world)
+    pipe = PipelineRun(model, hp, dist, task.loss, optimizer) if pipelined else None  # every rank sees every batch
+    ex, (data_rank, data_world) = ex.with_pipeline(pipe), ((0, 1) if pipelined else (rank, world))
+    plan = RunPlan.resolve(hp, len(task.train), data_world, factor=schedule, execution=ex)  # derived once
+    batches = Batches(task.train, hp.batch_size, device, data_rank, data_world)
+    data = held_out(task, device, dist)
     rec = Recorder.open(store, hp, plan, name=name or f"{task.name}-{hp.model}", study=study, kind=kind,
                         resume=resume, runs_dir=runs_dir if checkpoints else None, dist=dist)
     state = LoopState(hp, task, model, optimizer, device, rec.run_id, rec.run_dir, plan.updates_per_epoch,
@@ -106,13 +112,14 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         pos = resume_run(resume, rec.run_dir, model=model, optimizer=optimizer, stopper=stopper,
                          callbacks=callbacks, device=device, dist=dist, world_size=world, scaler=scaler)
         rec.resumed(pos.step)
-    ckpts = Checkpoints(rec.run_dir, hp, model, optimizer, stopper, callbacks, world, flush=rec.flush, scaler=scaler)
+    ckpts = Checkpoints(rec.run_dir, hp, model, optimizer, stopper, callbacks, world, flush=rec.flush, scaler=scaler,
+                        gather=pipe.gather if pipe else None)
     if ddp and resume is None:  # a torchrun restart resumes from last.pt, so there is one from the start
         ckpts.save("last.pt", pos)
     if not quiet:
         print("\n".join(plan.describe(hp, f"run {rec.run_id}" if rec.run_id is not None else "run", task.name)))
     steps = Steps(net, model, optimizer, task, hp, plan, batches, rec, callbacks, state, ckpts, dist, pos.step, quiet,
-                  execution=ex, scaler=scaler)
+                  execution=ex, scaler=scaler, pipe=pipe)
     end_epoch = EpochEnd(task, hp, model, device, dist, data, callbacks, stopper, rec, ckpts, verbose=not quiet,
                          autocast=ex.autocast)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import shutil
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -99,6 +99,7 @@ class Execution:
     device_type: str
     compile: str = "off"
     channels_last: bool = False
+    parallel: Any = field(default=None, compare=False)  # pipelined.PipelineRun under parallel=pipeline
 
     @classmethod
     def resolve(cls, hp: Config, device: torch.device, *, input_dims: int | None = None,
@@ -137,6 +138,13 @@ class Execution:
                               f"{input_dims} dimensions; set channels_last=false, got True")
         return cls(precision, reason, kind, compiled, hp.channels_last)
 
+    def with_pipeline(self, pipe: Any) -> Execution:
+        """These choices for a pipelined run (`pipe`: a `pipelined.PipelineRun`, or None: unchanged). The
+        pipeline trains in fp32: `precision: auto` resolves to it (explicit bf16/fp16 is refused earlier)."""
+        if pipe is None:
+            return self
+        return replace(self, precision="fp32", reason="pipeline parallelism trains in fp32", parallel=pipe)
+
     @property
     def dtype(self) -> torch.dtype | None:
         return PRECISIONS[self.precision]
@@ -160,9 +168,11 @@ class Execution:
     def describe(self) -> str:
         """One line printed at the start: the precision and why, compile, memory format."""
         scaler = " with a GradScaler" if self.precision == "fp16" else ""
-        return (f"  precision {self.precision}{scaler} ({self.reason}); compile {self.compile}; "
+        line = (f"  precision {self.precision}{scaler} ({self.reason}); compile {self.compile}; "
                 f"memory format {'channels_last' if self.channels_last else 'contiguous'}")
+        return line + ("\n" + self.parallel.describe() if self.parallel is not None else "")
 
     def summary(self) -> dict[str, Any]:
         return {"precision": self.precision, "precision_reason": self.reason, "grad_scaler": self.precision == "fp16",
-                "compile": self.compile, "channels_last": self.channels_last, "device_type": self.device_type}
+                "compile": self.compile, "channels_last": self.channels_last, "device_type": self.device_type,
+                **({"pipeline": self.parallel.summary()} if self.parallel is not None else {})}

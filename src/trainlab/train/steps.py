@@ -25,6 +25,7 @@ from trainlab.parallel.ddp import Dist, first_decision, mean_across
 from trainlab.tasks import Task
 from trainlab.train.callbacks import LoopState, Stop
 from trainlab.train.data import Batches, accumulate, epoch_order, grouped
+from trainlab.train.pipelined import PipelineRun
 from trainlab.train.plan import RunPlan
 from trainlab.train.precision import Execution
 from trainlab.train.record import Recorder
@@ -43,16 +44,17 @@ class Steps:
     def __init__(self, net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, hp: Config,
                  plan: RunPlan, batches: Batches, rec: Recorder, callbacks: Sequence, state: LoopState,
                  ckpts: Checkpoints, dist: Dist | None, step: int, quiet: bool, *, execution: Execution | None = None,
-                 scaler: torch.amp.GradScaler | None = None):
+                 scaler: torch.amp.GradScaler | None = None, pipe: PipelineRun | None = None):
         self.net, self.model, self.optimizer, self.hp, self.plan, self.rec = net, model, optimizer, hp, plan, rec
         self.callbacks, self.state, self.ckpts, self.quiet, self.num_classes = callbacks, state, ckpts, quiet, task.num_classes
         self.dist = dist if dist is not None and dist.ddp else None
         self.batches = batches
         self.loss_fn = functools.partial(task.loss, label_smoothing=hp.label_smoothing) if hp.label_smoothing else task.loss
         self.execution = execution or Execution("fp32", "as configured", batches.device.type)
-        self.scaler = scaler
-        self.ratio = UpdateRatio(model, hp.monitor_every if not state.rank else 0)
-        self.ratio_log: dict[str, list[float]] = {n: [] for n in judged_parameters(model)}
+        self.scaler, self.pipe = scaler, pipe  # pipe: this rank's stages under parallel=pipeline
+        judged = pipe.own if pipe is not None else model  # a pipeline rank judges the stages it trains
+        self.ratio = UpdateRatio(judged, hp.monitor_every if not state.rank else 0)
+        self.ratio_log: dict[str, list[float]] = {n: [] for n in judged_parameters(judged)}
         self.pending: list[torch.Tensor] = []
         self.first = step  # the update of pending[0]
         self.bar = None  # one progress bar per epoch (loss, lr), unless quiet
@@ -61,7 +63,7 @@ class Steps:
         """Train `epoch` from update `pos.step` and micro-batch `pos.batch`; (examples seen, a stop or None)."""
         hp, net, model, optimizer, loss_fn, ratio, pending = (self.hp, self.net, self.model, self.optimizer,
                                                                self.loss_fn, self.ratio, self.pending)
-        autocast, scaler, channels_last = self.execution.autocast, self.scaler, self.execution.channels_last
+        autocast, scaler, channels_last, pipe = self.execution.autocast, self.scaler, self.execution.channels_last, self.pipe
         callbacks, state, dist, ckpts = self.callbacks, self.state, self.dist, self.ckpts
         accum, clip, minutes = hp.accum_steps, hp.grad_clip, hp.checkpoint_every_minutes
         groups, factor, total = optimizer.param_groups, self.plan.factor, self.plan.total_updates
@@ -81,7 +83,10 @@ class Steps:
                     g["lr"] = g["base_lr"] * f
                 if channels_last:
                     x = [_cl(t) for t in x] if accum > 1 else _cl(x)
-                if accum > 1:  # x, y: lists of this update's micro-batches
+                if pipe is not None:  # this rank's stages, forward and backward, over the pipeline's micro-batches
+                    optimizer.zero_grad(set_to_none=True)
+                    loss, n = pipe.step(x, y), len(y)
+                elif accum > 1:  # x, y: lists of this update's micro-batches
                     loss, n = accumulate(net, loss_fn, x, y, optimizer, autocast, scaler)
                 else:
                     n = len(y)
@@ -93,7 +98,7 @@ class Steps:
                     scaler.unscale_(optimizer)
                 measured = ratio.before(step)
                 if clip is not None:
-                    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                    gnorm = pipe.clip(clip) if pipe is not None else torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 elif measured:
                     gnorm = grad_norm(model)
                 if scaler is None:
@@ -126,6 +131,8 @@ class Steps:
             why = self.read_losses(epoch, pos)
             if why and stop is None:
                 stop = Stop("diverged", why)
+            if pipe is not None:  # the whole model on every rank, for validation and the epoch's checkpoint
+                pipe.sync()
         finally:
             pos.step = step
             if self.bar is not None:
@@ -149,7 +156,13 @@ class Steps:
             return None
         values = torch.stack(self.pending).float()
         self.pending.clear()
-        values = (mean_across(self.dist, values) if self.dist is not None and collective else values).tolist()
+        if self.pipe is not None and not collective:  # only the last rank has the losses, and no rank may wait
+            return None
+        if self.pipe is not None:  # the loss lives on the last rank
+            values = self.pipe.losses(values)
+        elif self.dist is not None and collective:
+            values = mean_across(self.dist, values)
+        values = values.tolist()
         first, self.first = self.first, self.first + len(values)
         if pos.reference is None:
             pos.reference = max(values[0], math.log(max(self.num_classes, 2)))
