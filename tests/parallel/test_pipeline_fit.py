@@ -98,3 +98,26 @@ def test_pipeline_configurations_that_cannot_work_are_one_line(tmp_path, capsys)
     assert main(["train", "--set", "parallel=pipeline", "--db", str(db)]) == 2
     assert "parallel: pipeline splits the model across processes" in capsys.readouterr().err
     assert not db.exists() or Store(db).runs() == [], "nothing stored"
+
+
+@pytest.mark.slow
+def test_pipeline_with_batchnorm_keeps_its_running_statistics_sane(tmp_path):
+    # torch infers stage shapes by running stages on uninitialized tensors unless given them: NaN statistics
+    hp = Config(model="resnet", width=4, batch_size=32, steps=40, monitor_every=0, parallel="pipeline")
+    ranks = run_ranks(_pipe_rank, hp, str(tmp_path / "p.db"), str(tmp_path / "runs"), tmp_path=tmp_path)
+    one = fit(load_task(hp), Config(model="resnet", width=4, batch_size=32, steps=40, monitor_every=0), quiet=True)
+    val = ranks[0]["history"]["val/loss"]
+    assert all(v == v for v in val) and val == pytest.approx(one.history["val/loss"], abs=0.15), \
+        "close to one process (BatchNorm normalizes per micro-batch, so not equal)"
+    bn = {k: v for k, v in ranks[0]["model"].items() if "running_var" in k}
+    assert bn and all(torch.isfinite(v).all() and (v > 0).all() for v in bn.values())
+
+
+def test_boundaries_touch_no_batchnorm_statistics():
+    from trainlab.parallel.pipeline import boundaries, partition
+
+    model = build_model("resnet", (1, 40), 10, 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    edges = boundaries(model.train(), partition(model, 2), torch.randn(8, 1, 40))
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert edges[0].shape == (8, 1, 40) and edges[-1].shape == (8, 10) and edges[1].requires_grad

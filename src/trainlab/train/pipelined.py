@@ -97,9 +97,10 @@ class PipelineRun:
         n = len(y)
         pipe = self.pipes.get(n)
         if pipe is None:  # the same size on every process at the same step: they build it together
+            m = _microbatches(n, self.hp.pipeline_microbatches)
             pipe = self.pipes[n] = Pipeline(self.model, rank=self.rank, world_size=self.world,
                                             device=self.dist.device, loss_fn=self.loss_fn, parts=self.parts,
-                                            n_microbatches=_microbatches(n, self.hp.pipeline_microbatches))
+                                            n_microbatches=m, example=x[:n // m])
         self.dirty = True
         loss = pipe.step(x, y)
         return loss if loss is not None else torch.zeros((), device=self.dist.device)
