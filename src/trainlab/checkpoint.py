@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "CheckpointError", "AsyncCheckpointer",
-           "CheckpointWriteError"]
+           "CheckpointWriteError", "plain_module", "plain_state_dict", "state_for", "COMPILED_PREFIX"]
+
+COMPILED_PREFIX = "_orig_mod."  # what torch.compile's OptimizedModule puts before every state_dict key
 
 
 class CheckpointError(ValueError):
@@ -176,6 +178,40 @@ class AsyncCheckpointer:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+
+
+def plain_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside torch.compile's wrapper (`OptimizedModule._orig_mod`), or `model` itself.
+
+    Checkpoints hold the plain module's state_dict, so a compiled model's weights load into an uncompiled
+    one (ensembles, transfer) and back.
+    """
+    while hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):
+        model = model._orig_mod
+    return model
+
+
+def plain_state_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with torch.compile's `_orig_mod.` removed from every key (a compiled submodule puts it
+    mid-key: "stage1._orig_mod.0.weight"), for checkpoints written from a compiled model's own state_dict.
+
+    >>> list(plain_state_dict({"_orig_mod.head.weight": 0, "a._orig_mod.b": 1}))
+    ['head.weight', 'a.b']
+    """
+    if not any(COMPILED_PREFIX in k for k in state):
+        return state
+    return {k.replace(COMPILED_PREFIX, ""): v for k, v in state.items()}
+
+
+def state_for(model: torch.nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """`state` (plain keys, or keys with `_orig_mod.`) renamed to the keys `model` itself uses, so a checkpoint
+    loads into a plain model, a compiled one, or one with compiled submodules alike."""
+    own = {k.replace(COMPILED_PREFIX, ""): k for k in model.state_dict()}
+    renamed = {}
+    for k, v in state.items():
+        plain = k.replace(COMPILED_PREFIX, "")
+        renamed[own.get(plain, plain)] = v
+    return renamed
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

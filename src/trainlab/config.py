@@ -83,6 +83,7 @@ class Config(BaseModel):
     restart_period_epochs: float | None = Field(None, gt=0.0)
     restart_mult: float = Field(1.0, ge=1.0)
     # regularization and stability
+    augment: Literal["none", "flip_crop"] = Field("none", description="built-in image tasks (shapes32): flip_crop flips and shifts training batches on the device (random horizontal flip, crop of the 4-pixel zero-padded image); none: off")
     grad_clip: float | None = Field(None, gt=0.0, description="max global gradient norm")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     # early stopping, counted in validation checks (one per epoch)
@@ -98,6 +99,11 @@ class Config(BaseModel):
     seed: int = Field(0, ge=0, description="initialization, data order and dropout")
     split_seed: int = Field(0, ge=0, description="which examples form the validation split (kept apart from seed so runs with different seeds share one split)")
     device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="autocast dtype of forward and loss: fp32 (none), bf16, fp16 (with a GradScaler); auto: bf16 on a CUDA device that supports it, else fp32")
+    compile: bool = Field(False, description="torch.compile the model for training (checkpoints keep the plain parameter names)")
+    channels_last: bool = Field(False, description="channels-last memory format for the model and 4-D (image) batches")
+    parallel: Literal["ddp", "pipeline"] = Field("ddp", description="under --nproc K: ddp (each process a replica on its shard of the data) or pipeline (the model's stages split across processes, fed micro-batches)")
+    pipeline_microbatches: int = Field(4, ge=1, description="parallel=pipeline: micro-batches per batch (GPipe); batch_size must split into them")
     monitor_every: int = Field(50, ge=0, description="steps between update/weight-ratio measurements; 0: off")
     checkpoint_every_minutes: float | None = Field(None, gt=0.0)
     # weight averaging and ensembles (trainlab ensemble)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainlab.checkpoint import load_checkpoint
+from trainlab.checkpoint import load_checkpoint, plain_module, state_for
 from trainlab.config import Config, make_config
 from trainlab.store import Store
 from trainlab.tasks import Task, load_task
@@ -128,9 +128,9 @@ def evaluate_ensemble(members: Sequence[Member], split: str = "val", device: str
 
 
 def _model_for(hp: Config, weights: dict[str, torch.Tensor], where: str) -> nn.Module:
-    model = load_task(hp).build_model()
+    model = plain_module(load_task(hp).build_model())  # a task may return torch.compile(model)
     try:
-        model.load_state_dict(weights)
+        model.load_state_dict(state_for(model, weights))
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise ValueError(f"ensemble: the weights in {where} do not fit the model its hyperparameters build: "

@@ -2,7 +2,9 @@
 
 Built-in tasks generate or ship their data (nothing is downloaded, ever):
 `mnist1d` (procedurally generated, 4000 train / 1000 test), `mnist1d-shuffle` (the same signals with
-their 40 positions permuted, which removes spatial structure) and `digits` (scikit-learn's 8x8 digits).
+their 40 positions permuted, which removes spatial structure), `digits` (scikit-learn's 8x8 digits) and
+`shapes32` (procedurally generated 3x32x32 colour images of 10 shape classes, 10000 train / 2000 test;
+see `trainlab.shapes32`; `augment: flip_crop` flips and shifts its training batches).
 A user task is `path/to/file.py:build` or `pkg.module:build`, where `build(hp)` returns a `Task`.
 The validation split is carved from the training data; the test split is kept for the final model.
 """
@@ -30,7 +32,7 @@ from trainlab.models import MODELS, build_model
 
 __all__ = ["Task", "BUILTIN_TASKS", "load_task", "split_val", "mnist1d_arrays"]
 
-BUILTIN_TASKS = ("mnist1d", "mnist1d-shuffle", "digits")
+BUILTIN_TASKS = ("mnist1d", "mnist1d-shuffle", "digits", "shapes32")
 
 
 @dataclass
@@ -116,13 +118,26 @@ def _digits(hp: Config) -> Task:
     return _builtin("digits", hp, (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te, 10)
 
 
-def _builtin(name: str, hp: Config, x, y, x_test, y_test, num_classes: int) -> Task:
+def _shapes32(hp: Config) -> Task:
+    from trainlab.shapes32 import shapes32_arrays
+
+    d = shapes32_arrays()
+    x, xt = d["x"].astype(np.float32) / 255.0, d["x_test"].astype(np.float32) / 255.0
+    mean, std = x.mean(axis=(0, 2, 3), keepdims=True), x.std(axis=(0, 2, 3), keepdims=True)  # per channel
+    return _builtin("shapes32", hp, (x - mean) / std, d["y"], (xt - mean) / std, d["y_test"], 10,
+                    augment=hp.augment)
+
+
+def _builtin(name: str, hp: Config, x, y, x_test, y_test, num_classes: int, augment: str = "none") -> Task:
     if hp.model not in MODELS:
         raise ConfigError(f"model: unknown model {hp.model!r} for task {name!r}; choose one of {', '.join(MODELS)}")
+    if hp.augment != augment:
+        raise ConfigError(f"augment: the task {name!r} has no label-preserving {hp.augment} (flips change what "
+                          f"its examples mean); use it with shapes32, got {hp.augment!r}")
     shape = tuple(x.shape[1:])
     return Task(
         name=name,
-        build_model=lambda: build_model(hp.model, shape, num_classes, hp.width, hp.dropout),
+        build_model=lambda: build_model(hp.model, shape, num_classes, hp.width, hp.dropout, augment),
         train=_as_dataset(x, y),
         test=_as_dataset(x_test, y_test),
         num_classes=num_classes,
@@ -174,6 +189,8 @@ def load_task(hp: Config) -> Task:
         task = _mnist1d(hp, shuffle=hp.task == "mnist1d-shuffle")
     elif hp.task == "digits":
         task = _digits(hp)
+    elif hp.task == "shapes32":
+        task = _shapes32(hp)
     else:
         task = _load_user_builder(hp.task)(hp)
         if not isinstance(task, Task):

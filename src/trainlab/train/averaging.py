@@ -36,7 +36,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from trainlab.checkpoint import save_checkpoint
+from trainlab.checkpoint import plain_state_dict, save_checkpoint
 from trainlab.config import Config, ConfigError
 from trainlab.train.callbacks import LoopState
 from trainlab.train.early_stopping import EarlyStopping
@@ -246,7 +246,7 @@ class Snapshots:
         cycle = self._ends.get(done)
         if cycle is None:
             return
-        path = save_checkpoint({"model": _unwrap(state.model).state_dict(), "step": done, "cycle": cycle,
+        path = save_checkpoint({"model": plain_state_dict(_unwrap(state.model).state_dict()), "step": done, "cycle": cycle,
                                 "epoch": state.epoch + 1, "hparams": state.hp.model_dump(mode="json")},
                                state.run_dir / f"snapshot-{cycle}.pt")
         # Resuming may pass a cycle end again (after a crash between this save and the next last.pt).

@@ -79,12 +79,14 @@ def grouped(batches, k: int):
 
 
 def accumulate(net: nn.Module, loss_fn: Callable, xs: list, ys: list, optimizer: torch.optim.Optimizer,
-               amp: bool) -> tuple[torch.Tensor, int]:
+               autocast: Callable = nullcontext, scaler=None) -> tuple[torch.Tensor, int]:
     """Gradient accumulation: the gradient of the mean loss over all examples of the micro-batches.
 
     Each micro-batch's mean loss is weighted by its share of the examples, so accumulating 2 x 16 gives
     the gradient of one batch of 32 (and a short last micro-batch is weighted right). Under DDP only the
     last backward all-reduces gradients (`no_sync`, as nanoGPT toggles require_backward_grad_sync).
+    `autocast()` is the context of forward and loss (the run's precision); `scaler` (fp16) scales each
+    backward's loss.
     Returns (the weighted mean loss, detached; the number of examples).
     """
     n = sum(len(y) for y in ys)
@@ -93,9 +95,9 @@ def accumulate(net: nn.Module, loss_fn: Callable, xs: list, ys: list, optimizer:
     for i, (x, y) in enumerate(zip(xs, ys)):
         sync = net.no_sync() if hasattr(net, "no_sync") and i < len(xs) - 1 else nullcontext()
         with sync:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            with autocast():
                 loss = loss_fn(net(x), y) * (len(y) / n)
-            loss.backward()
+            (loss if scaler is None else scaler.scale(loss)).backward()
         total += loss.detach().float()
     return total, n
 

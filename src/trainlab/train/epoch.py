@@ -11,7 +11,8 @@ the store's memory bound) stops the run after the epoch's checkpoint: resuming s
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from contextlib import nullcontext
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -58,18 +59,20 @@ class EpochEnd:
 
     def __init__(self, task: Task, hp: Config, model: nn.Module, device: torch.device, dist: Dist | None,
                  data: tuple[Tensors, Tensors], callbacks: Sequence, stopper: EarlyStopping, recorder: Recorder,
-                 checkpoints: Checkpoints, verbose: bool, halt: Halt | None = None):
+                 checkpoints: Checkpoints, verbose: bool, halt: Halt | None = None, autocast: Callable = nullcontext):
         self.task, self.hp, self.model, self.device = task, hp, model, device
         self.dist = dist if dist is not None and dist.ddp else None
         self.val, self.train_eval = data
         self.callbacks, self.stopper, self.rec, self.ckpts, self.verbose = callbacks, stopper, recorder, checkpoints, verbose
         self.measuring = [cb for cb in callbacks if hasattr(cb, "epoch_metrics")]
         self.halt = halt or Halt()
+        self.autocast = autocast  # validation in the run's precision
 
     def _validate(self, seen: int, seconds: float) -> dict[str, float]:
         task, model, device = self.task, self.model, self.device
-        val = evaluate(model, task.val, loss_fn=task.loss, device=device, data=self.val)
-        tr = evaluate(model, task.train, loss_fn=task.loss, device=device, data=self.train_eval)
+        with self.autocast():
+            val = evaluate(model, task.val, loss_fn=task.loss, device=device, data=self.val)
+            tr = evaluate(model, task.train, loss_fn=task.loss, device=device, data=self.train_eval)
         world = 1
         if self.dist is not None:  # sums over every rank's shard: the same numbers on every rank, so decisions agree
             val, tr = reduce_means(self.dist, val, len(self.val[1])), reduce_means(self.dist, tr, len(self.train_eval[1]))

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from trainlab.checkpoint import plain_module
 from trainlab.config import DEFAULT_RUNS_DIR, Config, ConfigError
 from trainlab.monitor import ratio_warnings
 from trainlab.optim import build_optimizer
@@ -36,7 +37,9 @@ from trainlab.train.early_stopping import EarlyStopping
 from trainlab.train.epoch import EpochEnd, callback_summary, held_out
 from trainlab.train.evaluate import evaluate
 from trainlab.train.halt import Halt, resume_hint
+from trainlab.train.pipelined import PipelineRun, check_pipeline
 from trainlab.train.plan import RunPlan, lr_schedule
+from trainlab.train.precision import Execution, input_dims
 from trainlab.train.record import Recorder
 from trainlab.train.resume import Checkpoints, Position, resume_run
 from trainlab.train.steps import Steps
@@ -89,6 +92,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     the other ranks return the same status with `run_id` and their `rank`, but no test result or checkpoint.
     SIGTERM (from the main thread's handler, installed for the run) stops like Ctrl-C, writing `last.pt` at
     the exact position. A checkpoint that cannot be written raises CheckpointWriteError (the run "failed").
+    With `hp.parallel == "pipeline"` the ranks split the model's stages instead (`pipelined.PipelineRun`).
     """
     started = time.perf_counter()
     ddp = dist is not None and dist.ddp
@@ -98,26 +102,32 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     device = dist.device if ddp else resolve_device(hp.device)
     task = task or load_task(hp)
     callbacks = [*callbacks_for(hp), *callbacks]  # EMA and snapshots, when hp asks for them
-    model, optimizer, net = _build(task, hp, model, optimizer, device, dist, world)
-    plan = RunPlan.resolve(hp, len(task.train), world, factor=schedule)  # every length and lr, derived once
-    batches, data = Batches(task.train, hp.batch_size, device, rank, world), held_out(task, device, dist)
+    pipelined = hp.parallel == "pipeline" and check_pipeline(hp, dist)  # a ConfigError before anything is stored
+    model, optimizer, net, ex = _build(task, hp, model, optimizer, device, None if pipelined else dist, world)
+    pipe = PipelineRun(model, hp, dist, task.loss, optimizer) if pipelined else None  # every rank sees every batch
+    ex, (data_rank, data_world) = ex.with_pipeline(pipe), ((0, 1) if pipelined else (rank, world))
+    plan = RunPlan.resolve(hp, len(task.train), data_world, factor=schedule, execution=ex)  # derived once
+    batches = Batches(task.train, hp.batch_size, device, data_rank, data_world)
+    data = held_out(task, device, dist)
     rec = Recorder.open(store, hp, plan, name=name or f"{task.name}-{hp.model}", study=study, kind=kind,
                         resume=resume, runs_dir=runs_dir if checkpoints else None, dist=dist)
     state = LoopState(hp, task, model, optimizer, device, rec.run_id, rec.run_dir, plan.updates_per_epoch,
                       plan.total_updates, rank=rank, world_size=world, plan=plan)
     stopper = EarlyStopping(hp.early_stop_metric, hp.mode, hp.patience, hp.min_delta)
-    pos = Position()
+    pos, scaler = Position(), ex.scaler()  # fp16 only: the scaler's state is checkpointed with the run
     if resume is not None:
         pos = resume_run(resume, rec.run_dir, model=model, optimizer=optimizer, stopper=stopper,
-                         callbacks=callbacks, device=device, dist=dist, world_size=world)
+                         callbacks=callbacks, device=device, dist=dist, world_size=world, scaler=scaler)
         rec.resumed(pos.step, dist)  # claims the run: refused while another live process trains it
-    ckpts = Checkpoints(rec.run_dir, hp, model, optimizer, stopper, callbacks, world, flush=rec.flush)
+    ckpts = Checkpoints(rec.run_dir, hp, model, optimizer, stopper, callbacks, world, flush=rec.flush, scaler=scaler,
+                        gather=pipe.gather if pipe else None)
     if not quiet:
         print("\n".join(plan.describe(hp, f"run {rec.run_id}" if rec.run_id is not None else "run", task.name)))
     halt = Halt()  # SIGTERM, the store's memory bound: a clean stop at the next update
     steps = Steps(net, model, optimizer, task, hp, plan, batches, rec, callbacks, state, ckpts, dist, pos.step, quiet,
-                  halt)
-    end_epoch = EpochEnd(task, hp, model, device, dist, data, callbacks, stopper, rec, ckpts, not quiet, halt)
+                  halt, execution=ex, scaler=scaler, pipe=pipe)
+    end_epoch = EpochEnd(task, hp, model, device, dist, data, callbacks, stopper, rec, ckpts, not quiet, halt,
+                         autocast=ex.autocast)
 
     status, reason = "completed", None
     try:
@@ -149,7 +159,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     state.step = pos.step
     for cb in callbacks:
         cb.on_fit_end(state)
-    test = evaluate(model, task.test, loss_fn=task.loss, device=device) if evaluate_test else None
+    with ex.autocast():
+        test = evaluate(model, task.test, loss_fn=task.loss, device=device) if evaluate_test else None
     epochs = len(pos.history.get("val/acc", []))  # completed, resumed ones included (history is checkpointed)
     layer_warnings, best_path = ratio_warnings(steps.ratio_log), ckpts.best_path()
     rec.finish(status, reason, steps=pos.step, seconds=time.perf_counter() - started, num_classes=task.num_classes,
@@ -163,11 +174,17 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
 
 def _build(task: Task, hp: Config, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
            device: torch.device, dist: Dist | None, world: int):
-    """(model, optimizer, net): the model seeded from `hp.seed` on `device` (BatchNorm per the DDP policy),
-    its optimizer, and what forward and backward run through (the DDP wrapper under data parallelism)."""
+    """(model, optimizer, net, execution): the model seeded from `hp.seed` on `device` (BatchNorm per the DDP
+    policy, in the run's memory format), its optimizer, what forward and backward run through (the DDP wrapper
+    under data parallelism, compiled when asked), and the resolved precision/compile choices. `model` is
+    always the plain module (a torch.compile wrapper from the task is unwrapped), so checkpoints and
+    state_dicts have no `_orig_mod.` prefix."""
     ddp = dist is not None and dist.ddp
     torch.manual_seed(hp.seed)
-    model = (model or task.build_model()).to(device)
+    built = model or task.build_model()
+    model = plain_module(built)
+    ex = Execution.resolve(hp, device, input_dims=input_dims(task.train), user_compiled=built is not model)
+    model = ex.prepare(model.to(device))
     if ddp:  # BatchNorm policy: per-device statistics, or SyncBatchNorm when hp.sync_bn
         model = apply_sync_bn(model, dist, hp.sync_bn)
     bn_warning = batchnorm_warning(model, hp.batch_size, world, hp.sync_bn)
@@ -176,7 +193,9 @@ def _build(task: Task, hp: Config, model: nn.Module | None, optimizer: torch.opt
     optimizer = optimizer or build_optimizer(hp, model)
     for g in optimizer.param_groups:  # the schedule multiplies each group's own lr
         g.setdefault("base_lr", g["lr"])
-    return model, optimizer, (wrap_ddp(model, dist) if ddp else model)
+    if built is not model:  # the task compiled it: forward through its wrapper (which holds `model`)
+        return model, optimizer, (wrap_ddp(built, dist) if ddp else built), ex
+    return model, optimizer, ex.wrap(wrap_ddp(model, dist) if ddp else model), ex
 
 
 def _print_end(hp: Config, status: str, reason: str | None, stopper: EarlyStopping, test, layer_warnings) -> None:

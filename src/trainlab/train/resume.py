@@ -18,7 +18,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from trainlab.checkpoint import AsyncCheckpointer, CheckpointWriteError, load_checkpoint, rng_state, set_rng_state
+from trainlab.checkpoint import (AsyncCheckpointer, CheckpointWriteError, load_checkpoint, plain_state_dict, rng_state,
+                                 set_rng_state, state_for)
 from trainlab.config import Config, ConfigError
 from trainlab.parallel.ddp import Dist, broadcast_object, first_decision
 from trainlab.train.early_stopping import EarlyStopping
@@ -42,12 +43,16 @@ class Checkpoints:
     """Writes `last.pt` and `best.pt` into `run_dir` on a background thread (`AsyncCheckpointer`); nothing
     when `run_dir` is None. `flush` runs before each write, so the metric rows up to a checkpoint's step are
     stored before it lands. A write that failed raises its CheckpointWriteError at the next `save` (the next
-    epoch's end, or mid-epoch checkpoint) or at `close`; `on_disk()` says what the files hold."""
+    epoch's end, or mid-epoch checkpoint) or at `close`; `on_disk()` says what the files hold. `scaler`
+    (fp16's GradScaler) is saved with them. `gather` (pipeline parallelism: a collective every rank runs)
+    returns the whole model's and optimizer's state in place of this process's own."""
 
     def __init__(self, run_dir: Path | None, hp: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 stopper: EarlyStopping, callbacks: Sequence, world_size: int, flush: Callable[[], None]):
+                 stopper: EarlyStopping, callbacks: Sequence, world_size: int, flush: Callable[[], None],
+                 scaler: torch.amp.GradScaler | None = None, gather: Callable[[], tuple[dict, dict]] | None = None):
         self.run_dir, self.hp, self.model, self.optimizer = run_dir, hp, model, optimizer
         self.stopper, self.callbacks, self.world_size, self.flush = stopper, callbacks, world_size, flush
+        self.scaler, self.gather = scaler, gather
         self.writer = AsyncCheckpointer()
         self.saved_at = time.monotonic()
 
@@ -70,20 +75,25 @@ class Checkpoints:
         """Write the run at `pos` to `name` (and to `also`: one serialization, two files). Raises the
         CheckpointWriteError of an earlier write that failed."""
         self.saved_at = time.monotonic()
+        model, optimizer = self.gather() if self.gather is not None else (None, None)  # every rank takes part
         if self.run_dir is None:
             return None
         self.writer.check()
         self.flush()
         payload = {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": pos.step,
-            "epoch": pos.epoch, "batch": pos.batch, "early_stopping": self.stopper.state_dict(), "rng": rng_state(),
+            # the plain module's names, never torch.compile's `_orig_mod.`
+            "model": model or plain_state_dict(self.model.state_dict()),
+            "optimizer": optimizer or self.optimizer.state_dict(), "step": pos.step, "epoch": pos.epoch, "batch": pos.batch, "early_stopping": self.stopper.state_dict(), "rng": rng_state(),
             "reference": pos.reference, "history": pos.history, "hparams": self.hp.model_dump(mode="json"),
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")},
             "world_size": self.world_size,
         }
+        if self.scaler is not None:
+            payload["scaler"] = self.scaler.state_dict()
         meta = {"step": pos.step, "epoch": pos.epoch, "batch": pos.batch, "best_metric": self.stopper.best,
                 "best_epoch": self.stopper.best_epoch}
         return self.writer.save(payload, self.run_dir / name, *([self.run_dir / also] if also else []), meta=meta)
+
 
     def on_disk(self) -> dict[str, dict] | None:
         """What the checkpoints written by this process hold: {"last.pt": {path, step, epoch, batch,
@@ -125,7 +135,7 @@ class Checkpoints:
 
 def resume_run(run_id: int, run_dir: Path | None, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                stopper: EarlyStopping, callbacks: Sequence, device: torch.device, dist: Dist | None,
-               world_size: int) -> Position:
+               world_size: int, scaler: torch.amp.GradScaler | None = None) -> Position:
     """Load run `run_id`'s last.pt (and best.pt) into the model, optimizer, early stopping, callbacks and the
     RNG; return where it stopped. Under DDP rank 0 reads the files (no shared disk needed) and every rank
     resumes from them. A run resumes only with as many processes as it was trained by."""
@@ -143,8 +153,11 @@ def resume_run(run_id: int, run_dir: Path | None, *, model: nn.Module, optimizer
                           f"resume it with as many (trainlab train --nproc K), got {world_size}")
     if not ddp and (run_dir / "best.pt").is_file():
         best = load_checkpoint(run_dir / "best.pt", map_location=device)["model"]
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(state_for(model, ckpt["model"]))
+    best = state_for(model, best) if best is not None else None
     optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
     stopper.load_state_dict(ckpt["early_stopping"])
     for cb in callbacks:
         if hasattr(cb, "load_state_dict") and type(cb).__name__ in ckpt.get("callbacks", {}):

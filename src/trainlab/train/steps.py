@@ -1,7 +1,8 @@
 """The per-step half of the loop: one epoch of optimizer updates.
 
-Per update: the scheduled learning rate, forward and loss (bfloat16 autocast on CUDA), backward (several
-micro-batches under gradient accumulation), optional clipping, the optimizer step, the update/weight ratios
+Per update: the scheduled learning rate, forward and loss (autocast to the run's precision, see
+`precision.Execution`), backward (several micro-batches under gradient accumulation; the loss scaled by
+fp16's GradScaler, the gradients unscaled before clipping), optional clipping, the optimizer step, the update/weight ratios
 at the monitor's cadence, the callbacks' `on_step_end`, a mid-epoch `last.pt` when due. The loss stays on
 the device: `pending` holds the detached losses and `read_losses` reads them every `DRAIN` steps (one
 synchronization, one all-reduce under DDP), writes their rows and checks for divergence. A `Halt` (SIGTERM,
@@ -23,12 +24,14 @@ from torch import nn
 
 from trainlab.config import Config
 from trainlab.monitor import UpdateRatio, divergence, grad_norm, judged_parameters
-from trainlab.parallel.ddp import Dist, first_decision, mean_across
+from trainlab.parallel.ddp import Dist, any_rank, first_decision, mean_across
 from trainlab.tasks import Task
 from trainlab.train.callbacks import LoopState, Stop
 from trainlab.train.data import Batches, accumulate, epoch_order, grouped
 from trainlab.train.halt import Halt, resume_hint
+from trainlab.train.pipelined import PipelineRun
 from trainlab.train.plan import RunPlan
+from trainlab.train.precision import Execution
 from trainlab.train.record import Recorder
 from trainlab.train.resume import Checkpoints, Position
 
@@ -44,15 +47,19 @@ class Steps:
 
     def __init__(self, net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, hp: Config,
                  plan: RunPlan, batches: Batches, rec: Recorder, callbacks: Sequence, state: LoopState,
-                 ckpts: Checkpoints, dist: Dist | None, step: int, quiet: bool, halt: Halt | None = None):
+                 ckpts: Checkpoints, dist: Dist | None, step: int, quiet: bool, halt: Halt | None = None, *,
+                 execution: Execution | None = None, scaler: torch.amp.GradScaler | None = None,
+                 pipe: PipelineRun | None = None):
         self.net, self.model, self.optimizer, self.hp, self.plan, self.rec = net, model, optimizer, hp, plan, rec
         self.callbacks, self.state, self.ckpts, self.quiet, self.num_classes = callbacks, state, ckpts, quiet, task.num_classes
         self.dist = dist if dist is not None and dist.ddp else None
         self.batches = batches
         self.loss_fn = functools.partial(task.loss, label_smoothing=hp.label_smoothing) if hp.label_smoothing else task.loss
-        self.amp = batches.device.type == "cuda"
-        self.ratio = UpdateRatio(model, hp.monitor_every if not state.rank else 0)
-        self.ratio_log: dict[str, list[float]] = {n: [] for n in judged_parameters(model)}
+        self.execution = execution or Execution("fp32", "as configured", batches.device.type)
+        self.scaler, self.pipe = scaler, pipe  # pipe: this rank's stages under parallel=pipeline
+        judged = pipe.own if pipe is not None else model  # a pipeline rank judges the stages it trains
+        self.ratio = UpdateRatio(judged, hp.monitor_every if not state.rank else 0)
+        self.ratio_log: dict[str, list[float]] = {n: [] for n in judged_parameters(judged)}
         self.pending: list[torch.Tensor] = []
         self.first = step  # the update of pending[0]
         self.bar = None  # one progress bar per epoch (loss, lr), unless quiet
@@ -62,10 +69,11 @@ class Steps:
 
     def epoch(self, epoch: int, pos: Position) -> tuple[int, Stop | None]:
         """Train `epoch` from update `pos.step` and micro-batch `pos.batch`; (examples seen, a stop or None)."""
-        hp, net, model, optimizer, loss_fn, amp, ratio, pending = (self.hp, self.net, self.model, self.optimizer,
-                                                                    self.loss_fn, self.amp, self.ratio, self.pending)
+        hp, net, model, optimizer, loss_fn, ratio, pending = (self.hp, self.net, self.model, self.optimizer,
+                                                               self.loss_fn, self.ratio, self.pending)
+        autocast, scaler, channels_last, pipe = self.execution.autocast, self.scaler, self.execution.channels_last, self.pipe
         callbacks, state, dist, ckpts, halt = self.callbacks, self.state, self.dist, self.ckpts, self.halt
-        solo = dist is None  # one process reads the halt after every update; DDP ranks agree in read_losses
+        solo = dist is None and pipe is None  # one process reads the halt after every update; ranks agree in read_losses
         accum, clip, minutes = hp.accum_steps, hp.grad_clip, hp.checkpoint_every_minutes
         groups, factor, total = optimizer.param_groups, self.plan.factor, self.plan.total_updates
         step, start, seen, stop = pos.step, pos.batch, 0, None
@@ -82,23 +90,31 @@ class Steps:
                 f = factor(step)
                 for g in groups:
                     g["lr"] = g["base_lr"] * f
-                if accum > 1:  # x, y: lists of this update's micro-batches
-                    loss, n = accumulate(net, loss_fn, x, y, optimizer, amp)
+                if channels_last:
+                    x = [_cl(t) for t in x] if accum > 1 else _cl(x)
+                if pipe is not None:  # this rank's stages, forward and backward, over the pipeline's micro-batches
+                    optimizer.zero_grad(set_to_none=True)
+                    loss, n = pipe.step(x, y), len(y)
+                elif accum > 1:  # x, y: lists of this update's micro-batches
+                    loss, n = accumulate(net, loss_fn, x, y, optimizer, autocast, scaler)
                 else:
                     n = len(y)
-                    if amp:
-                        with torch.autocast("cuda", dtype=torch.bfloat16):
-                            loss = loss_fn(net(x), y)
-                    else:
+                    with autocast():
                         loss = loss_fn(net(x), y)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    (loss if scaler is None else scaler.scale(loss)).backward()
+                if scaler is not None:  # true gradients for clipping and the gradient norm
+                    scaler.unscale_(optimizer)
                 measured = ratio.before(step)
                 if clip is not None:
-                    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                    gnorm = pipe.clip(clip) if pipe is not None else torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 elif measured:
                     gnorm = grad_norm(model)
-                optimizer.step()
+                if scaler is None:
+                    optimizer.step()
+                else:  # skips the step when the fp16 gradients overflowed, and adapts the scale
+                    scaler.step(optimizer)
+                    scaler.update()
                 if measured:
                     self._ratios(step, epoch, gnorm)
                 pending.append(loss.detach())
@@ -130,6 +146,8 @@ class Steps:
             why = self.read_losses(epoch, pos)
             if why and stop is None:
                 stop = Stop("diverged", why)
+            if pipe is not None:  # the whole model on every rank, for validation and the epoch's checkpoint
+                pipe.sync()
         finally:
             pos.step = step
             if self.bar is not None:
@@ -166,7 +184,12 @@ class Steps:
             return None
         values = torch.stack(self.pending).float()
         self.pending.clear()
-        if self.dist is not None and collective:  # the halt flag rides on the losses' all-reduce: every rank agrees
+        if self.pipe is not None and not collective:  # only the last rank has the losses, and no rank may wait
+            return None
+        if self.pipe is not None:  # the loss lives on the last rank; the halt is agreed by every rank
+            values = self.pipe.losses(values).tolist()
+            self.halted = any_rank(self.pipe.dist, self.halt.reason is not None)
+        elif self.dist is not None and collective:  # the halt flag rides on the losses' all-reduce: every rank agrees
             values = mean_across(self.dist, torch.cat([values, values.new_tensor([float(self.halt.reason is not None)])]))
             values, self.halted = values[:-1].tolist(), values[-1].item() > 0
         else:
@@ -181,3 +204,8 @@ class Steps:
             self.bar.update(len(values))
             self.bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{lrs[-1]:.2e}", refresh=False)
         return divergence(values, first, pos.reference, lrs)
+
+
+def _cl(x: torch.Tensor) -> torch.Tensor:
+    """An image batch in channels-last memory format (a no-op when it already is, or is not 4-D)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
