@@ -174,14 +174,13 @@ def scores(outputs: torch.Tensor, targets: torch.Tensor, loss_fn: Callable, metr
 
 
 def for_task(hp: Config, tm: TaskMetrics) -> tuple[Config, str | None]:
-    """`hp` with early stopping on a metric the task measures: the default `val/acc` becomes the task's own
-    (`val/loss`, min, for regression) and the reason is returned to be printed; an explicit metric is kept."""
+    """`hp` with early stopping on a metric the task measures: `val/acc` (the default), when the task does not
+    measure accuracy, becomes the task's own (`val/loss`, min, for regression; the headline metric with its mode
+    otherwise), and the reason is returned to be printed; any other metric is kept as given."""
     if hp.early_stop_metric != "val/acc" or tm.early_stop[0] == "val/acc":
         return hp, None
     metric, mode = tm.early_stop
     why = (f"early stopping and the best checkpoint on {metric} ({mode}): a {tm.kind} task"
-           + ("" if tm.kind == "regression" else " that does not measure acc") + " (val/acc is not measured)")
-    update = {"early_stop_metric": metric}
-    if hp.early_stop_mode == "auto" and ("loss" in metric) != (mode == "min"):
-        update["early_stop_mode"] = mode
-    return hp.model_copy(update=update), why
+           + ("" if tm.kind == "regression" else " that does not measure acc"))
+    # the mode went with val/acc (max); the task's metric brings its own
+    return hp.model_copy(update={"early_stop_metric": metric, "early_stop_mode": mode}), why
