@@ -215,3 +215,20 @@ def test_resume_after_sigkill_is_exact_with_loader_workers_and_augmentation(tmp_
     got, want = store.metrics(1, ["train/loss"]), ref_store.metrics(1, ["train/loss"])
     assert got["train/loss"]["value"] == want["train/loss"]["value"]
     assert not math.isnan(store.run(1)["best_metric"])
+
+
+def test_the_dashboard_shows_a_regression_study_by_its_metric(sine, tmp_path):
+    from starlette.testclient import TestClient
+
+    from trainlab.dashboard.app import create_app
+
+    store = Store(tmp_path / "d.db")
+    for lr in (1e-3, 3e-3):
+        fit(sine, Config(task=_example("regression"), epochs=2, lr=lr), store=store, study="reg", quiet=True,
+            checkpoints=False)
+    with TestClient(create_app(tmp_path / "d.db", ["testserver"])) as client:
+        key = next(s["key"] for s in client.get("/api/studies").json()["studies"] if s["name"] == "reg")
+        data = client.get(f"/api/studies/{key}").json()
+    assert data["metric"] == "val/loss" and data["val_key"] == "val/mse" and data["test_key"] == "test/mse"
+    for run in data["runs"]:
+        assert run["val"] is not None and len(run["val"]["x"]) == 2, "the small chart draws val/mse per epoch"
