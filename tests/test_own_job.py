@@ -232,3 +232,37 @@ def test_the_dashboard_shows_a_regression_study_by_its_metric(sine, tmp_path):
     assert data["metric"] == "val/loss" and data["val_key"] == "val/mse" and data["test_key"] == "test/mse"
     for run in data["runs"]:
         assert run["val"] is not None and len(run["val"]["x"]) == 2, "the small chart draws val/mse per epoch"
+
+
+class _Dicts(torch.utils.data.Dataset):
+    def __init__(self, ds):
+        self.x, self.y = ds.tensors
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "label": self.y[i]}
+
+
+def _dict_task(hp):
+    mem = load_task(hp)
+    return Task(name="dicts", build_model=mem.build_model, num_classes=10, train=_Dicts(mem.train),
+                val=_Dicts(mem.val), test=_Dicts(mem.test))
+
+
+def _fit_dicts_rank(dist, hp):
+    r = fit(_dict_task(hp), hp, quiet=True, dist=dist, checkpoints=False)
+    return {"model": r.model.state_dict(), "history": r.history}
+
+
+@pytest.mark.slow
+def test_ddp_shards_a_dataset_read_by_a_dataloader_exactly(tmp_path):
+    from parallel.test_ddp import EXACT, STEPS, _max_diff, run_ranks
+
+    hp2 = Config(**EXACT, batch_size=16, steps=STEPS)
+    ranks = run_ranks(_fit_dicts_rank, hp2, tmp_path=tmp_path)
+    one = fit(load_task(Config(**EXACT)), Config(**EXACT, batch_size=32, steps=STEPS), quiet=True, checkpoints=False)
+    assert _max_diff(ranks[0]["model"], ranks[1]["model"]) == 0
+    assert _max_diff(ranks[0]["model"], one.model.state_dict()) < 1e-5, "2 x 16 from the DataLoader = 32 in memory"
+    assert ranks[0]["history"]["val/acc"] == pytest.approx(one.history["val/acc"], abs=1e-6)

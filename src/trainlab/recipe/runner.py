@@ -368,7 +368,7 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     if reason:
         recipe.say(f"{status}: {reason}")
     if final and not quiet:
-        print(f"final model: val/acc {final['val_acc']:.4f}, test/acc {final['test_acc']:.4f}; config {final['yaml']}")
+        print(f"final model: validation {final['val_acc']:.4f}, test {final['test_acc']:.4f}; config {final['yaml']}")
     recipe.say(f"report: {report} ({result.seconds:.0f} s this run, budget {budget_s:.0f} s)")
     store.close()
     return result
