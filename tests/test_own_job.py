@@ -266,3 +266,11 @@ def test_ddp_shards_a_dataset_read_by_a_dataloader_exactly(tmp_path):
     assert _max_diff(ranks[0]["model"], ranks[1]["model"]) == 0
     assert _max_diff(ranks[0]["model"], one.model.state_dict()) < 1e-5, "2 x 16 from the DataLoader = 32 in memory"
     assert ranks[0]["history"]["val/acc"] == pytest.approx(one.history["val/acc"], abs=1e-6)
+
+
+def test_a_search_over_a_regression_task_minimizes_its_loss():
+    from trainlab.search.runner import _task_metric
+
+    hp = _task_metric(Config(task=_example("regression")))
+    assert (hp.early_stop_metric, hp.mode) == ("val/loss", "min")
+    assert _task_metric(Config()).early_stop_metric == "val/acc", "built-in tasks are classifiers"
