@@ -274,3 +274,9 @@ def test_a_search_over_a_regression_task_minimizes_its_loss():
     hp = _task_metric(Config(task=_example("regression")))
     assert (hp.early_stop_metric, hp.mode) == ("val/loss", "min")
     assert _task_metric(Config()).early_stop_metric == "val/acc", "built-in tasks are classifiers"
+
+
+def test_the_ema_is_validated_on_the_tasks_metrics(sine):
+    r = fit(sine, Config(task=_example("regression"), epochs=2, ema=0.9, ema_warmup=True), quiet=True,
+            checkpoints=False)
+    assert {"val/mse_ema", "val/mae_ema", "val/loss_ema"} <= set(r.history) and "val/acc_ema" not in r.history
