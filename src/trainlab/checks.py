@@ -43,13 +43,16 @@ from trainlab.doctor.lr_range import (
     lrs_agree,
     pick_discrete_lr,
 )
-from trainlab.doctor.rules import FLAT_DROP, init_loss_verdict
+from trainlab.doctor.rules import FLAT_DROP, init_loss_verdict, init_regression_verdict
 from trainlab.schedules import exponential_ramp
 from trainlab.store import Store
 from trainlab.tasks import Task, load_task
 from trainlab.train.callbacks import Stop
+from trainlab.train.data import Feed
 from trainlab.train.evaluate import dataset_tensors
 from trainlab.train.loop import epoch_order, fit, resolve_device
+
+OVERFIT_REGRESSION_FRACTION = 0.05  # a regression has memorized its sample at a loss of 5% of its target variance (R^2 >= 0.95)
 
 __all__ = ["CheckResult", "LRTestResult", "check_init", "check_overfit", "check_lr", "LECTURE_LRS"]
 
@@ -170,18 +173,21 @@ def check_init(task: Task | None, hp: Config, store: Store | None = None, *, bat
     with _rng_kept():
         net = _fresh_model(task, hp, model).to(device)
         # the first minibatches of the first epoch, as fit() would draw them (only these are read)
-        x, y = dataset_tensors(_sample(task.train, batches * hp.batch_size, hp.seed))
+        x, y = dataset_tensors(_sample(task.train, batches * hp.batch_size, hp.seed), feed=Feed.for_task(task, hp, torch.device("cpu")))
         net.train()
         losses, logits = [], []
         with torch.no_grad():
             for i in range(0, len(y), hp.batch_size):
                 out = net(x[i:i + hp.batch_size].to(device)).float()
                 target = y[i:i + hp.batch_size].to(device)
-                if target.dtype == torch.long and (target.min() < 0 or target.max() >= out.shape[1]):
+                if task.kind == "classification" and target.dtype == torch.long and (
+                        target.min() < 0 or target.max() >= out.shape[1]):
                     losses = None
                     break
                 losses.append(float(task.loss(out, target)))
                 logits.append(out.cpu())
+    if task.kind == "regression":
+        return _check_init_regression(task, hp, losses, y, batches, store, study)
     c = task.num_classes
     labels = y.unique().tolist() if y.dtype == torch.long else []
     evidence: dict[str, Any] = {"num_classes": c, "expected": math.log(c), "batches": batches,
@@ -208,18 +214,41 @@ def check_init(task: Task | None, hp: Config, store: Store | None = None, *, bat
     return CheckResult("init", verdict, message, evidence, run_id)
 
 
+def _check_init_regression(task: Task, hp: Config, losses: list[float], y: torch.Tensor, batches: int,
+                           store: Store | None, study: str | None) -> CheckResult:
+    """A regression's initial loss against the targets' mean square and variance (`init_regression_verdict`)."""
+    yf = y.float()
+    loss = sum(losses) / len(losses)
+    judged = init_regression_verdict(loss, float(yf.pow(2).mean()), float(yf.var(unbiased=False)))
+    evidence = {"kind": "regression", "initial_loss": loss, "batch_losses": losses, "expected": judged["expected"],
+                "target_variance": float(yf.var(unbiased=False)), "target_mean": float(yf.mean()),
+                "deviation": judged["deviation"], "tolerance": judged["tolerance"], "batches": batches,
+                "examples": int(len(y)), "weight_decay": 0.0}
+    verdict = "pass" if judged["ok"] else "fail"
+    summary = {"check": "init", "verdict": verdict, "message": judged["message"], **evidence}
+    run_id = _record(store, "init", hp, summary, study)
+    return CheckResult("init", verdict, judged["message"], evidence, run_id)
+
+
 # --- check overfit ------------------------------------------------------------------------------------
 
 class _StopAtFullAccuracy:
-    """Ends the run at the first epoch whose accuracy on the small sample (held as `val`) is 100%."""
+    """Ends the run at the first epoch whose accuracy on the small sample (held as `val`) is 100%; for a
+    regression (`max_loss` given), the first whose loss on the sample is at most `max_loss` (memorized)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_loss: float | None = None) -> None:
         self.reached_at: int | None = None
+        self.max_loss = max_loss
 
     def on_step_end(self, state) -> None:
         return None
 
     def on_epoch_end(self, state) -> Stop | None:
+        if self.max_loss is not None:
+            if state.metrics.get("val/loss", float("inf")) <= self.max_loss:
+                self.reached_at = state.step
+                return Stop("completed", f"memorized the sample (loss <= {self.max_loss:.3g}) at step {state.step}")
+            return None
         if state.metrics.get("val/acc", 0.0) >= 1.0:
             self.reached_at = state.step
             return Stop("completed", f"reached 100% training accuracy at step {state.step}")
@@ -260,7 +289,11 @@ def check_overfit(task: Task | None, hp: Config, store: Store | None = None, *, 
     sample = _sample(task.train, n, hp.seed)
     small = replace(task, train=sample, val=sample)
     target = store if store is not None else Store("sqlite://")
-    stopper = _StopAtFullAccuracy()
+    max_loss = None
+    if task.kind == "regression":  # memorized: the sample's loss at most 5% of its target variance (R^2 >= 0.95)
+        ys = dataset_tensors(sample, feed=Feed.for_task(task, hp, torch.device("cpu")))[1].float()
+        max_loss = OVERFIT_REGRESSION_FRACTION * max(float(ys.var(unbiased=False)), 1e-12)
+    stopper = _StopAtFullAccuracy(max_loss)
     with _rng_kept():
         net = _fresh_model(task, hp, model)
         for m in net.modules():   # regularization off, whatever the task's model factory built in
@@ -278,7 +311,12 @@ def check_overfit(task: Task | None, hp: Config, store: Store | None = None, *, 
     if losses:
         trend = loss_trend(losses)
         evidence.update({"loss_start": losses[0], "loss_end": trend["end"]})
-    if stopper.reached_at is not None:
+    if stopper.reached_at is not None and max_loss is not None:
+        verdict = "pass"
+        message = (f"memorized {n} examples (regression: loss {losses[-1]:.3g} on them, at most "
+                   f"{OVERFIT_REGRESSION_FRACTION:.0%} of their target variance) in {stopper.reached_at} steps")
+        evidence["steps_to_100"] = stopper.reached_at
+    elif stopper.reached_at is not None:
         verdict = "pass"
         message = (f"reached 100% training accuracy on {n} examples ({evidence['batches']} minibatches) in "
                    f"{stopper.reached_at} steps, loss {losses[0]:.3g} -> {losses[-1]:.3g}")

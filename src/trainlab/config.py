@@ -104,6 +104,9 @@ class Config(BaseModel):
     channels_last: bool = Field(False, description="channels-last memory format for the model and 4-D (image) batches")
     parallel: Literal["ddp", "pipeline"] = Field("ddp", description="under --nproc K: ddp (each process a replica on its shard of the data) or pipeline (the model's stages split across processes, fed micro-batches)")
     pipeline_microbatches: int = Field(4, ge=1, description="parallel=pipeline: micro-batches per batch (GPipe); batch_size must split into them")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes for datasets that are not in-memory tensors; 0: read in the training process")
+    pin_memory: bool = Field(False, description="page-locked host batches for faster copies to a CUDA device (ignored on CPU)")
+    persistent_workers: bool = Field(False, description="keep the DataLoader workers alive between epochs (needs num_workers > 0)")
     monitor_every: int = Field(50, ge=0, description="steps between update/weight-ratio measurements; 0: off")
     checkpoint_every_minutes: float | None = Field(None, gt=0.0)
     # weight averaging and ensembles (trainlab ensemble)
@@ -163,12 +166,21 @@ class Config(BaseModel):
             raise ValueError("set warmup_steps or warmup_epochs, not both")
         return self
 
+    @field_validator("persistent_workers")
+    @classmethod
+    def _persistent_workers(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and not info.data.get("num_workers"):
+            raise ValueError("needs num_workers > 0 (workers to keep alive), but num_workers is "
+                             f"{info.data.get('num_workers')!r}")
+        return value
+
     @property
     def mode(self) -> str:
-        """Direction of the early-stopping metric: 'min' for losses, 'max' otherwise."""
+        """Direction of the early-stopping metric: 'min' for losses and errors (loss, mse, mae, err), 'max' otherwise."""
         if self.early_stop_mode != "auto":
             return self.early_stop_mode
-        return "min" if "loss" in self.early_stop_metric else "max"
+        name = self.early_stop_metric.rsplit("/", 1)[-1].lower()
+        return "min" if any(w in name for w in ("loss", "mse", "mae", "err")) else "max"
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")

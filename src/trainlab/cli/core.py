@@ -62,10 +62,15 @@ def cmd_train(args) -> int:
 # --- runs ---------------------------------------------------------------------------------------
 
 def _run_row(run: dict) -> dict:
-    seconds = (run.get("summary") or {}).get("seconds")
+    """A run's line: its best value named by the metric it was chosen on (`early_stop_metric`: val/acc, or
+    val/loss for a regression task), and the test result of the task's headline metric (acc, mse, ...)."""
+    summary = run.get("summary") or {}
+    seconds = summary.get("seconds")
+    headline = (summary.get("metrics") or {}).get("headline", "acc")
     return {"id": run["id"], "name": run["name"], "study": run.get("study"), "status": run["status"],
-            "best_val": run["best_metric"], "epochs": run["epochs"],
-            "test_acc": (run.get("summary") or {}).get("test/acc"),
+            "metric": (run.get("hparams") or {}).get("early_stop_metric"), "best": run["best_metric"],
+            "test_metric": f"test/{headline}", "test": summary.get(f"test/{headline}"),
+            "best_val": run["best_metric"], "test_acc": summary.get("test/acc"), "epochs": run["epochs"],
             "duration_s": round(seconds, 1) if seconds is not None else None}
 
 
@@ -104,7 +109,8 @@ def cmd_runs(args) -> int:
     if args.json:
         print_json(rows)
     elif rows:
-        print(table(rows, ["id", "name", "study", "status", "best_val", "test_acc", "epochs", "duration_s"]))
+        print(table(rows, ["id", "name", "study", "status", "metric", "best", "test_metric", "test", "epochs",
+                           "duration_s"]))
     else:
         print(f"no runs in {store.url}")
     return 0

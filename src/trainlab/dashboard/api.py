@@ -19,7 +19,7 @@ from trainlab.store import RUN_STATUSES, Store
 
 __all__ = ["STUDY_POINTS", "COMPARE_POINTS", "COMPARE_MAX_RUNS", "NO_STUDY", "NO_STUDY_NAME", "CHECKS", "CHECKS_NAME",
            "LOSS_KEY", "VAL_KEY", "LOG_SPAN", "info", "studies", "study", "run", "run_metrics", "compare", "axis",
-           "varying", "run_fields", "dumps", "study_series", "run_series", "pseudo_study"]
+           "varying", "task_metric", "run_fields", "dumps", "study_series", "run_series", "pseudo_study"]
 
 STUDY_POINTS = 150     # buckets per series on the study page's small charts
 STUDY_DIGITS = 5       # significant digits of the study page's values (run pages get them all)
@@ -101,7 +101,8 @@ def study(store: Store, cache: SeriesCache, doctor: Doctor, key: str, *, points:
     hparams = varying(runs)
     if status is not None:
         runs = [r for r in runs if r["status"] == status]
-    series = cache.get(runs, (LOSS_KEY, VAL_KEY), points, study_series)
+    head_metric = task_metric(runs)
+    series = cache.get(runs, (LOSS_KEY, f"val/{head_metric}"), points, study_series)
     metrics = {r["hparams"].get("early_stop_metric") for r in runs}
     out_runs, pending = [], []
     for r in runs:
@@ -118,6 +119,7 @@ def study(store: Store, cache: SeriesCache, doctor: Doctor, key: str, *, points:
         "status_counts": counts,
         "hparams": hparams,
         "metric": metrics.pop() if len(metrics) == 1 and None not in metrics else "best metric",
+        "val_key": f"val/{head_metric}", "test_key": f"test/{head_metric}",
         "running": any(r["status"] == "running" for r in runs),
         "doctor": {"available": doctor.available, "pending": len(pending)},
     })
@@ -201,17 +203,26 @@ def dumps(obj: Any, *, safe: bool = False) -> str:
     return json.dumps(obj if safe else json_safe(obj), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def task_metric(runs: list[dict]) -> str:
+    """The headline metric of the runs' task (what fit() stores in the summary's "metrics": acc, mse, ...):
+    the study's charts and columns show it; "acc" for runs from before it was stored or for mixed tasks."""
+    heads = {((r.get("summary") or {}).get("metrics") or {}).get("headline", "acc") for r in runs}
+    return heads.pop() if len(heads) == 1 else "acc"
+
+
 def study_series(got: dict[str, dict]) -> str:
-    """A run's series for the study page's small chart, as the JSON text of '"loss":...,"val":...'.
+    """A run's series for the study page's small chart, as the JSON text of '"loss":...,"val":...'; "val" is
+    the other key asked for (val/acc, or the task's headline metric, e.g. val/mse).
 
     5 significant digits (a 260-pixel chart shows 3), and only what the chart draws.
     """
     loss = val = None
+    val_key = next((k for k in got if k != LOSS_KEY), VAL_KEY)
     if LOSS_KEY in got:
         loss = plot_series(got[LOSS_KEY], smooth=True, digits=STUDY_DIGITS)
         del loss["mean"]
-    if VAL_KEY in got:
-        val = plot_series(got[VAL_KEY], digits=STUDY_DIGITS)
+    if val_key in got:
+        val = plot_series(got[val_key], digits=STUDY_DIGITS)
         del val["lo"], val["hi"]
     return dumps({"loss": loss, "val": val}, safe=True)[1:-1]
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from trainlab.doctor.curves import json_safe, loss_trend, moving_average, slope_rise
 
-__all__ = ["Finding", "diagnose", "init_loss_verdict", "INIT_LOSS_TOLERANCE", "RATIO_BAND", "RatioWarning",
+__all__ = ["Finding", "diagnose", "init_loss_verdict", "init_regression_verdict", "INIT_LOSS_TOLERANCE", "RATIO_BAND", "RatioWarning",
            "ratio_warnings"]
 
 # --- the learning-curve doctor ---------------------------------------------------------------------
@@ -120,6 +120,32 @@ def init_loss_verdict(loss: float, num_classes: int, tolerance: float = INIT_LOS
     else:
         why = ("lower than chance: labels do not match the number of classes, the loss is not a "
                "cross-entropy over them, or the model was not freshly initialized")
+    return {"ok": ok, "expected": expected, "deviation": dev, "tolerance": tolerance, "message": f"{head}: {why}"}
+
+
+def init_regression_verdict(loss: float, target_mean_square: float, target_variance: float,
+                            tolerance: float = INIT_LOSS_TOLERANCE) -> dict[str, Any]:
+    """Judge an initial squared-error loss of a regression: outputs near 0 at initialization give mean(y^2),
+    the target variance plus the square of its mean (the variance alone is the loss of predicting the mean).
+
+    Passes when the loss is at most (1 + tolerance) x mean(y^2): above it, the outputs start too large. A mean
+    far from 0 (mean^2 above the variance) is said too: standardized targets train faster.
+
+    >>> init_regression_verdict(1.05, 1.0, 1.0)["ok"], init_regression_verdict(30.0, 1.0, 1.0)["ok"]
+    (True, False)
+    """
+    expected = max(target_mean_square, 1e-12)
+    if not math.isfinite(loss):
+        return {"ok": False, "expected": expected, "deviation": math.inf, "tolerance": tolerance,
+                "message": f"initial loss is {loss}: the model's output is not finite at initialization"}
+    dev = (loss - expected) / expected
+    ok = dev <= tolerance
+    head = (f"initial loss {loss:.3g} (regression), expected about {expected:.3g} = mean(target^2) for outputs near 0 "
+            f"(the target variance is {target_variance:.3g}, the loss of predicting the mean; tolerance {tolerance:.0%})")
+    why = "initialization looks right" if ok else "the outputs start too large (scale down the last layer's initialization)"
+    if target_mean_square - target_variance > target_variance:
+        why += (f"; the targets' mean ({math.sqrt(max(target_mean_square - target_variance, 0.0)):.3g}) is far from 0: "
+                "standardize them (subtract the mean, divide by the std)")
     return {"ok": ok, "expected": expected, "deviation": dev, "tolerance": tolerance, "message": f"{head}: {why}"}
 
 
@@ -257,13 +283,17 @@ def _rule_train_longer(tr_acc, va_acc, va_loss) -> Finding | None:
 
 
 def _rule_overfitting(tr_acc, va_acc, va_loss, tr_loss) -> Finding | None:
-    (ep, va), tr = va_acc, tr_acc[1]
-    n = min(len(va), len(tr))
-    if n < 1:
-        return None
-    k = min(n, 3)
-    gap = float(np.nanmean(tr[n - k:n] - va[n - k:n]))
-    reasons, numbers = [], {"gap": gap, "epochs": [int(ep[n - k]), int(ep[n - 1])]}
+    """The accuracy gap (when accuracy is measured) and a rising val/loss (any task: a regression has no
+    accuracy, so only its loss curves are judged)."""
+    reasons, numbers, gap = [], {}, 0.0
+    if tr_acc is not None and va_acc is not None:
+        (ep, va), tr = va_acc, tr_acc[1]
+        n = min(len(va), len(tr))
+        if n < 1:
+            return None
+        k = min(n, 3)
+        gap = float(np.nanmean(tr[n - k:n] - va[n - k:n]))
+        numbers = {"gap": gap, "epochs": [int(ep[n - k]), int(ep[n - 1])]}
     if gap >= GAP_ACC:
         reasons.append(f"train/acc {np.nanmean(tr[n - k:n]):.3f} vs val/acc {np.nanmean(va[n - k:n]):.3f} "
                        f"(gap {gap * 100:.0f} points) over epochs {int(ep[n - k])}-{int(ep[n - 1])}")
@@ -323,7 +353,8 @@ def diagnose(curves: Mapping[str, Any], num_classes: int | None = None) -> list[
 
     `curves` maps metric keys to store-style dicts ({"step": [...], "epoch": [...], "value": [...]}) or
     plain sequences: "train/loss" and "lr" per step; "train/acc", "val/acc", "val/loss",
-    "train/loss_eval" per epoch (any may be missing: its rules are skipped). `num_classes` enables the
+    "train/loss_eval" per epoch (any may be missing: its rules are skipped; a regression task has no accuracy
+    curves, so only the loss rules judge it, overfitting by its val/loss). `num_classes` enables the
     initial-loss rule. Noisy per-step losses are judged on a moving average (`loss_trend`).
 
     Rules (thresholds are the module constants above):
@@ -357,6 +388,8 @@ def diagnose(curves: Mapping[str, Any], num_classes: int | None = None) -> list[
         for f in (_rule_slow_start(loss, lr), _rule_lr_too_low(loss, lr, train_end, num_classes)):
             if f is not None:
                 findings.append(f)
+    if (tr_acc is None or va_acc is None) and va_loss is not None:  # no accuracy (regression): the loss rule only
+        findings += [f for f in (_rule_overfitting(None, None, va_loss, tr_loss),) if f is not None]
     if tr_acc is not None and va_acc is not None:
         too_low = any(f.name == "lr_too_low" for f in findings)
         overfit = _rule_overfitting(tr_acc, va_acc, va_loss, tr_loss)

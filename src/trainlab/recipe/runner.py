@@ -301,7 +301,7 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     after a failed check. Ctrl-C stops cleanly: the result's status is "interrupted" and the report
     shows what was done. Raises ConfigError for bad input, before anything is written.
     """
-    from trainlab.tasks import load_task
+    from trainlab.tasks import load_task, model_label
     from trainlab.train.plan import RunPlan
 
     if not isinstance(budget_minutes, (int, float)) or not math.isfinite(budget_minutes) or budget_minutes <= 0:
@@ -335,7 +335,7 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     recipe = _Recipe(steps, budget_s, force, quiet, spent)
     plan = plan_budget(budget_s)
     resumed = sum(1 for r in recipe.done.values() if r["status"] == "completed")
-    recipe.say(f"trainlab recipe: {task.name}/{hp.model}, budget {budget_minutes:g} min, {workers} worker"
+    recipe.say(f"trainlab recipe: {task.name}/{model_label(task, hp)}, budget {budget_minutes:g} min, {workers} worker"
                f"{'s' if workers > 1 else ''}; study {study}" + (f" (resumed: {resumed} steps done, "
                                                                   f"{spent:.0f} s spent)" if resumed else "")
                + f"; report {out}/index.html")
@@ -368,7 +368,7 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     if reason:
         recipe.say(f"{status}: {reason}")
     if final and not quiet:
-        print(f"final model: val/acc {final['val_acc']:.4f}, test/acc {final['test_acc']:.4f}; config {final['yaml']}")
+        print(f"final model: validation {final['val_acc']:.4f}, test {final['test_acc']:.4f}; config {final['yaml']}")
     recipe.say(f"report: {report} ({result.seconds:.0f} s this run, budget {budget_s:.0f} s)")
     store.close()
     return result

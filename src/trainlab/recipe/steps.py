@@ -126,6 +126,15 @@ class Steps:
     updates_per_epoch: int    # of a search's training (its RunPlan): the cost model's epochs from steps
     warmup_s: float = 0.0     # torch's one-time start-up cost in this process (a worker pays it again)
 
+    @property
+    def metric(self) -> tuple[str, str]:
+        """(name, mode) of what the recipe's runs are judged by: val/acc (max), or the task's own (a regression:
+        val/loss, min; `metrics.for_task`)."""
+        from trainlab.metrics import for_task
+
+        hp = for_task(self.hp, self.task.task_metrics)[0]
+        return hp.early_stop_metric, hp.mode
+
     def costs(self, call: Call) -> CostModel:
         """The cost model as of this call: what the steps before it measured."""
         return CostModel(self.workers, self.updates_per_epoch, self.warmup_s,
@@ -256,7 +265,7 @@ class Steps:
                   "counts": res.counts, **measured}
             return StepResult("coarse", 4, STEP_TITLES[4], "done", msg, ev)
         best = ranked[0]
-        msg = (f"best lr {best['lr']:.3g}, weight decay {best['weight_decay']:g}: val/acc {best['value']:.4f} after "
+        msg = (f"best lr {best['lr']:.3g}, weight decay {best['weight_decay']:g}: {self.metric[0]} {best['value']:.4f} after "
                f"{best['epochs']} epochs ({len(plan['lrs'])} rates x {len(plan['wds'])} weight decays, "
                f"{plan['epochs']} epochs" + (", successive halving" if plan["prune"] == "sha" else "") + ")")
         ev = {**plan, "rows": rows, "ranked": [r for r in ranked[:3]], "best": best, "search_seconds": res.seconds,
@@ -312,14 +321,15 @@ class Steps:
         new_incumbent = best
         improved = None
         if incumbent is not None:
-            improved = _finite(incumbent["mean"]) is None or best["mean"] > incumbent["mean"]
+            better = (best["mean"] < incumbent["mean"]) if self.metric[1] == "min" else (best["mean"] > incumbent["mean"])
+            improved = _finite(incumbent["mean"]) is None or better
             if not improved:
                 new_incumbent = incumbent
         folds = ", ".join(f"{v:.4f}" for v in best["folds"].values() if v is not None)
         msg = (f"best lr {best['point']['lr']:.3g}, weight decay {best['point']['weight_decay']:g}"
                + (f", width {plan['width']}" if plan["width"] else "")
                + (f", dropout {plan['dropout']:g}" if plan["dropout"] else "")
-               + f": mean val/acc {best['mean']:.4f} +- {best['std']:.4f} over {len(best['folds'])} folds ({folds}); "
+               + f": mean {self.metric[0]} {best['mean']:.4f} +- {best['std']:.4f} over {len(best['folds'])} folds ({folds}); "
                f"{n_points} configs x {len(FOLDS)} folds, {plan['epochs']} epochs, constant lr"
                + (" (shortened to fit the budget)" if plan.get("short") else ""))
         if improved is not None:
@@ -375,7 +385,7 @@ class Steps:
         ev["continue"] = go
         msg = (f"back to step 5: {why}" if go else why) + \
             f"; chosen so far: lr {incumbent['point']['lr']:.3g}, weight decay {incumbent['point']['weight_decay']:g}, " \
-            f"mean val/acc {_acc(incumbent['mean'])}"
+            f"mean {self.metric[0]} {_acc(incumbent['mean'])}"
         return StepResult(f"loop-{k}", 7, STEP_TITLES[7], "continue" if go else "stop", msg, ev)
 
     # ---- the final model
@@ -411,17 +421,17 @@ class Steps:
         yaml_path = self.out / "final.yaml"
         self.out.mkdir(parents=True, exist_ok=True)
         header = (f"# trainlab recipe, study {self.study}: the final config (train it with: trainlab train {yaml_path.name})\n"
-                  f"# chosen on validation: mean val/acc {_acc(incumbent['mean'])} +- {_acc(incumbent['std'])} over folds "
+                  f"# chosen on validation: mean {self.metric[0]} {_acc(incumbent['mean'])} +- {_acc(incumbent['std'])} over folds "
                   f"{', '.join(sorted(incumbent['folds']))} (constant lr, {incumbent['point']['epochs']} epochs); "
-                  f"final model val/acc {val_mean:.4f}, test/acc {ens.ensemble_acc:.4f}\n")
+                  f"final model {self.metric[0]} {val_mean:.4f}, test/{ens.metric} {ens.ensemble_acc:.4f}\n")
         yaml_path.write_text(header + hp_final.to_yaml())
         kind = f"ensemble of {len(usable)} (one per validation fold)" if len(usable) > 1 else "one model"
         cut = [m for m in usable if m["status"] == "stopped"]
         if cut:
             kind += (f" (cut at the budget after {min(m['epochs'] for m in cut)} of {plan['epochs']} epochs: "
                      "the decay did not finish)")
-        msg = (f"{kind}: val/acc {val_mean:.4f}" + (f" +- {val_std:.4f}" if len(usable) > 1 else "")
-               + f", test/acc {ens.ensemble_acc:.4f}; lr {plan['point']['lr']:.3g}, weight decay "
+        msg = (f"{kind}: {self.metric[0]} {val_mean:.4f}" + (f" +- {val_std:.4f}" if len(usable) > 1 else "")
+               + f", test/{ens.metric} {ens.ensemble_acc:.4f}; lr {plan['point']['lr']:.3g}, weight decay "
                f"{plan['point']['weight_decay']:g}, cosine over {plan['epochs']} epochs, patience {plan['patience']}")
         ev = {**plan, "members": members, "val_acc": val_mean, "val_std": val_std, "test_acc": ens.ensemble_acc,
               "test_loss": ens.ensemble_loss, "test_n": ens.n, "ensemble": len(usable) > 1, "config": hp_final.model_dump(mode="json"),

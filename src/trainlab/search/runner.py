@@ -153,6 +153,17 @@ def run_search(hp: Config | None = None, space: Space | Mapping[str, str] | str 
         optuna.logging.set_verbosity(verbosity)
 
 
+def _task_metric(base: Config) -> Config:
+    """`base` with the metric its task is judged by (a regression task: val/loss, min), so the study's direction
+    is the one the trials' `fit` uses (`metrics.for_task`). Built-in tasks are classifiers: nothing to load."""
+    from trainlab.metrics import for_task
+    from trainlab.tasks import BUILTIN_TASKS, load_task
+
+    if base.early_stop_metric != "val/acc" or base.task in BUILTIN_TASKS:
+        return base
+    return for_task(base, load_task(base).task_metrics)[0]
+
+
 def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, prune, epochs, seed, runs_dir,
                 checkpoints, heartbeat_s, grace_s, quiet, deadline=None) -> SearchResult:
     started = time.perf_counter()
@@ -179,6 +190,7 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
         base = hp if hp is not None else Config()
         if epochs is not None:
             base = apply_overrides(base, {"epochs": epochs})
+        base = _task_metric(base)
         if isinstance(space, (str, os.PathLike)):
             from trainlab.search.space import load_space
 

@@ -40,7 +40,8 @@ from trainlab.checkpoint import plain_state_dict, save_checkpoint
 from trainlab.config import Config, ConfigError
 from trainlab.train.callbacks import LoopState
 from trainlab.train.early_stopping import EarlyStopping
-from trainlab.train.evaluate import dataset_tensors, evaluate
+from trainlab.train.data import Feed
+from trainlab.train.evaluate import dataset_tensors, eval_data, evaluate
 from trainlab.train.plan import RunPlan
 
 __all__ = ["EMA", "Snapshots", "EMA_METRICS", "BN_EXAMPLES", "callbacks_for", "ema_decay", "ema_update_",
@@ -153,15 +154,18 @@ class EMA:
         self._measured = {}
         if self.averaged is None:  # no optimizer step yet
             return {}
-        if self._val is None:
-            self._val = dataset_tensors(state.task.val, state.device)
+        feed = Feed.for_task(state.task, state.hp, state.device)
+        if self._val is None:  # in-memory tensors on the device, or the dataset read in batches (data.Feed)
+            self._val = eval_data(state.task.val, state.device, feed)
         if _has_batchnorm(self.averaged.module):
             if self._bn_inputs is None:
-                self._bn_inputs = _bn_inputs(state.task.train, state.hp.seed, state.device)
+                self._bn_inputs = _bn_inputs(state.task.train, state.hp.seed, state.device, feed)
             recompute_bn(self.averaged.module, self._bn_inputs)
+        metrics = state.task.task_metrics.metrics  # acc; or the task's own (a regression: mse, mae)
         val = evaluate(self.averaged.module, state.task.val, loss_fn=state.task.loss, device=state.device,
-                       data=self._val)
-        self._measured = {"val/acc_ema": val["acc"], "val/loss_ema": val["loss"]}
+                       data=self._val, metrics=metrics, feed=feed)
+        self._measured = {f"val/{m.name}_ema": val[m.name] for m in metrics}
+        self._measured["val/loss_ema"] = val["loss"]
         return dict(self._measured)
 
     def on_epoch_end(self, state: LoopState) -> None:
@@ -198,13 +202,13 @@ class EMA:
             self.tracker.load_state_dict(state["tracker"])
 
 
-def _bn_inputs(train: Dataset, seed: int, device: torch.device) -> torch.Tensor:
+def _bn_inputs(train: Dataset, seed: int, device: torch.device, feed: Feed | None = None) -> torch.Tensor:
     """A fixed random subset of at most BN_EXAMPLES training inputs (the same for a given seed)."""
     n = len(train)
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:BN_EXAMPLES].sort().values
     if isinstance(train, TensorDataset):
         return train.tensors[0][idx].to(device)
-    return dataset_tensors(Subset(train, idx.tolist()), device)[0]
+    return dataset_tensors(Subset(train, idx.tolist()), device, feed)[0]
 
 
 def snapshot_steps(hp: Config, steps_per_epoch: int, world_size: int = 1) -> list[int]:

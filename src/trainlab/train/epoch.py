@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from trainlab.config import Config, ConfigError
-from trainlab.parallel.ddp import Dist, first_decision, reduce_means, shard_tensors
+from trainlab.parallel.ddp import Dist, first_decision, reduce_means
 from trainlab.tasks import Task
 from trainlab.train.callbacks import LoopState, Stop
-from trainlab.train.data import train_subset
+from trainlab.train.data import TRAIN_EVAL_EXAMPLES, Feed, train_subset
 from trainlab.train.early_stopping import EarlyStopping
-from trainlab.train.evaluate import dataset_tensors, evaluate
+from trainlab.train.evaluate import EvalData, eval_count, eval_data, evaluate
 from trainlab.train.halt import Halt, resume_hint
 from trainlab.train.record import Recorder
 from trainlab.train.resume import Checkpoints, Position
@@ -40,26 +40,25 @@ def callback_summary(callbacks: Sequence) -> dict[str, Any]:
     return out
 
 
-Tensors = tuple[torch.Tensor, torch.Tensor]
-
-
-def held_out(task: Task, device: torch.device, dist: Dist | None) -> tuple[Tensors, Tensors]:
-    """(validation, train-eval): the validation split and up to `data.TRAIN_EVAL_EXAMPLES` training examples
-    as tensors on `device`, held for the whole run; under DDP each rank's shard of them."""
-    val = dataset_tensors(task.val, device)
-    train_eval = dataset_tensors(train_subset(task.train, len(task.val)), device)
-    if dist is not None and dist.ddp:  # each rank evaluates its share of the examples; reduce_means combines them
-        val, train_eval = shard_tensors(val, dist.rank, dist.world_size), shard_tensors(train_eval, dist.rank, dist.world_size)
+def held_out(task: Task, device: torch.device, dist: Dist | None, feed: Feed) -> tuple[EvalData, EvalData]:
+    """(validation, train-eval): the validation split and up to `data.TRAIN_EVAL_EXAMPLES` training examples,
+    held for the whole run: in-memory tensors on `device`, other datasets read in batches at each evaluation;
+    under DDP each rank's shard of them."""
+    rank, world = (dist.rank, dist.world_size) if dist is not None and dist.ddp else (0, 1)
+    n_val = len(task.val) if hasattr(task.val, "__len__") else TRAIN_EVAL_EXAMPLES
+    val = eval_data(task.val, device, feed, rank, world)
+    train_eval = eval_data(train_subset(task.train, n_val), device, feed, rank, world)
     return val, train_eval
 
 
 class EpochEnd:
     """Called once per epoch, after its last update: returns the decision to stop (or None).
-    `data` is `held_out(...)`: what validation and train/acc are measured on."""
+    `data` is `held_out(...)`: what validation and the training metrics are measured on."""
 
     def __init__(self, task: Task, hp: Config, model: nn.Module, device: torch.device, dist: Dist | None,
-                 data: tuple[Tensors, Tensors], callbacks: Sequence, stopper: EarlyStopping, recorder: Recorder,
-                 checkpoints: Checkpoints, verbose: bool, halt: Halt | None = None, autocast: Callable = nullcontext):
+                 data: tuple[EvalData, EvalData], callbacks: Sequence, stopper: EarlyStopping, recorder: Recorder,
+                 checkpoints: Checkpoints, verbose: bool, halt: Halt | None = None, autocast: Callable = nullcontext,
+                 feed: Feed | None = None):
         self.task, self.hp, self.model, self.device = task, hp, model, device
         self.dist = dist if dist is not None and dist.ddp else None
         self.val, self.train_eval = data
@@ -67,18 +66,26 @@ class EpochEnd:
         self.measuring = [cb for cb in callbacks if hasattr(cb, "epoch_metrics")]
         self.halt = halt or Halt()
         self.autocast = autocast  # validation in the run's precision
+        self.feed = feed or Feed(device=device)
+        self.metrics = task.task_metrics.metrics
 
     def _validate(self, seen: int, seconds: float) -> dict[str, float]:
-        task, model, device = self.task, self.model, self.device
+        task, model, device, ms, feed = self.task, self.model, self.device, self.metrics, self.feed
         with self.autocast():
-            val = evaluate(model, task.val, loss_fn=task.loss, device=device, data=self.val)
-            tr = evaluate(model, task.train, loss_fn=task.loss, device=device, data=self.train_eval)
+            val = evaluate(model, task.val, loss_fn=task.loss, device=device, data=self.val, metrics=ms, feed=feed)
+            tr = evaluate(model, task.train, loss_fn=task.loss, device=device, data=self.train_eval, metrics=ms,
+                          feed=feed)
         world = 1
         if self.dist is not None:  # sums over every rank's shard: the same numbers on every rank, so decisions agree
-            val, tr = reduce_means(self.dist, val, len(self.val[1])), reduce_means(self.dist, tr, len(self.train_eval[1]))
+            val = reduce_means(self.dist, val, eval_count(self.val))
+            tr = reduce_means(self.dist, tr, eval_count(self.train_eval))
             world = self.dist.world_size
-        return {"val/loss": val["loss"], "val/acc": val["acc"], "train/acc": tr["acc"], "train/loss_eval": tr["loss"],
-                "epoch_time_s": seconds, "samples_per_s": seen * world / seconds if seconds > 0 else float("nan")}
+        out = {"val/loss": val["loss"]}
+        out.update({f"val/{m.name}": val[m.name] for m in ms})
+        out.update({f"train/{m.name}": tr[m.name] for m in ms})
+        out.update({"train/loss_eval": tr["loss"], "epoch_time_s": seconds,
+                    "samples_per_s": seen * world / seconds if seconds > 0 else float("nan")})
+        return out
 
     def __call__(self, state: LoopState, pos: Position, seen: int, seconds: float, stop: Stop | None) -> Stop | None:
         """End epoch `state.epoch` at update `pos.step`, after `seen` examples in `seconds`; `stop` is what the
@@ -106,8 +113,10 @@ class EpochEnd:
         else:
             self.ckpts.save("last.pt", pos)
         if self.verbose:
-            print(f"epoch {epoch + 1}/{state.plan.epochs}  val/acc {metrics['val/acc']:.4f}  "
-                  f"val/loss {metrics['val/loss']:.4f}  train/acc {metrics['train/acc']:.4f}  "
+            head = self.metrics[0].name if self.metrics else None
+            shown = (f"val/{head} {metrics[f'val/{head}']:.4f}  " if head else "") + f"val/loss {metrics['val/loss']:.4f}  "
+            shown += f"train/{head} {metrics[f'train/{head}']:.4f}  " if head else ""
+            print(f"epoch {epoch + 1}/{state.plan.epochs}  {shown}"
                   f"lr {state.plan.lr(max(step - 1, 0)):.2e}  {metrics['samples_per_s']:.0f} samples/s")
         final = Stop("completed", decision.reason) if decision.stop else stop
         if self.halt.reason is None and (why := self.rec.halt_reason()):

@@ -29,10 +29,11 @@ from trainlab.monitor import ratio_warnings
 from trainlab.optim import build_optimizer
 from trainlab.parallel.ddp import Dist, apply_sync_bn, batchnorm_warning, wrap_ddp
 from trainlab.store import Store
-from trainlab.tasks import Task, load_task
+from trainlab.metrics import for_task
+from trainlab.tasks import Task, checked, load_task, model_label
 from trainlab.train.averaging import callbacks_for
 from trainlab.train.callbacks import Callback, LoopState, Stop
-from trainlab.train.data import Batches, epoch_order
+from trainlab.train.data import Batches, Feed, check_data, epoch_order
 from trainlab.train.early_stopping import EarlyStopping
 from trainlab.train.epoch import EpochEnd, callback_summary, held_out
 from trainlab.train.evaluate import evaluate
@@ -100,17 +101,21 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     if rank:  # only rank 0 writes, tests and prints
         store, quiet, evaluate_test = None, True, False
     device = dist.device if ddp else resolve_device(hp.device)
-    task = task or load_task(hp)
+    task = checked(task, hp) if task is not None else load_task(hp)
+    hp, metric_note = for_task(hp, task.task_metrics)  # early stopping on what the task measures
+    feed = Feed.for_task(task, hp, device)
+    check_data(task, hp, feed)  # bad data: one line, before anything is stored
     callbacks = [*callbacks_for(hp), *callbacks]  # EMA and snapshots, when hp asks for them
     pipelined = hp.parallel == "pipeline" and check_pipeline(hp, dist)  # a ConfigError before anything is stored
     model, optimizer, net, ex = _build(task, hp, model, optimizer, device, None if pipelined else dist, world)
     pipe = PipelineRun(model, hp, dist, task.loss, optimizer) if pipelined else None  # every rank sees every batch
     ex, (data_rank, data_world) = ex.with_pipeline(pipe), ((0, 1) if pipelined else (rank, world))
     plan = RunPlan.resolve(hp, len(task.train), data_world, factor=schedule, execution=ex)  # derived once
-    batches = Batches(task.train, hp.batch_size, device, data_rank, data_world)
-    data = held_out(task, device, dist)
-    rec = Recorder.open(store, hp, plan, name=name or f"{task.name}-{hp.model}", study=study, kind=kind,
-                        resume=resume, runs_dir=runs_dir if checkpoints else None, dist=dist)
+    batches = Batches(task.train, hp.batch_size, device, data_rank, data_world, feed, task.train_transform, hp.seed)
+    data, label = held_out(task, device, dist, feed), model_label(task, hp, model)
+    rec = Recorder.open(store, hp, plan, name=name or f"{task.name}-{label}", study=study, kind=kind,
+                        resume=resume, runs_dir=runs_dir if checkpoints else None, dist=dist,
+                        metrics=task.task_metrics.summary())
     state = LoopState(hp, task, model, optimizer, device, rec.run_id, rec.run_dir, plan.updates_per_epoch,
                       plan.total_updates, rank=rank, world_size=world, plan=plan)
     stopper = EarlyStopping(hp.early_stop_metric, hp.mode, hp.patience, hp.min_delta)
@@ -122,12 +127,14 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     ckpts = Checkpoints(rec.run_dir, hp, model, optimizer, stopper, callbacks, world, flush=rec.flush, scaler=scaler,
                         gather=pipe.gather if pipe else None)
     if not quiet:
-        print("\n".join(plan.describe(hp, f"run {rec.run_id}" if rec.run_id is not None else "run", task.name)))
+        print("\n".join(plan.describe(hp, f"run {rec.run_id}" if rec.run_id is not None else "run", task.name, label)))
+        if metric_note:
+            print(f"  {metric_note}")
     halt = Halt()  # SIGTERM, the store's memory bound: a clean stop at the next update
     steps = Steps(net, model, optimizer, task, hp, plan, batches, rec, callbacks, state, ckpts, dist, pos.step, quiet,
                   halt, execution=ex, scaler=scaler, pipe=pipe)
     end_epoch = EpochEnd(task, hp, model, device, dist, data, callbacks, stopper, rec, ckpts, not quiet, halt,
-                         autocast=ex.autocast)
+                         autocast=ex.autocast, feed=feed)
 
     status, reason = "completed", None
     try:
@@ -160,14 +167,15 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     for cb in callbacks:
         cb.on_fit_end(state)
     with ex.autocast():
-        test = evaluate(model, task.test, loss_fn=task.loss, device=device) if evaluate_test else None
-    epochs = len(pos.history.get("val/acc", []))  # completed, resumed ones included (history is checkpointed)
+        test = evaluate(model, task.test, loss_fn=task.loss, device=device, metrics=task.task_metrics.metrics,
+                        feed=feed) if evaluate_test else None
+    epochs = len(pos.history.get("val/loss", []))  # completed, resumed ones included (history is checkpointed)
     layer_warnings, best_path = ratio_warnings(steps.ratio_log), ckpts.best_path()
     rec.finish(status, reason, steps=pos.step, seconds=time.perf_counter() - started, num_classes=task.num_classes,
                test=test, best=stopper.best, best_epoch=stopper.best_epoch, epochs=epochs, checkpoint=best_path,
                warnings=layer_warnings, summary=callback_summary(callbacks))
     if not quiet:
-        _print_end(hp, status, reason, stopper, test, layer_warnings)
+        _print_end(hp, status, reason, stopper, test, layer_warnings, task.task_metrics.summary()["headline"])
     return FitResult(rec.run_id, status, reason, stopper.best, stopper.best_epoch, epochs, pos.step, test,
                      pos.history, best_path, model, time.perf_counter() - started, rank=rank)
 
@@ -198,8 +206,9 @@ def _build(task: Task, hp: Config, model: nn.Module | None, optimizer: torch.opt
     return model, optimizer, ex.wrap(wrap_ddp(model, dist) if ddp else model), ex
 
 
-def _print_end(hp: Config, status: str, reason: str | None, stopper: EarlyStopping, test, layer_warnings) -> None:
-    tail = f", test/acc {test['acc']:.4f}" if test else ""
+def _print_end(hp: Config, status: str, reason: str | None, stopper: EarlyStopping, test, layer_warnings,
+               headline: str = "acc") -> None:
+    tail = f", test/{headline} {test[headline]:.4f}" if test else ""
     best = f"best {hp.early_stop_metric} {stopper.best:.4f} at epoch {stopper.best_epoch}" \
         if stopper.best is not None else "no validation"
     print(f"{status}: {best}{tail}" + (f" ({reason})" if reason else ""))

@@ -84,11 +84,11 @@ class RunPlan:
             out["execution"] = self.execution.summary()
         return out
 
-    def describe(self, hp: Config, who: str, task_name: str) -> list[str]:
+    def describe(self, hp: Config, who: str, task_name: str, model_name: str | None = None) -> list[str]:
         """The lines printed when the run starts: the schedule and the resolved lr at a few steps."""
         total, warmup = self.total_updates, self.warmup_updates
         points = sorted({0, warmup, total // 4, total // 2, 3 * total // 4, total - 1})
-        lines = [f"{who}: {task_name}/{hp.model}, {hp.optimizer} lr {hp.lr:g}, {self.schedule} schedule over {total} "
+        lines = [f"{who}: {task_name}/{model_name or hp.model}, {hp.optimizer} lr {hp.lr:g}, {self.schedule} schedule over {total} "
                  f"optimizer updates ({self.updates_per_epoch} per epoch, batch {hp.batch_size}); "
                  f"warmup {warmup} updates",
                  "  lr at step " + ", ".join(f"{s}: {self.lr(s):.3g}" for s in points)]

@@ -95,16 +95,18 @@ class Recorder:
     @classmethod
     def open(cls, store: Store | None, hp: Config, plan: RunPlan, *, name: str, study: str | None = None,
              kind: str = "train", resume: int | None = None, runs_dir: str | Path | None = None,
-             dist: Dist | None = None) -> Recorder:
+             dist: Dist | None = None, metrics: dict[str, Any] | None = None) -> Recorder:
         """A new run row named `name` (hyperparameters as given; the plan and the launch id in the summary),
         or run `resume` again. Under DDP rank 0 creates the row and every rank gets its id. The run directory
-        is `runs_dir/run-<id>` when there is a store and `runs_dir` (None: no checkpoints)."""
+        is `runs_dir/run-<id>` when there is a store and `runs_dir` (None: no checkpoints). `metrics` (the task's
+        kind and metric names, `metrics.TaskMetrics.summary()`) goes in the summary as "metrics"."""
         ddp = dist is not None and dist.ddp
         run_id = resume
         if store is not None and resume is None:
             run_id = store.create_run(name=name, hparams=hp.model_dump(mode="json"), seed=hp.seed, study=study,
                                       kind=kind)
-            store.update_run(run_id, summary={**plan.summary(), "launch_id": dist.launch_id if ddp else None})
+            store.update_run(run_id, summary={**plan.summary(), "launch_id": dist.launch_id if ddp else None,
+                                              **({"metrics": metrics} if metrics else {})})
         if ddp:  # rank 0 created the one row; every rank needs its id
             run_id = broadcast_object(dist, run_id)
         run_dir = Path(runs_dir).resolve() / f"run-{run_id}" if (store is not None and runs_dir is not None) else None
@@ -223,7 +225,7 @@ class Recorder:
         summary = {"steps": steps, "seconds": seconds, "num_classes": num_classes,
                    "ratio_warnings": [w.to_dict() for w in warnings], **summary}
         if test is not None:
-            summary.update({"test/acc": test["acc"], "test/loss": test["loss"]})
+            summary.update({f"test/{k}": v for k, v in test.items()})
         self._land(lambda: self.store.finish_run(self.run_id, status, reason=reason, best_metric=best,
                                                  best_epoch=best_epoch, epochs=epochs, checkpoint=checkpoint,
                                                  summary=summary), f"ended {status} at step {steps}", FINISH_WAIT_S)

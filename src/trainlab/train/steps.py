@@ -82,7 +82,7 @@ class Steps:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=min(self.plan.updates_per_epoch * (epoch + 1), total) - step, unit="step",
                             desc=f"epoch {epoch + 1}/{self.plan.epochs}", dynamic_ncols=True, leave=False)
-        micro = self.batches.iterate(epoch_order(self.batches.n, hp.seed, epoch), start)  # start: a micro-batch
+        micro = self.batches.iterate(epoch_order(self.batches.n, hp.seed, epoch), start, epoch)  # start: a micro-batch
         try:
             for x, y in (micro if accum == 1 else grouped(micro, accum)):
                 if step >= total:
@@ -196,7 +196,8 @@ class Steps:
             values, self.halted = values.tolist(), self.halt.reason is not None
         first, self.first = self.first, self.first + len(values)
         if pos.reference is None:
-            pos.reference = max(values[0], math.log(max(self.num_classes, 2)))
+            # log C for a classifier (the loss of a uniform guess); a regression loss has only its own start
+            pos.reference = max(values[0], math.log(self.num_classes) if self.num_classes >= 2 else 0.0)
         base, factor = self.plan.base_lr, self.plan.factor  # plan.lr(step), without a call per step
         lrs = [base * factor(s) for s in range(first, first + len(values))]
         self.rec.losses(first, epoch, values, lrs)

@@ -297,10 +297,11 @@
     tables.push(val ? [val.x, val.mean] : [[], []]);
     return join(tables);
   }
-  function studyChartOpts(title) {
+  function studyChartOpts(title, valKey) {
+    valKey = valKey || VAL;  // the task's metric: val/acc on [0, 1], or e.g. val/mse on its own range
     return withTicks({
       height: 150, legend: { show: false }, cursor: { points: { show: false } },
-      scales: { x: { time: false }, acc: { range: [0, 1] } },
+      scales: { x: { time: false }, acc: valKey === VAL ? { range: [0, 1] } : {} },
       axes: [
         { size: 26, font: "10px system-ui", ticks: { size: 3 } },
         { size: axisSize, values: tickValues, font: "10px system-ui", ticks: { size: 3 } },
@@ -311,7 +312,7 @@
         pointsSeries("loss min", "rgba(37,99,235,0.25)", 2.5),
         pointsSeries("loss max", "rgba(37,99,235,0.25)", 2.5),
         lineSeries("loss (moving average)", "#1e40af"),
-        lineSeries("val/acc", "#e8590c", { scale: "acc", points: { show: true, size: 4 } }),
+        lineSeries(valKey, "#e8590c", { scale: "acc", points: { show: true, size: 4 } }),
       ],
     });
   }
@@ -351,7 +352,9 @@
   function renderTable(data, key) {
     const hcols = data.hparams.map(h => ({ key: "hp:" + h.name, label: h.name, get: r => r.hparams[h.name],
                                            num: h.axis !== "category" }));
-    const cols = COLUMNS.map(c => (c.key === "best_metric" ? Object.assign({}, c, { label: data.metric }) : c))
+    const testKey = data.test_key || "test/acc";
+    const cols = COLUMNS.map(c => (c.key === "best_metric" ? Object.assign({}, c, { label: data.metric })
+      : c.key === "test" ? Object.assign({}, c, { label: testKey.replace("/", " "), get: r => (r.summary || {})[testKey] }) : c))
       .concat(hcols);
     const state = sortState[key] || { key: "id", dir: 1 };
     const col = cols.find(c => c.key === state.key) || cols[1];
@@ -692,7 +695,7 @@
       el("div", { class: "toolbar" }, el("label", {}, "show ", filter),
          el("span", {}, Object.entries(data.status_counts).map(([s, n]) => el("span", { class: "pill s-" + s, text: s + " " + n }))),
          el("span", { class: "legend-note", text: "per chart: training loss per step (faint: min/max per bucket; line: moving average), " +
-                                                 "val/acc per epoch (orange, right axis)" })),
+                                                 (data.val_key || VAL) + " per epoch (orange, right axis)" })),
       cards,
       el("h2", { text: "Compare runs on shared axes" }),
       comparePanel,
@@ -709,7 +712,7 @@
     const width = made.length ? Math.max(200, made[0][1].clientWidth) : 260;
     const draw = ([run, target]) => {
       if (!run.loss && !run.val) return noData(target);
-      const u = new uPlot(Object.assign(studyChartOpts(run.name), { width }), studyChartData(run), target);
+      const u = new uPlot(Object.assign(studyChartOpts(run.name, data.val_key), { width }), studyChartData(run), target);
       charts.push(u);
       addCsv(target, () => chartCsv(u), run.name);
     };
@@ -819,8 +822,9 @@
     if (lossTables.length) makeChart(lossTarget, { scales: { x: { time: false } }, series: lossSeries }, join(lossTables));
     else noData(lossTarget);
 
-    const accTarget = panel("accuracy");
-    const accKeys = [["train/acc", "#2b8a3e"], ["val/acc", "#e8590c"]].filter(([k]) => series(m, k));
+    const head = ((run.summary || {}).metrics || {}).headline || "acc";  // the task's metric: acc, mse, ...
+    const accTarget = panel(head === "acc" ? "accuracy" : head);
+    const accKeys = [["train/" + head, "#2b8a3e"], ["val/" + head, "#e8590c"]].filter(([k]) => series(m, k));
     if (accKeys.length) {
       makeChart(accTarget, { scales: { x: { time: false } },
         series: [{ label: "step" }].concat(accKeys.map(([k, c]) => lineSeries(k, c, { points: { show: true, size: 5 } }))) },
