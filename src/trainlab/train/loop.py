@@ -191,7 +191,8 @@ def _build(task: Task, hp: Config, model: nn.Module | None, optimizer: torch.opt
     torch.manual_seed(hp.seed)
     built = model or task.build_model()
     model = plain_module(built)
-    ex = Execution.resolve(hp, device, input_dims=input_dims(task.train), user_compiled=built is not model)
+    dims = input_dims(task.train) if hp.channels_last else None  # read an item only when it matters
+    ex = Execution.resolve(hp, device, input_dims=dims, user_compiled=built is not model)
     model = ex.prepare(model.to(device))
     if ddp:  # BatchNorm policy: per-device statistics, or SyncBatchNorm when hp.sync_bn
         model = apply_sync_bn(model, dist, hp.sync_bn)
