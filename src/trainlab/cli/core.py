@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from trainlab.cli.common import UsageError, add_db, open_store, print_json, table
+from trainlab.cli.common import UsageError, add_db, open_store, print_json, printable, table
 from trainlab.config import DEFAULT_RUNS_DIR
 
 __all__ = ["register"]
@@ -53,7 +53,7 @@ def cmd_train(args) -> int:
                      "steps": result.steps, "test": result.test, "checkpoint": result.checkpoint,
                      "seconds": round(result.seconds, 2)})
     if result.status == "diverged":
-        print(f"diverged: {result.reason}", file=sys.stderr)
+        print(f"diverged: {printable(result.reason)}", file=sys.stderr)
         return 1
     return 130 if result.status == "stopped" else 0
 
@@ -69,7 +69,7 @@ def _run_row(run: dict) -> dict:
 
 
 def cmd_runs(args) -> int:
-    store = open_store(args)
+    store = open_store(args, read_only=True)
     if args.action == "show":
         if args.id is None:
             raise UsageError("runs show: give a run id, e.g. trainlab runs show 3")
@@ -79,12 +79,12 @@ def cmd_runs(args) -> int:
             return 0
         for key in ("id", "name", "study", "kind", "status", "reason", "created", "finished", "best_metric",
                     "best_epoch", "epochs", "checkpoint", "seed", "host"):
-            print(f"{key:12} {run.get(key)}")
+            print(f"{key:12} {printable(run.get(key))}")
         for key, value in (run.get("summary") or {}).items():
-            print(f"{key:12} {value}")
+            print(f"{printable(key):12} {printable(value)}")
         print("hyperparameters:")
         for key, value in run["hparams"].items():
-            print(f"  {key}: {value}")
+            print(f"  {printable(key)}: {printable(value)}")
         return 0
     if args.action is not None:
         raise UsageError(f"runs: unknown action {args.action!r}; use: trainlab runs [show ID]")
@@ -95,7 +95,7 @@ def cmd_runs(args) -> int:
     elif rows:
         print(table(rows, ["id", "name", "study", "status", "best_val", "test_acc", "epochs", "duration_s"]))
     else:
-        print(f"no runs in {store.url}")
+        print(f"no runs in {printable(store.url)}")
     return 0
 
 
@@ -104,7 +104,7 @@ def cmd_runs(args) -> int:
 def cmd_plot(args) -> int:
     from trainlab.figures import plot_ratios, plot_run
 
-    store = open_store(args)
+    store = open_store(args, read_only=True)
     store.run(args.run)
     path = (plot_ratios if args.ratios else plot_run)(store, args.run, args.output)
     print(f"wrote {path}")

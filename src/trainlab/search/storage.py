@@ -21,6 +21,7 @@ from trainlab.store import (
     normalize_url,
     optuna_engine_kwargs,
     prepare_optuna_engine,
+    read_only_url,
     sqlite_file,
 )
 
@@ -35,16 +36,21 @@ def is_sqlite(url: str) -> bool:
 
 
 def open_storage(url: str | os.PathLike | None, *, heartbeat_s: int | None = None, grace_s: int | None = None,
-                 on_stale=None, check: bool = True):
+                 on_stale=None, check: bool = True, read_only: bool = False):
     """Optuna's RDBStorage on `url` (a path or SQLAlchemy URL; None: ./trainlab.db).
 
     SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE (see the module docstring). With `heartbeat_s`,
     running trials record a heartbeat and a trial silent for `grace_s` (default 3 intervals) is stale;
     `on_stale(study, frozen_trial)` runs for each stale trial that `fail_stale_trials` fails.
     `check=False` skips Optuna's schema-version check (about 0.3 s) when this process already made it.
+    `read_only`: opened through the store's read-only URL (`read_only_url`: a SQLite file as ``mode=ro``, never
+    created; PostgreSQL in read-only transactions), creating no table and leaving the journal mode alone;
+    ValueError (one line) when the database holds no Optuna tables.
     """
     import optuna
 
+    if read_only:
+        return _open_read_only(url)
     url = normalize_url(url)
     kwargs: dict[str, Any] = {}
     if heartbeat_s is not None:
@@ -62,6 +68,26 @@ def open_storage(url: str | os.PathLike | None, *, heartbeat_s: int | None = Non
             raise ValueError(f"storage: cannot open {hide_password(url)!r}: {detail}") from None
     prepare_optuna_engine(storage.engine)  # SQLite: the store's settings, every transaction BEGIN IMMEDIATE
     return storage
+
+
+def _open_read_only(url: str | os.PathLike | None):
+    import optuna
+
+    shown = hide_password(normalize_url(url))
+    ro = read_only_url(url)  # ValueError naming a missing SQLite file
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            # skip_table_creation: nothing is created; the version manager only reads when Optuna's tables exist
+            return optuna.storages.RDBStorage(ro, engine_kwargs=optuna_engine_kwargs(url), skip_table_creation=True,
+                                              skip_compatibility_check=True)
+        except ImportError as err:
+            raise ValueError(f"storage: cannot open {shown!r}: driver not installed ({err})") from None
+        except Exception as err:
+            detail = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+            if "no such table" in detail or "does not exist" in detail:
+                raise ValueError(f"storage: {shown!r} holds no search study (no Optuna tables)") from None
+            raise ValueError(f"storage: cannot open {shown!r}: {detail}") from None
 
 
 @contextlib.contextmanager
@@ -128,13 +154,14 @@ class StudyLock:
             self._advisory.close()
 
 
-def open_existing_storage(url: str | os.PathLike | None):
-    """open_storage for reading what is there: ConfigError, not a new empty file, when a SQLite file is missing."""
+def open_existing_storage(url: str | os.PathLike | None, read_only: bool = False):
+    """open_storage for reading what is there: ConfigError, not a new empty file, when a SQLite file is missing.
+    `read_only`: see `open_storage`."""
     url = normalize_url(url)
     database = sqlite_file(url)
     if database is not None and not os.path.isfile(database):
         raise ConfigError(f"study: no database file {database!r} (give --db or --storage)")
-    return open_storage(url)
+    return open_storage(url, read_only=read_only)
 
 
 def load_study(name: str, storage=None):

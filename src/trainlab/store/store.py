@@ -87,7 +87,7 @@ class Store:
     def __init__(self, db: str | os.PathLike | None = None, *, read_only: bool = False):
         self.url = read_only_url(db) if read_only else normalize_url(db)
         self.read_only = read_only
-        self._shown_url = hide_password(self.url)
+        self._shown_url = hide_password(normalize_url(db))  # the URL as the user gave it, not its read-only form
         self._engine = make_engine(self.url, read_only=read_only)
         # Same pool and listeners; connections from it begin with BEGIN IMMEDIATE on SQLite.
         self._write_engine = write_engine(self._engine)
@@ -104,7 +104,7 @@ class Store:
             if not self.read_only:
                 return create_tables(self._engine)
             missing = missing_tables(self._engine)
-        except sa.exc.OperationalError as err:
+        except sa.exc.DatabaseError as err:  # OperationalError, or "file is not a database" (DatabaseError)
             detail = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
             raise ValueError(f"db: cannot open {self._shown_url!r}: {detail}") from None
         if missing - {tl_metric_blocks.name}:
