@@ -16,7 +16,7 @@ __all__ = ["register"]
 def cmd_train(args) -> int:
     from trainlab.cli.launch import exit_code
     from trainlab.config import load_config
-    from trainlab.tasks import load_task
+    from trainlab.preflight import load_checked_task
     from trainlab.train.launch import AlreadyEnded, fit_in_launch
 
     if args.nproc is not None or args.max_restarts is not None:  # data-parallel: this command under torchrun
@@ -30,18 +30,18 @@ def cmd_train(args) -> int:
         store = open_store(args)
         run = store.run(args.resume)
         hp = make_config(run["hparams"])
-        result = fit_in_launch(load_task(hp), hp, store, resume=args.resume, quiet=args.quiet,
+        result = fit_in_launch(load_checked_task(hp), hp, store, resume=args.resume, quiet=args.quiet,
                                runs_dir=args.runs_dir)  # fit(), one rank under torchrun
     else:
         hp = load_config(args.config, args.set)
         if args.print_config:
             print(hp.to_yaml(), end="")
             return 0
+        task = load_checked_task(hp)  # pre-flight: bad data is one line, exit 2, before any run row exists
         if hp.seeds > 1:  # K independent members and their ensemble (cli/ensemble.py)
             from trainlab.cli.ensemble import cmd_train_members
 
             return cmd_train_members(args, hp)
-        task = load_task(hp)
         store = open_store(args)
         result = fit_in_launch(task, hp, store, quiet=args.quiet, runs_dir=args.runs_dir, study=args.study,
                                name=args.name)

@@ -12,10 +12,10 @@ __all__ = ["register"]
 
 def _setup(args):
     from trainlab.config import load_config
-    from trainlab.tasks import load_task
+    from trainlab.preflight import load_checked_task
 
     hp = load_config(args.config, args.set)
-    task = load_task(hp)
+    task = load_checked_task(hp)  # pre-flight: bad data is one line, exit 2, before the store is opened
     return hp, task, open_store(args)
 
 

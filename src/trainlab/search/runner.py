@@ -43,7 +43,7 @@ from trainlab.search.leaderboard import (
 from trainlab.search.optuna_glue import PRUNERS, STRATEGIES
 from trainlab.search.space import Space, parse_space
 from trainlab.search.storage import StudyLock, is_sqlite, load_study, open_storage
-from trainlab.search.workers import WorkerPlan, log, run_workers, update_bar, work
+from trainlab.search.workers import WorkerPlan, interrupts, log, run_workers, update_bar, work, workers_needed
 from trainlab.store import Store, hide_password, normalize_url
 
 __all__ = ["run_search", "default_study_name", "DEFAULT_TRIALS", "DEFAULT_HEARTBEAT_S", "GRACE_HEARTBEATS",
@@ -187,6 +187,9 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
             space = parse_space(space, base)
         if strategy == "grid":
             space.grid()  # ConfigError naming a continuous parameter
+        from trainlab.preflight import load_checked_task
+
+        load_checked_task(base)  # pre-flight of the task's data and base model: one line, before a study exists
         study = study or default_study_name(base, space, strategy, prune)
         plan_meta = {"strategy": strategy, "prune": prune, "space": space.to_dict(),
                      "config": base.model_dump(mode="json"), "seed": base.seed if seed is None else seed,
@@ -208,6 +211,11 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
 
     ostudy = load_study(study, ostorage)
     before = finished(ostudy.get_trials(deepcopy=False))
+    capped = workers_needed(ostudy.get_trials(deepcopy=False), n, workers)
+    if capped < workers:
+        log(plan, f"{capped} worker{'s' if capped > 1 else ''}, not {workers}: "
+                  f"{'only ' if capped > 1 else ''}{capped} trial{'s' if capped > 1 else ''} left to run")
+        workers = plan.workers = capped
     bar = None
     if not quiet:
         from tqdm.auto import tqdm
@@ -218,11 +226,12 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
         bar = tqdm(total=n, initial=min(before, n), unit="trial", desc="trials", dynamic_ncols=True, leave=False)
     exitcodes: list[int] = []
     try:
-        if workers == 1:
-            work(plan, bar=bar, on_trial=(lambda: update_bar(bar, ostudy, n)) if bar is not None else None,
-                 check=False)
-        else:
-            exitcodes = run_workers(plan, workers, bar, ostudy, n)
+        with interrupts():  # SIGINT or SIGTERM: running trials stop (runs "stopped") and are queued again
+            if workers == 1:
+                work(plan, bar=bar, on_trial=(lambda: update_bar(bar, ostudy, n)) if bar is not None else None,
+                     check=False)
+            else:
+                exitcodes = run_workers(plan, workers, bar, ostudy, n)
     finally:
         if bar is not None:
             update_bar(bar, ostudy, n)
