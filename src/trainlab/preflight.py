@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset, default_collate
 
 from trainlab.config import Config, ConfigError
-from trainlab.tasks import Task, load_task
+from trainlab.tasks import Task, build_task, with_val_split
 
 __all__ = ["PreflightError", "preflight", "load_checked_task"]
 
@@ -50,19 +50,20 @@ class PreflightError(ConfigError):
 
 
 def load_checked_task(hp: Config, model: nn.Module | None = None) -> Task:
-    """`load_task(hp)` then `preflight`: the task ready to train, or one line saying why not.
+    """`load_task(hp)` with `preflight` in between: the task ready to train (validation split carved), or
+    one line saying why not. Examples are named by the builder's own indices (checked before the carve).
 
     An exception raised by a user's `build(hp)` (a file.py:build or pkg.mod:build task) becomes a
     PreflightError naming the task, the exception and where in the user's file it was raised.
     """
     try:
-        task = load_task(hp)
+        task = build_task(hp)
     except ConfigError:
         raise
     except Exception as err:
         raise PreflightError(f"task {hp.task!r}: building the task raised {_error_text(err)}{_where(err)}") from None
     preflight(task, hp, model)
-    return task
+    return with_val_split(task, hp)
 
 
 def preflight(task: Task, hp: Config, model: nn.Module | None = None) -> None:
@@ -93,18 +94,15 @@ def _preflight(task: Task, hp: Config, model: nn.Module | None) -> None:
             raise fail(f"the {split} split is empty (0 examples)")
     classify = _classifies(task.loss)
     ignore = _ignore_index(task.loss)
-    for split, data in splits:
-        tensors = _tensors(data)
-        if tensors is not None:
-            _check_inputs(tensors[0], split, 0, fail)
-            if classify:
-                _check_labels(tensors[1], split, classes, ignore, 0, fail)
-    x, y = _first_batch(task.train, min(_BATCH, hp.batch_size), fail)
-    _check_inputs(x, "train", 0, fail)  # a Dataset that is not in memory: its first batch
-    if classify:
-        _check_labels(y, "train", classes, ignore, 0, fail)
-    elif y.is_floating_point() and not torch.isfinite(y).all():
-        raise fail("the first train batch's labels hold NaN or Inf")
+    batch = min(_BATCH, hp.batch_size)
+    for split, data in splits:  # in-memory tensors: every example; another Dataset: its first batch
+        x, y = _tensors(data) or _first_batch(data, split, batch, fail)
+        _check_inputs(x, split, fail)
+        if classify:
+            _check_labels(y, split, classes, ignore, fail)
+        elif torch.is_tensor(y) and y.is_floating_point() and not torch.isfinite(y).all():
+            raise fail(f"the {split} split's labels hold NaN or Inf")
+    x, y = _first_batch(task.train, "train", batch, fail)
 
     if model is None:
         _check_memory(task, hp, fail)
@@ -116,8 +114,7 @@ def _preflight(task: Task, hp: Config, model: nn.Module | None) -> None:
 
 
 def _name(task: Task, hp: Config) -> str:
-    shown = task.name if task.name == hp.task else f"{task.name} ({hp.task})"
-    return repr(shown)
+    return repr(task.name) if task.name == hp.task else f"{task.name!r} ({hp.task})"
 
 
 def _error_text(err: BaseException) -> str:
@@ -165,7 +162,7 @@ def _chunks(t: torch.Tensor):
         yield start, t[start:start + rows]
 
 
-def _check_inputs(x: torch.Tensor, split: str, offset: int, fail) -> None:
+def _check_inputs(x: torch.Tensor, split: str, fail) -> None:
     if not torch.is_tensor(x) or not (x.is_floating_point() or x.is_complex()) or x.dim() == 0:
         return
     first, count, what = None, 0, None
@@ -178,15 +175,15 @@ def _check_inputs(x: torch.Tensor, split: str, offset: int, fail) -> None:
                 i = int(rows.nonzero()[0])
                 values = chunk[i].reshape(-1)[bad[i]]
                 what = "NaN" if torch.isnan(values).any() else "Inf"
-                first = (offset + start + i, int(bad[i].sum()))
+                first = (start + i, int(bad[i].sum()))
     if first is not None:
         index, n_bad = first
         raise fail(f"the {split} split's input at index {index} holds {what} ({n_bad} of its values; {count} "
                    f"example{'s' if count > 1 else ''} with NaN or Inf in all): inputs must be finite; clean or "
-                   "impute them (no learning rate trains on NaN)")
+                   "impute them before training")
 
 
-def _check_labels(y: torch.Tensor, split: str, classes: int, ignore: int, offset: int, fail) -> None:
+def _check_labels(y: torch.Tensor, split: str, classes: int, ignore: int, fail) -> None:
     if not torch.is_tensor(y):
         raise fail(f"the {split} split's labels must be tensors of class indices, got {type(y).__name__}")
     if y.is_floating_point():
@@ -208,7 +205,7 @@ def _check_labels(y: torch.Tensor, split: str, classes: int, ignore: int, offset
             if first is None:
                 i = int(rows.nonzero()[0])
                 value = int(chunk[i].reshape(-1)[bad[i].reshape(-1)][0]) if chunk.dim() else int(chunk)
-                first = (offset + start + i, value)
+                first = (start + i, value)
     if first is not None:
         index, value = first
         why = "negative" if value < 0 else f"not below num_classes {classes}"
@@ -216,7 +213,7 @@ def _check_labels(y: torch.Tensor, split: str, classes: int, ignore: int, offset
                    f"{'s' if count > 1 else ''} out of range in all): labels must be class indices in [0, {classes})")
 
 
-def _first_batch(data: Dataset, k: int, fail) -> tuple[Any, Any]:
+def _first_batch(data: Dataset, split: str, k: int, fail) -> tuple[Any, Any]:
     k = max(1, min(k, len(data)))
     tensors = _tensors(data)
     if tensors is not None:
@@ -226,16 +223,16 @@ def _first_batch(data: Dataset, k: int, fail) -> tuple[Any, Any]:
         try:
             example = data[i]
         except Exception as err:
-            raise fail(f"reading train example {i} raised {_error_text(err)}{_where(err)}") from None
+            raise fail(f"reading {split} example {i} raised {_error_text(err)}{_where(err)}") from None
         if not isinstance(example, (tuple, list)) or len(example) != 2:
             got = f"a {type(example).__name__} of {len(example)}" if isinstance(example, (tuple, list)) \
                 else f"a {type(example).__name__}"
-            raise fail(f"each example must be a pair (input, label), but train example {i} is {got}")
+            raise fail(f"each example must be a pair (input, label), but {split} example {i} is {got}")
         examples.append(example)
     try:
         x, y = default_collate(examples)
     except Exception as err:
-        raise fail(f"the first {k} train examples cannot be batched: {_error_text(err)}") from None
+        raise fail(f"the first {k} {split} examples cannot be batched: {_error_text(err)}") from None
     return x, torch.as_tensor(y) if not torch.is_tensor(y) else y
 
 

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, TensorDataset
 from trainlab.config import Config, ConfigError
 from trainlab.models import MODELS, build_model
 
-__all__ = ["Task", "BUILTIN_TASKS", "load_task", "split_val", "mnist1d_arrays"]
+__all__ = ["Task", "BUILTIN_TASKS", "load_task", "build_task", "with_val_split", "split_val", "mnist1d_arrays"]
 
 BUILTIN_TASKS = ("mnist1d", "mnist1d-shuffle", "digits")
 
@@ -170,6 +170,12 @@ def split_val(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Data
 
 def load_task(hp: Config) -> Task:
     """The task `hp.task` names, with its validation split in place."""
+    return with_val_split(build_task(hp), hp)
+
+
+def build_task(hp: Config) -> Task:
+    """The task `hp.task` names as its builder made it: the validation split not carved yet (so a
+    pre-flight check names examples by the builder's own indices)."""
     if hp.task in ("mnist1d", "mnist1d-shuffle"):
         task = _mnist1d(hp, shuffle=hp.task == "mnist1d-shuffle")
     elif hp.task == "digits":
@@ -180,7 +186,12 @@ def load_task(hp: Config) -> Task:
             raise ConfigError(f"task: {hp.task!r} returned {type(task).__name__}, expected trainlab.Task")
     for split in ("train", "test"):
         if len(getattr(task, split)) == 0:
-            raise ConfigError(f"task: the {split} split of {hp.task!r} is empty")
+            raise ConfigError(f"task {hp.task!r}: the {split} split is empty (0 examples)")
+    return task
+
+
+def with_val_split(task: Task, hp: Config) -> Task:
+    """`task` with a validation split: its own, or hp.val_fraction of train carved by hp.split_seed."""
     if task.val is None:
         train, val = split_val(task.train, hp.val_fraction, hp.split_seed)
         task = replace(task, train=train, val=val)
