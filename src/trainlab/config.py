@@ -253,6 +253,11 @@ class Config(BaseModel):
         return yaml.safe_dump(data, sort_keys=False)
 
 
+def _field(name: str) -> str:
+    """A key as messages show it: as is when it is a plain name (lr, betas.0), else quoted and escaped."""
+    return name if re.fullmatch(r"[A-Za-z_][\w.]{0,63}", name) else short_repr(name)
+
+
 def _format_error(err: ValidationError, given: dict[str, Any]) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "config"
@@ -260,7 +265,7 @@ def _format_error(err: ValidationError, given: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(field, Config.model_fields, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"{field}: unknown key{hint}"
+        return f"{_field(field)}: unknown key{hint}"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if not first["loc"]:  # a rule across fields: its message names them; the whole config is no help
@@ -282,7 +287,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, raw = item.split("=", 1)
     key = key.strip()
     try:
-        value = yaml_load(raw, key or "--set") if raw.strip() else None
+        value = yaml_load(raw, _field(key) if key else "--set") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str) and value.lower() in ("none", "null"):
