@@ -84,9 +84,13 @@ def _open_read_only(url: str | os.PathLike | None):
         except ImportError as err:
             raise ValueError(f"storage: cannot open {shown!r}: driver not installed ({err})") from None
         except Exception as err:
-            detail = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-            if "no such table" in detail or "does not exist" in detail:
+            causes = []  # Optuna wraps the driver's error ("An exception is raised during the commit")
+            while err is not None and len(causes) < 10:
+                causes.append(str(getattr(err, "orig", None) or err).strip())
+                err = err.__cause__ or err.__context__
+            if any("no such table" in c or "does not exist" in c for c in causes):
                 raise ValueError(f"storage: {shown!r} holds no search study (no Optuna tables)") from None
+            detail = (causes[-1] or causes[0]).splitlines()[0] if causes else "unknown error"
             raise ValueError(f"storage: cannot open {shown!r}: {detail}") from None
 
 

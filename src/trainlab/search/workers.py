@@ -324,9 +324,11 @@ def _worker_main(plan: WorkerPlan) -> None:
     os._exit(code)
 
 
-def stop_workers(plan: WorkerPlan, procs: list, ostudy, bar=None, grace_s: float = STOP_GRACE_S) -> None:
+def stop_workers(plan: WorkerPlan, procs: list, ostudy, bar=None, grace_s: float | None = None) -> None:
     """SIGTERM to every live worker (each stops its trial: run stopped, trial queued again); after `grace_s`
-    the ones still alive are killed, and their running trials are stopped and queued again from here."""
+    (default STOP_GRACE_S) the ones still alive are killed, and their running trials are stopped and queued
+    again from here."""
+    grace_s = STOP_GRACE_S if grace_s is None else grace_s
     for p in procs:
         if p.is_alive():
             with contextlib.suppress(ProcessLookupError):
