@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import threading
 import warnings
 from typing import Any, Iterator
+from urllib.parse import unquote
 
 from trainlab.config import ConfigError
 from trainlab.store import (
@@ -92,6 +94,12 @@ def _open_read_only(url: str | os.PathLike | None):
                 raise ValueError(f"storage: {shown!r} holds no search study (no Optuna tables)") from None
             detail = (causes[-1] or causes[0]).splitlines()[0] if causes else "unknown error"
             raise ValueError(f"storage: cannot open {shown!r}: {detail}") from None
+
+
+def _as_given(url: str) -> str:
+    """A read-only SQLite URI (`read_only_url`) shown as the file's URL the user gave."""
+    m = re.fullmatch(r"sqlite:///file:(.*)\?mode=ro&uri=true", url)
+    return f"sqlite:///{unquote(m.group(1))}" if m else url
 
 
 @contextlib.contextmanager
@@ -179,5 +187,5 @@ def load_study(name: str, storage=None):
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
         listed = f"; studies there: {', '.join(names[:10])}" if names else "; there are none"
-        where = hide_password(getattr(st, "url", "") or str(storage))
+        where = _as_given(hide_password(getattr(st, "url", "") or str(storage)))
         raise ConfigError(f"study: no study named {name!r} in {where}{listed}") from None
