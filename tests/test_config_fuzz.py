@@ -229,6 +229,14 @@ def test_self_referencing_deep_and_long_yaml_are_one_line(tmp_path):
         one_line(info.value)
 
 
+def test_a_bomb_in_a_known_field_fails_before_anything_expands_it(tmp_path):
+    # pydantic's error for `task` would repr the 9**9-string value (it hung before the bound)
+    lines = [f"_{line}" for line in BOMB.splitlines()[:-1]] + [BOMB.splitlines()[-1].replace("i: &i", "task:")]
+    (tmp_path / "c.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="^config: the YAML expands to more than 100000 values"):
+        load_config(tmp_path / "c.yaml")
+
+
 def test_override_values_are_bounded_too():
     with pytest.raises(ConfigError, match="^milestones_epochs: the YAML expands to more than"):
         parse_override("milestones_epochs={" + BOMB.strip().replace("\n", ", ") + "}")  # the bomb on one line
