@@ -189,6 +189,10 @@ CASES = [  # (argv, the one line it must print)
     (["check", "init", "--set", "batch_size=1e400", "--db", "t.db"], "batch_size: input should be a finite number"),
     (["train", "--set", "seed=18446744073709551616", "--db", "t.db"], "seed: input should be less than or equal to 4294967295"),
     (["search", "--space", "space.yaml", "--set", "width=1e30", "--db", "s.db"], "width: "),
+    (["search", "--space", "space.yaml", "--heartbeat-s", str(10**20), "--db", "s.db"], "heartbeat_s: must be an integer in"),
+    (["schedule", "cosine", "--steps", str(10**12)], "--steps: must be in [1, 10000000], got 1000000000000"),
+    (["schedule", "cosine", "--lr", "1e308"], "--lr: must be in (0, 1e6], got 1e+308"),
+    (["recipe", "--budget", "1e308", "--db", "t.db"], "--budget: must be a positive number of minutes"),
 ]
 
 

@@ -127,8 +127,12 @@ def cmd_schedule(args) -> int:
         if key not in _SCHEDULE_KEYS:
             raise UsageError(f"--set: unknown schedule parameter {key!r}; choose one of {', '.join(_SCHEDULE_KEYS)}")
         params[key] = value
-    if args.lr <= 0:
-        raise UsageError(f"--lr: must be > 0, got {args.lr}")
+    if not 0 < args.lr <= 1e6:  # also refuses nan and inf
+        raise UsageError(f"--lr: must be in (0, 1e6], got {args.lr}")
+    if not 1 <= args.steps <= 10_000_000:  # every step's lr is listed
+        raise UsageError(f"--steps: must be in [1, 10000000], got {args.steps}")
+    if not 0 <= args.warmup <= args.steps:
+        raise UsageError(f"--warmup: must be in [0, --steps], got {args.warmup}")
     factor = make_schedule(args.kind, args.steps, warmup_steps=args.warmup, **params)
     lrs = [args.lr * factor(s) for s in range(args.steps)]
     if args.plot:

@@ -162,8 +162,10 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
         raise ConfigError(f"trials: must be an integer >= 1, got {trials!r}")
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers: must be an integer >= 1, got {workers!r}")
-    if not isinstance(heartbeat_s, int) or heartbeat_s < 1:
-        raise ConfigError(f"heartbeat_s: must be an integer >= 1 (seconds), got {heartbeat_s!r}")
+    if not isinstance(heartbeat_s, int) or not 1 <= heartbeat_s <= 86_400:
+        raise ConfigError(f"heartbeat_s: must be an integer in [1, 86400] (seconds), got {heartbeat_s!r}")
+    if seed is not None and (not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1):
+        raise ConfigError(f"seed: must be an integer in [0, 4294967295], got {seed!r}")
     db_url = normalize_url(db if db is not None else storage)
     storage_url = normalize_url(storage if storage is not None else db)
     if workers > 1 and is_sqlite(storage_url) and (":memory:" in storage_url or storage_url in ("sqlite://",
