@@ -135,3 +135,16 @@ def test_workers_are_capped_at_the_trials_left_also_on_resume():
     trials = study.get_trials(deepcopy=False)
     assert workers_needed(trials, budget=3, workers=6) == 1     # the queued trial takes the last place
     assert workers_needed(trials, budget=2, workers=6) == 1     # over the budget, yet queued: still run
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_single_process_search_stops_and_requeues(tmp_path):
+    db = tmp_path / "s.db"
+    proc = start_search(tmp_path, workers=3, trials=1)  # one trial: trained in this process, no workers
+    wait_running(proc, db, 1)
+    assert frozen_workers(proc) == []
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert query(db, "SELECT name, status FROM tl_runs") == [("trial-0", "stopped")]
+    assert trials_by_state(db) == {"FAIL": 1, "WAITING": 1}

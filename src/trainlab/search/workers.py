@@ -20,9 +20,9 @@ Stopping. SIGINT (Ctrl-C, or `kill -INT` to the parent alone) and SIGTERM (Slurm
 handled alike, once (`interrupts()`): the parent sends SIGTERM to each worker, and a worker turns it into
 a KeyboardInterrupt, so fit() stops its trial (run `stopped`) and the trial is queued again; a worker that
 has not exited after STOP_GRACE_S (frozen, or stuck in native code) is killed, and the parent re-queues its
-trial and marks its run stopped. Workers start with SIGINT ignored (a terminal's Ctrl-C reaches the
-whole process group; a worker still importing would die with a traceback) and install their handlers
-before they claim a trial.
+trial and marks its run stopped. Workers start with SIGINT blocked (a terminal's Ctrl-C reaches the
+whole process group; a worker still importing would die with a traceback) and unblock it once their
+handlers are in place, before they claim a trial.
 """
 
 from __future__ import annotations
@@ -314,6 +314,7 @@ def _worker_main(plan: WorkerPlan) -> None:
     code = 0
     try:
         with interrupts():
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent while it spawned
             work(plan)
     except KeyboardInterrupt:
         code = 130
@@ -370,10 +371,10 @@ def run_workers(plan: WorkerPlan, workers: int, bar, ostudy, n: int) -> list[int
     threads = threads_per_worker(workers)
     procs = []
     try:
-        main = threading.current_thread() is threading.main_thread()
-        # Children inherit an ignored SIGINT across exec (and Python then leaves it ignored): a Ctrl-C
-        # while a worker still imports does not kill it with a traceback; the parent relays the stop.
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        # Children inherit a blocked SIGINT across exec: a Ctrl-C while a worker still imports does not kill
+        # it with a traceback (it waits until the worker's handlers are in place), and one that reaches
+        # the parent meanwhile is held, not lost: it is delivered when the mask is lifted, here.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             for i in range(workers):
                 p = ctx.Process(target=_worker_main, name=f"trainlab-search-worker-{i}",
@@ -381,8 +382,7 @@ def run_workers(plan: WorkerPlan, workers: int, bar, ostudy, n: int) -> list[int
                 p.start()
                 procs.append(p)
         finally:
-            if old is not None:
-                signal.signal(signal.SIGINT, old)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         while any(p.is_alive() for p in procs):
             for p in procs:
                 p.join(timeout=1.0)
