@@ -244,3 +244,10 @@ def test_a_bomb_in_a_known_field_fails_before_anything_expands_it(tmp_path):
 def test_override_values_are_bounded_too():
     with pytest.raises(ConfigError, match="^milestones_epochs: the YAML expands to more than"):
         parse_override("milestones_epochs={" + BOMB.strip().replace("\n", ", ") + "}")  # the bomb on one line
+
+
+def test_names_with_control_characters_are_refused():
+    with pytest.raises(ConfigError, match=r"^task: must not hold control characters, got 'x\\x1b\[2J\.py:build'$"):
+        make_config({"task": "x\x1b[2J.py:build"})
+    with pytest.raises(ConfigError, match=r"^early_stop_metric: choice\('val/acc', 'val\x07'\): must not hold control"):
+        parse_space({"early_stop_metric": "choice('val/acc', 'val\x07')"})

@@ -193,6 +193,14 @@ class Config(BaseModel):
             raise ValueError("must be a finite number")
         return value
 
+    @field_validator("task", "model", "early_stop_metric", "device")
+    @classmethod
+    def _no_control_characters(cls, value: str) -> str:
+        # a name is printed in progress lines and search logs: no terminal escape sequences in it
+        if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+            raise ValueError("must not hold control characters")
+        return value
+
     @field_validator("betas")
     @classmethod
     def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
