@@ -31,7 +31,8 @@ from trainlab.config import Config, ConfigError
 from trainlab.metrics import Metric, TaskMetrics, regression_loss, resolve_metrics
 from trainlab.models import MODELS, build_model
 
-__all__ = ["Task", "BUILTIN_TASKS", "load_task", "split_val", "mnist1d_arrays", "model_label", "dataset_size", "checked"]
+__all__ = ["Task", "BUILTIN_TASKS", "load_task", "build_task", "with_val_split", "split_val", "mnist1d_arrays",
+           "model_label", "dataset_size", "checked", "check_task"]
 
 BUILTIN_TASKS = ("mnist1d", "mnist1d-shuffle", "digits", "shapes32")
 
@@ -239,6 +240,12 @@ def split_val(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Data
 
 def load_task(hp: Config) -> Task:
     """The task `hp.task` names, with its validation split in place."""
+    return with_val_split(build_task(hp), hp)
+
+
+def build_task(hp: Config) -> Task:
+    """The task `hp.task` names as its builder made it: the validation split not carved yet (so a
+    pre-flight check names examples by the builder's own indices)."""
     if hp.task in ("mnist1d", "mnist1d-shuffle"):
         task = _mnist1d(hp, shuffle=hp.task == "mnist1d-shuffle")
     elif hp.task == "digits":
@@ -249,18 +256,28 @@ def load_task(hp: Config) -> Task:
         task = _load_user_builder(hp.task)(hp)
         if not isinstance(task, Task):
             raise ConfigError(f"task: {hp.task!r} returned {type(task).__name__}, expected trainlab.Task")
-    return checked(task, hp)
+    return check_task(task, hp)
 
 
-def checked(task: Task, hp: Config) -> Task:
-    """`task` with its kind, metrics and sizes checked (one ConfigError line each) and its validation split in place."""
+def check_task(task: Task, hp: Config) -> Task:
+    """`task` with its kind, metrics and sizes checked (one ConfigError line each); the validation split not carved."""
     task.task_metrics  # noqa: B018 - resolving them is the check (kind, names, modes)
     if task.kind == "classification" and task.num_classes < 2:
         raise ConfigError(f"task: a classification task needs num_classes >= 2 (or kind='regression'), "
                           f"got num_classes={task.num_classes!r}")
     for split in ("train", "test"):
         if dataset_size(getattr(task, split), split) == 0:
-            raise ConfigError(f"task: the {split} split of {task.name!r} is empty")
+            raise ConfigError(f"task {task.name!r}: the {split} split is empty (0 examples)")
+    return task
+
+
+def checked(task: Task, hp: Config) -> Task:
+    """A task handed in (not built from `hp.task`): checked, and its validation split in place."""
+    return with_val_split(check_task(task, hp), hp)
+
+
+def with_val_split(task: Task, hp: Config) -> Task:
+    """`task` with a validation split: its own, or hp.val_fraction of train carved by hp.split_seed."""
     if task.val is None:
         train, val = split_val(task.train, hp.val_fraction, hp.split_seed)
         task = replace(task, train=train, val=val)

@@ -79,7 +79,7 @@ def test_schedule_command(tmp_path, capsys):
     assert main(["schedule", "step", "--set", "gama=0.5"]) == 2
     assert "unknown schedule parameter 'gama'" in capsys.readouterr().err
     assert main(["schedule", "cosine", "--lr", "-1"]) == 2
-    assert "--lr: must be > 0, got -1.0" in capsys.readouterr().err
+    assert "--lr: must be in (0, 1e6], got -1.0" in capsys.readouterr().err
 
 
 def test_bad_db_url_is_one_line(tmp_path, capsys):

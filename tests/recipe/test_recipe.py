@@ -121,7 +121,7 @@ def test_study_names():
 # --- bad input --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
-    (["--budget", "-1"], "trainlab: error: --budget: must be a positive number of minutes, got -1\n"),
+    (["--budget", "-1"], "trainlab: error: --budget: must be a positive number of minutes (at most 1e6), got -1\n"),
     (["--task", "nope"], "trainlab: error: task: unknown task 'nope'"),
     (["--workers", "0"], "trainlab: error: --workers: must be at least 1, got 0\n"),
 ])

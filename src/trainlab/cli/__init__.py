@@ -11,7 +11,7 @@ import os
 import sys
 
 from trainlab.cli import core, dashboard, diagnostics, ensemble, recipe, search, transfer
-from trainlab.cli.common import UsageError
+from trainlab.cli.common import UsageError, printable
 
 __all__ = ["main", "build_parser"]
 
@@ -58,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except (ConfigError, _checkpoint_error(), UsageError, RunNotFound) as err:  # evaluated only on an error
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"trainlab: error: {msg}", file=sys.stderr)
+        print(f"trainlab: error: {printable(msg)}", file=sys.stderr)
         return 2
     except ValueError as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"trainlab: error: {msg}", file=sys.stderr)
+        print(f"trainlab: error: {printable(msg)}", file=sys.stderr)
         return 2
     except Exception as err:  # faults of the machine: the database, the disk. A bug keeps its traceback.
         found = _fault(err)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from trainlab.cli.common import UsageError, add_db, open_store, print_json, table
+from trainlab.cli.common import UsageError, add_db, open_store, print_json, printable, table
 from trainlab.config import DEFAULT_RUNS_DIR
 
 __all__ = ["register"]
@@ -17,7 +17,7 @@ __all__ = ["register"]
 def cmd_train(args) -> int:
     from trainlab.cli.launch import exit_code
     from trainlab.config import load_config
-    from trainlab.tasks import load_task
+    from trainlab.preflight import load_checked_task
     from trainlab.train.launch import AlreadyEnded, fit_in_launch
 
     if args.nproc is not None or args.max_restarts is not None:  # data-parallel: this command under torchrun
@@ -31,18 +31,18 @@ def cmd_train(args) -> int:
         store = open_store(args)
         run = store.run(args.resume)
         hp = make_config(run["hparams"])
-        result = fit_in_launch(load_task(hp), hp, store, resume=args.resume, quiet=args.quiet,
+        result = fit_in_launch(load_checked_task(hp), hp, store, resume=args.resume, quiet=args.quiet,
                                runs_dir=args.runs_dir)  # fit(), one rank under torchrun
     else:
         hp = load_config(args.config, args.set)
         if args.print_config:
             print(hp.to_yaml(), end="")
             return 0
+        task = load_checked_task(hp)  # pre-flight: bad data is one line, exit 2, before any run row exists
         if hp.seeds > 1:  # K independent members and their ensemble (cli/ensemble.py)
             from trainlab.cli.ensemble import cmd_train_members
 
             return cmd_train_members(args, hp)
-        task = load_task(hp)
         store = open_store(args)
         result = fit_in_launch(task, hp, store, quiet=args.quiet, runs_dir=args.runs_dir, study=args.study,
                                name=args.name)
@@ -54,7 +54,7 @@ def cmd_train(args) -> int:
                      "steps": result.steps, "test": result.test, "checkpoint": result.checkpoint,
                      "seconds": round(result.seconds, 2)})
     if result.status == "diverged":
-        print(f"diverged: {result.reason}", file=sys.stderr)
+        print(f"diverged: {printable(result.reason)}", file=sys.stderr)
         return 1
     return 130 if result.status == "stopped" else 0
 
@@ -85,7 +85,7 @@ def _seconds(text: str) -> float:
 
 
 def cmd_runs(args) -> int:
-    store = open_store(args)
+    store = open_store(args, read_only=True)
     if args.action == "show":
         if args.id is None:
             raise UsageError("runs show: give a run id, e.g. trainlab runs show 3")
@@ -95,12 +95,12 @@ def cmd_runs(args) -> int:
             return 0
         for key in ("id", "name", "study", "kind", "status", "reason", "created", "finished", "best_metric",
                     "best_epoch", "epochs", "checkpoint", "seed", "host", "pid", "heartbeat"):
-            print(f"{key:12} {run.get(key)}")
+            print(f"{key:12} {printable(run.get(key))}")
         for key, value in (run.get("summary") or {}).items():
-            print(f"{key:12} {value}")
+            print(f"{printable(key):12} {printable(value)}")
         print("hyperparameters:")
         for key, value in run["hparams"].items():
-            print(f"  {key}: {value}")
+            print(f"  {printable(key)}: {printable(value)}")
         return 0
     if args.action is not None:
         raise UsageError(f"runs: unknown action {args.action!r}; use: trainlab runs [show ID]")
@@ -112,7 +112,7 @@ def cmd_runs(args) -> int:
         print(table(rows, ["id", "name", "study", "status", "metric", "best", "test_metric", "test", "epochs",
                            "duration_s"]))
     else:
-        print(f"no runs in {store.url}")
+        print(f"no runs in {printable(store.url)}")
     return 0
 
 
@@ -121,7 +121,7 @@ def cmd_runs(args) -> int:
 def cmd_plot(args) -> int:
     from trainlab.figures import plot_ratios, plot_run
 
-    store = open_store(args)
+    store = open_store(args, read_only=True)
     store.run(args.run)
     path = (plot_ratios if args.ratios else plot_run)(store, args.run, args.output)
     print(f"wrote {path}")
@@ -144,8 +144,12 @@ def cmd_schedule(args) -> int:
         if key not in _SCHEDULE_KEYS:
             raise UsageError(f"--set: unknown schedule parameter {key!r}; choose one of {', '.join(_SCHEDULE_KEYS)}")
         params[key] = value
-    if args.lr <= 0:
-        raise UsageError(f"--lr: must be > 0, got {args.lr}")
+    if not 0 < args.lr <= 1e6:  # also refuses nan and inf
+        raise UsageError(f"--lr: must be in (0, 1e6], got {args.lr}")
+    if not 1 <= args.steps <= 10_000_000:  # every step's lr is listed
+        raise UsageError(f"--steps: must be in [1, 10000000], got {args.steps}")
+    if not 0 <= args.warmup <= args.steps:
+        raise UsageError(f"--warmup: must be in [0, --steps], got {args.warmup}")
     factor = make_schedule(args.kind, args.steps, warmup_steps=args.warmup, **params)
     lrs = [args.lr * factor(s) for s in range(args.steps)]
     if args.plot:

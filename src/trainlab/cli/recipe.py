@@ -15,8 +15,8 @@ def cmd_recipe(args) -> int:
     from trainlab.config import load_config
     from trainlab.recipe import run_recipe
 
-    if not math.isfinite(args.budget) or args.budget <= 0:
-        raise UsageError(f"--budget: must be a positive number of minutes, got {args.budget:g}")
+    if not math.isfinite(args.budget) or not 0 < args.budget <= 1e6:
+        raise UsageError(f"--budget: must be a positive number of minutes (at most 1e6), got {args.budget:g}")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers: must be at least 1, got {args.workers}")
     overrides = list(args.set) + ([f"task={args.task}"] if args.task else [])

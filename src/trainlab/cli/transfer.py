@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainlab.cli.common import UsageError, add_db, open_store, print_json, table
+from trainlab.cli.common import UsageError, add_db, open_store, print_json, printable, table
 from trainlab.config import DEFAULT_RUNS_DIR
 
 __all__ = ["register"]
@@ -75,9 +75,9 @@ def cmd_transfer(args) -> int:
             return 0
         size = "very little data" if advice.size == "little" else "quite a lot of data"
         similarity = "similar to" if advice.similarity == "similar" else "very different from"
-        print(f"target {task.name}: {size}, {similarity} {source.name} -> {advice.strategy}")
+        print(f"target {printable(task.name)}: {size}, {similarity} {printable(source.name)} -> {advice.strategy}")
         for reason in advice.reasons:
-            print(f"  - {reason}")
+            print(f"  - {printable(reason)}")
         if result:
             _print_result(result, False)
         return 0

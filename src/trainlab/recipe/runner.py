@@ -301,7 +301,8 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     after a failed check. Ctrl-C stops cleanly: the result's status is "interrupted" and the report
     shows what was done. Raises ConfigError for bad input, before anything is written.
     """
-    from trainlab.tasks import load_task, model_label
+    from trainlab.preflight import load_checked_task
+    from trainlab.tasks import model_label
     from trainlab.train.plan import RunPlan
 
     if not isinstance(budget_minutes, (int, float)) or not math.isfinite(budget_minutes) or budget_minutes <= 0:
@@ -311,7 +312,7 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers: must be an integer >= 1, got {workers!r}")
     hp = apply_overrides(hp, {})
-    task = load_task(hp)   # ConfigError for an unknown task or model, before the store is touched
+    task = load_checked_task(hp)   # ConfigError for an unknown task or model or bad data, before the store is touched
     # The cost model's epochs: updates per epoch of the searches' trainings, from their RunPlan (the one
     # place run lengths are derived; a config whose run the plan rejects is a ConfigError here, before the store).
     updates_per_epoch = RunPlan.resolve(search_base(hp), examples=len(task.train), world_size=1).updates_per_epoch

@@ -43,7 +43,7 @@ from trainlab.search.leaderboard import (
 from trainlab.search.optuna_glue import PRUNERS, STRATEGIES
 from trainlab.search.space import Space, parse_space
 from trainlab.search.storage import StudyLock, is_sqlite, load_study, open_storage
-from trainlab.search.workers import WorkerPlan, log, run_workers, update_bar, work
+from trainlab.search.workers import WorkerPlan, interrupts, log, run_workers, update_bar, work, workers_needed
 from trainlab.store import Store, hide_password, normalize_url
 
 __all__ = ["run_search", "default_study_name", "DEFAULT_TRIALS", "DEFAULT_HEARTBEAT_S", "GRACE_HEARTBEATS",
@@ -173,8 +173,10 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
         raise ConfigError(f"trials: must be an integer >= 1, got {trials!r}")
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers: must be an integer >= 1, got {workers!r}")
-    if not isinstance(heartbeat_s, int) or heartbeat_s < 1:
-        raise ConfigError(f"heartbeat_s: must be an integer >= 1 (seconds), got {heartbeat_s!r}")
+    if not isinstance(heartbeat_s, int) or not 1 <= heartbeat_s <= 86_400:
+        raise ConfigError(f"heartbeat_s: must be an integer in [1, 86400] (seconds), got {heartbeat_s!r}")
+    if seed is not None and (not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1):
+        raise ConfigError(f"seed: must be an integer in [0, 4294967295], got {seed!r}")
     db_url = normalize_url(db if db is not None else storage)
     storage_url = normalize_url(storage if storage is not None else db)
     if workers > 1 and is_sqlite(storage_url) and (":memory:" in storage_url or storage_url in ("sqlite://",
@@ -199,6 +201,9 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
             space = parse_space(space, base)
         if strategy == "grid":
             space.grid()  # ConfigError naming a continuous parameter
+        from trainlab.preflight import load_checked_task
+
+        load_checked_task(base)  # pre-flight of the task's data and base model: one line, before a study exists
         study = study or default_study_name(base, space, strategy, prune)
         plan_meta = {"strategy": strategy, "prune": prune, "space": space.to_dict(),
                      "config": base.model_dump(mode="json"), "seed": base.seed if seed is None else seed,
@@ -220,6 +225,11 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
 
     ostudy = load_study(study, ostorage)
     before = finished(ostudy.get_trials(deepcopy=False))
+    capped = workers_needed(ostudy.get_trials(deepcopy=False), n, workers)
+    if capped < workers:
+        log(plan, f"{capped} worker{'s' if capped > 1 else ''}, not {workers}: "
+                  f"{'only ' if capped > 1 else ''}{capped} trial{'s' if capped > 1 else ''} left to run")
+        workers = plan.workers = capped
     bar = None
     if not quiet:
         from tqdm.auto import tqdm
@@ -230,11 +240,12 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
         bar = tqdm(total=n, initial=min(before, n), unit="trial", desc="trials", dynamic_ncols=True, leave=False)
     exitcodes: list[int] = []
     try:
-        if workers == 1:
-            work(plan, bar=bar, on_trial=(lambda: update_bar(bar, ostudy, n)) if bar is not None else None,
-                 check=False)
-        else:
-            exitcodes = run_workers(plan, workers, bar, ostudy, n)
+        with interrupts():  # SIGINT or SIGTERM: running trials stop (runs "stopped") and are queued again
+            if workers == 1:
+                work(plan, bar=bar, on_trial=(lambda: update_bar(bar, ostudy, n)) if bar is not None else None,
+                     check=False)
+            else:
+                exitcodes = run_workers(plan, workers, bar, ostudy, n)
     finally:
         if bar is not None:
             update_bar(bar, ostudy, n)

@@ -94,7 +94,7 @@ class Store:
         self.url = read_only_url(db) if read_only else normalize_url(db)
         self.read_only = read_only
         self.lost_after_s = float(lost_after_s)  # a running run silent this long shows as "lost" (`liveness`)
-        self._shown_url = hide_password(self.url)
+        self._shown_url = hide_password(normalize_url(db))  # the URL as the user gave it, not its read-only form
         self._engine = make_engine(self.url, read_only=read_only)
         # Same pool and listeners; connections from it begin with BEGIN IMMEDIATE on SQLite.
         self._write_engine = write_engine(self._engine)

@@ -25,11 +25,12 @@ from torch import nn
 
 from trainlab.checkpoint import plain_module
 from trainlab.config import DEFAULT_RUNS_DIR, Config, ConfigError
+from trainlab.metrics import for_task
 from trainlab.monitor import ratio_warnings
 from trainlab.optim import build_optimizer
 from trainlab.parallel.ddp import Dist, apply_sync_bn, batchnorm_warning, wrap_ddp
+from trainlab.preflight import preflight
 from trainlab.store import Store
-from trainlab.metrics import for_task
 from trainlab.tasks import Task, checked, load_task, model_label
 from trainlab.train.averaging import callbacks_for
 from trainlab.train.callbacks import Callback, LoopState, Stop
@@ -108,6 +109,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     callbacks = [*callbacks_for(hp), *callbacks]  # EMA and snapshots, when hp asks for them
     pipelined = hp.parallel == "pipeline" and check_pipeline(hp, dist)  # a ConfigError before anything is stored
     model, optimizer, net, ex = _build(task, hp, model, optimizer, device, None if pipelined else dist, world)
+    preflight(task, hp, model)  # labels in range, finite inputs, shapes that fit: one line before anything is stored
     pipe = PipelineRun(model, hp, dist, task.loss, optimizer) if pipelined else None  # every rank sees every batch
     ex, (data_rank, data_world) = ex.with_pipeline(pipe), ((0, 1) if pipelined else (rank, world))
     plan = RunPlan.resolve(hp, len(task.train), data_world, factor=schedule, execution=ex)  # derived once
