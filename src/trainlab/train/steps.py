@@ -4,7 +4,9 @@ Per update: the scheduled learning rate, forward and loss (bfloat16 autocast on 
 micro-batches under gradient accumulation), optional clipping, the optimizer step, the update/weight ratios
 at the monitor's cadence, the callbacks' `on_step_end`, a mid-epoch `last.pt` when due. The loss stays on
 the device: `pending` holds the detached losses and `read_losses` reads them every `DRAIN` steps (one
-synchronization, one all-reduce under DDP), writes their rows and checks for divergence. Nothing here
+synchronization, one all-reduce under DDP), writes their rows and checks for divergence: a loss over 10x the
+initial one, or NaN/Inf, which a device-side flag (`first_nonfinite`, set per step without a sync) names
+exactly; the run stops at that drain, at most DRAIN - 1 updates after the bad one. Nothing here
 synchronizes with the device, builds objects or writes to the store per step beyond what a hand-written
 loop does.
 """
@@ -50,6 +52,9 @@ class Steps:
         self.ratio = UpdateRatio(model, hp.monitor_every if not state.rank else 0)
         self.ratio_log: dict[str, list[float]] = {n: [] for n in judged_parameters(model)}
         self.pending: list[torch.Tensor] = []
+        # The first update whose loss was NaN/Inf, kept on the device (-1: none yet): set without a host sync
+        # and read with the losses at the next drain, which names that update and its lr and stops the run.
+        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=batches.device)
         self.first = step  # the update of pending[0]
         self.bar = None  # one progress bar per epoch (loss, lr), unless quiet
 
@@ -94,6 +99,7 @@ class Steps:
                 if measured:
                     self._ratios(step, epoch, gnorm)
                 pending.append(loss.detach())
+                self._flag(loss, step)
                 step += 1
                 seen += n
                 if len(pending) >= DRAIN:
@@ -123,6 +129,11 @@ class Steps:
                 self.bar = None
         return seen, stop
 
+    def _flag(self, loss: torch.Tensor, step: int) -> None:
+        """Remember `step` on the device if its loss is the first non-finite one (no host synchronization)."""
+        f = self.first_nonfinite
+        self.first_nonfinite = torch.where((f < 0) & ~torch.isfinite(loss.detach()), step, f)
+
     def _ratios(self, step: int, epoch: int, gnorm) -> None:
         ratios = self.ratio.after()
         for name, values in self.ratio_log.items():
@@ -139,7 +150,12 @@ class Steps:
             return None
         values = torch.stack(self.pending).float()
         self.pending.clear()
-        values = (mean_across(self.dist, values) if self.dist is not None and collective else values).tolist()
+        bad = -1
+        if self.dist is not None and collective:  # the averaged losses: NaN on any rank is NaN on all, same step
+            values = mean_across(self.dist, values).tolist()
+        else:  # one transfer: the losses and the device-side flag together
+            both = torch.cat([values.double(), self.first_nonfinite.double().reshape(1)]).tolist()
+            values, bad = both[:-1], int(both[-1])
         first, self.first = self.first, self.first + len(values)
         if pos.reference is None:
             pos.reference = max(values[0], math.log(max(self.num_classes, 2)))
@@ -149,4 +165,8 @@ class Steps:
         if self.bar is not None:
             self.bar.update(len(values))
             self.bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{lrs[-1]:.2e}", refresh=False)
-        return divergence(values, first, pos.reference, lrs)
+        cut = bad - first if bad >= first else len(values)
+        why = divergence(values[:cut], first, pos.reference, lrs[:cut])  # an explosion before the NaN/Inf comes first
+        if why is None and cut < len(values):  # the flag's update: the first NaN/Inf loss, with its lr
+            why = divergence(values[cut:cut + 1], bad, pos.reference, lrs[cut:cut + 1])
+        return why
