@@ -205,3 +205,16 @@ def test_diagnose_unknown_run_exits_2(db, capsys):
 def test_diagnose_rejects_one_class(db, capsys):
     assert main(["diagnose", "1", "--db", db, "--num-classes", "1"]) == 2
     assert "--num-classes: must be >= 2, got 1" in capsys.readouterr().err
+
+
+def test_check_start_confirms_a_bad_initialization_before_blaming_it():
+    from trainlab.checks import check_start
+
+    hp = Config(model="mlp", optimizer="momentum", lr=0.05)
+    task = load_task(hp)
+    bad = check_start(task, hp, small_init_mlp(), steps=150)
+    assert bad.verdict == "fail" and "starts faster" in bad.message
+    assert bad.evidence["default"] < 0.5 * (bad.evidence["given"] or 150)
+    torch.manual_seed(0)
+    ok = check_start(task, hp, build_model("mlp", (1, 40), 10, 100, 0.0), steps=150)
+    assert ok.verdict == "pass" and "not the initialization's" in ok.message
