@@ -37,8 +37,10 @@ def cmd_recipe(args) -> int:
     return 0 if result.status == "completed" else 1
 
 
-def _process_start() -> float | None:
-    """time.time() at which this process started (Linux: /proc), so that the budget counts torch's import."""
+def _process_start(max_age_s: float = 120.0) -> float | None:
+    """time.time() at which this process started (Linux: /proc), so that the budget counts torch's import;
+    None elsewhere, or when the process is older than `max_age_s` (main() called inside a long-lived
+    process, e.g. a notebook or a test session, did not start it)."""
     try:
         with open("/proc/self/stat") as f:
             ticks = int(f.read().rpartition(")")[2].split()[19])
@@ -46,7 +48,8 @@ def _process_start() -> float | None:
             uptime = float(f.read().split()[0])
         import time
 
-        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+        started = time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+        return started if time.time() - started <= max_age_s else None
     except (OSError, ValueError, IndexError):
         return None
 

@@ -14,6 +14,7 @@ from typing import Any
 from trainlab.dashboard.cache import SeriesCache
 from trainlab.dashboard.downsample import MAX_POINTS, json_safe, plot_series
 from trainlab.dashboard.findings import Doctor, status_findings
+from trainlab.doctor.diagnose import shared_names
 from trainlab.doctor.rules import RATIO_BAND
 from trainlab.store import RUN_STATUSES, Store
 
@@ -82,7 +83,7 @@ def study(store: Store, cache: SeriesCache, doctor: Doctor, key: str, *, points:
         runs = [r for r in runs if r["status"] == status]
     series = cache.get(runs, (LOSS_KEY, VAL_KEY), points, study_series)
     metrics = {r["hparams"].get("early_stop_metric") for r in runs}
-    out_runs, pending = [], []
+    items, pending = [], []
     for r in runs:
         item = run_fields(r)
         badges = doctor.findings(r, queue=False)
@@ -91,7 +92,9 @@ def study(store: Store, cache: SeriesCache, doctor: Doctor, key: str, *, points:
             badges = status_findings(r)
             pending.append(r)
         item["badges"] = badges
-        out_runs.append(dumps(item)[:-1] + "," + series[r["id"]] + "}")  # + the cached JSON of its series
+        items.append(item)
+    shared = _shared_badges(items) if not pending else []
+    out_runs = [dumps(item)[:-1] + "," + series[item["id"]] + "}" for item in items]  # + the cached JSON of its series
     head = dumps({
         "study": {"key": key, "name": name},
         "status_counts": counts,
@@ -99,6 +102,7 @@ def study(store: Store, cache: SeriesCache, doctor: Doctor, key: str, *, points:
         "metric": metrics.pop() if len(metrics) == 1 and None not in metrics else "best metric",
         "running": any(r["status"] == "running" for r in runs),
         "doctor": {"available": doctor.available, "pending": len(pending)},
+        "shared_findings": shared,
     })
     return head[:-1] + ',"runs":[' + ",".join(out_runs) + "]}", pending
 
@@ -124,6 +128,23 @@ def run_metrics(store: Store, cache: SeriesCache, run_id: int, points: int = MAX
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def _shared_badges(items: list[dict]) -> list[dict[str, Any]]:
+    """The doctor's badges every run of the study has (2+ runs), taken off each run and returned once, with
+    the number of runs: a badge all runs share describes the study (`doctor.diagnose.shared_names`)."""
+    per_run = {i["id"]: [b["name"] for b in i["badges"] if b.get("source") == "doctor"] for i in items}
+    common = shared_names(per_run)
+    if not common:
+        return []
+    out = []
+    for name in sorted(common):
+        first = next(b for b in items[0]["badges"] if b["name"] == name)
+        out.append({**first, "runs": len(items), "evidence": f"all {len(items)} runs; e.g. run {items[0]['id']}: "
+                                                           f"{first.get('evidence') or ''}"})
+    for i in items:
+        i["badges"] = [b for b in i["badges"] if not (b.get("source") == "doctor" and b["name"] in common)]
+    return out
 
 
 def axis(values: list[Any]) -> dict[str, Any]:
