@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from trainlab.cli.common import UsageError
 from trainlab.config import DEFAULT_RUNS_DIR
@@ -37,19 +38,22 @@ def cmd_recipe(args) -> int:
     return 0 if result.status == "completed" else 1
 
 
-def _process_start(max_age_s: float = 120.0) -> float | None:
+def _process_start() -> float | None:
     """time.time() at which this process started (Linux: /proc), so that the budget counts torch's import;
-    None elsewhere, or when the process is older than `max_age_s` (main() called inside a long-lived
-    process, e.g. a notebook or a test session, did not start it)."""
+    None unless this process was started as the command (`trainlab ...` or `python -m trainlab ...`): main()
+    called inside another process (a notebook, a test session) counts from the call."""
+    import sys
+    import time
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if Path(sys.argv[0]).name != "trainlab" and getattr(spec, "name", None) != "trainlab.__main__":
+        return None
     try:
         with open("/proc/self/stat") as f:
             ticks = int(f.read().rpartition(")")[2].split()[19])
         with open("/proc/uptime") as f:
             uptime = float(f.read().split()[0])
-        import time
-
-        started = time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
-        return started if time.time() - started <= max_age_s else None
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return None
 
