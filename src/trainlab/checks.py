@@ -38,10 +38,13 @@ from trainlab.doctor.lr_range import (
     SWEEP_RANGE,
     SWEEP_STEPS,
     TRIAL_STEPS,
+    WIDER_LRS,
+    WIDER_SWEEP_RANGE,
     analyze_lr_sweep,
     lr_trial_summary,
     lrs_agree,
     pick_discrete_lr,
+    pick_moving_lr,
 )
 from trainlab.doctor.rules import FLAT_DROP, init_loss_verdict, init_regression_verdict
 from trainlab.schedules import exponential_ramp
@@ -54,7 +57,8 @@ from trainlab.train.loop import epoch_order, fit, resolve_device
 
 OVERFIT_REGRESSION_FRACTION = 0.05  # a regression has memorized its sample at a loss of 5% of its target variance (R^2 >= 0.95)
 
-__all__ = ["CheckResult", "LRTestResult", "check_init", "check_overfit", "check_lr", "LECTURE_LRS"]
+__all__ = ["CheckResult", "LRTestResult", "check_init", "check_overfit", "check_lr", "check_lr_widened", "check_start",
+           "LECTURE_LRS"]
 
 
 @dataclass
@@ -463,3 +467,98 @@ def _record_lr(store: Store, hp: Config, result: LRTestResult, rows: list[dict],
                "table": result.table, "sweep": sweep_brief, "settings": result.settings, "plot": result.plot}
     store.finish_run(run_id, "completed", reason=result.message, summary=json_safe(summary))
     return run_id
+
+
+def check_lr_widened(task: Task | None, hp: Config, store: Store | None = None, *, steps: int = TRIAL_STEPS,
+                     sweep_steps: int = SWEEP_STEPS, max_steps: int = 3 * TRIAL_STEPS,
+                     study: str | None = None) -> LRTestResult:
+    """`check_lr`, widened before it calls a failure. When neither the discrete trials nor the sweep see the
+    loss drop, the lecture's remedies in order: (1) the same rates for 3x the steps (a slow start or a noisy
+    task needs longer to show a drop), (2) a wider range (WIDER_LRS, 1 .. 1e-5, and a sweep over
+    WIDER_SWEEP_RANGE) at those steps. After each, a rate whose loss moved by MOVED_Z standard errors
+    (`lr_range.pick_moving_lr`) is picked even if it fell less than 10%: slow learning is learning. The
+    verdict is "fail" only when no rate moved the loss in any of them; the message then lists each rate's
+    loss change. `settings["attempts"]` records every try.
+    """
+    long, sweep_long = min(3 * steps, max_steps), min(3 * sweep_steps, 2 * max_steps)
+    tries = [(LECTURE_LRS, steps, sweep_steps, SWEEP_RANGE, "the lecture's test"),
+             (LECTURE_LRS, long, sweep_long, SWEEP_RANGE, f"{long} steps per rate"),
+             (WIDER_LRS, long, sweep_long, WIDER_SWEEP_RANGE,
+              f"{long} steps over a wider range (lr 1 .. 1e-5, sweep {WIDER_SWEEP_RANGE[0]:g} .. {WIDER_SWEEP_RANGE[1]:g})")]
+    attempts: list[dict[str, Any]] = []
+    result = None
+    for lrs, n, ns, rng, what in tries:
+        result = check_lr(task, hp, store, lrs=lrs, steps=n, sweep_steps=ns, sweep_range=rng, study=study)
+        attempts.append({"what": what, "steps": n, "lrs": list(lrs), "sweep_range": list(rng),
+                         "suggested_lr": result.suggested_lr, "run": result.run_id,
+                         "table": [{k: row.get(k) for k in ("lr", "status", "drop", "z")} for row in result.table]})
+        if result.suggested_lr is not None:
+            break
+        moving = pick_moving_lr(result.table)
+        if moving is not None:
+            row = next(r for r in result.table if r["lr"] == moving)
+            result.suggested_lr, result.verdict = moving, "pass"
+            result.rule = "slow but real: no rate dropped 10%, so the rate whose loss moved most surely"
+            result.message = (f"suggested lr {moving:.3g}: no trial dropped 10% in {n} steps, but at lr {moving:g} the "
+                              f"loss fell {row['drop']:.1%}, {row['z']:.1f} standard errors (slow but real learning; "
+                              f"{what}) (not applied)")
+            attempts[-1]["suggested_lr"] = moving
+            break
+    if len(attempts) > 1 and result.verdict == "pass" and result.rule.startswith("discrete"):
+        result.message = result.message.replace(" (not applied)", f"; after widening: {attempts[-1]['what']} (not applied)")
+    if result.suggested_lr is None:
+        moved = "; ".join(f"lr {r['lr']:g}: {r['status']}" + (f", {r['drop']:+.1%}, {r['z']:.1f} s.e."
+                                                             if r.get("z") is not None and math.isfinite(r["z"]) else "")
+                          for r in result.table)
+        result.message = (f"no rate moves the loss, after {len(attempts)} tries ({'; '.join(a['what'] for a in attempts)}): "
+                          f"{moved}; check the model and the data (labels, inputs, gradients reaching every layer)")
+    result.settings["attempts"] = attempts
+    return result
+
+
+def check_start(task: Task | None, hp: Config, model: nn.Module, *, steps: int = 200) -> CheckResult:
+    """Confirm a slow start before blaming the initialization: train `model` (copied) and the same
+    architecture freshly initialized by PyTorch's defaults (`reset_parameters()` on every layer) for `steps`
+    updates each, same data order and lr, and compare the steps each needs to get 5% below its first loss.
+    Passes ("the initialization is fine") unless the default one gets there in under half the steps.
+    """
+    hp_s = _override(hp, steps=steps, patience=None, ema=None, snapshots=False, schedule="constant",
+                     warmup_steps=0, warmup_epochs=0.0)
+    task = task or load_task(hp_s)
+    fresh = copy.deepcopy(model)
+    with _rng_kept():
+        torch.manual_seed(hp.seed)
+        for m in fresh.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        scratch = Store("sqlite://")
+        starts = {}
+        for label, net in (("given", copy.deepcopy(model)), ("default", fresh)):
+            r = fit(task, hp_s, store=scratch, quiet=True, evaluate_test=False, checkpoints=False, model=net)
+            losses, _ = _losses(scratch, r.run_id)
+            starts[label] = _steps_to_drop(losses)
+        scratch.close()
+    given, default = starts["given"], starts["default"]
+    faster = default is not None and (given is None or default < 0.5 * given)
+    g = f"{given} steps" if given is not None else f"not within {steps} steps"
+    d = f"{default} steps" if default is not None else f"not within {steps} steps"
+    if faster:
+        verdict, message = "fail", (f"a fresh default initialization starts faster: 5% below its first loss in {d}, "
+                                    f"the given one in {g}: the initialization is the cause")
+    else:
+        verdict, message = "pass", (f"a fresh default initialization starts no faster ({d}, the given one {g}): "
+                                    "the slow start is not the initialization's (look at the lr, warmup, normalization)")
+    return CheckResult("start", verdict, message, {"steps": steps, "given": given, "default": default})
+
+
+def _steps_to_drop(losses: Sequence[float], drop: float = 0.05) -> int | None:
+    """Steps until the 10-step moving average is `drop` below the first loss (None: never)."""
+    from trainlab.doctor.curves import moving_average
+
+    if not losses:
+        return None
+    sm = moving_average(losses, 10)
+    for i, v in enumerate(sm):
+        if v <= (1 - drop) * losses[0]:
+            return i
+    return None

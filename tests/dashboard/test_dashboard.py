@@ -768,3 +768,31 @@ def test_runs_in_progress_update_without_a_reload(trained, tmp_path):
     finally:
         server.stop()
         writer.close()
+
+
+def test_a_badge_every_run_shares_is_shown_once_for_the_study(tmp_path):
+    import json
+
+    from trainlab.dashboard import api
+    from trainlab.dashboard.cache import SeriesCache
+    from trainlab.dashboard.findings import Doctor
+
+    store = Store(tmp_path / "s.db")
+    ids = [store.create_run(name=f"t{i}", hparams={"lr": 10.0 ** -i}, study="grid") for i in range(3)]
+    for i in ids:
+        store.log_metrics(i, [(s, 1, "train/loss", 2.0 - s / 10) for s in range(5)])
+        store.finish_run(i, "completed")
+    own = {ids[0]: [{"name": "overfitting", "diagnosis": "d", "evidence": "e", "action": "a", "confidence": "high"}]}
+
+    def fake(store_, run):  # every run: train_longer; run 0 also overfitting
+        return [{"name": "train_longer", "diagnosis": "still learning", "evidence": f"run {run['id']}",
+                 "action": "more epochs", "confidence": "medium"}] + own.get(run["id"], [])
+
+    doctor = Doctor(store, diagnose=fake)
+    for i in ids:
+        doctor.findings(store.run(i), wait=True)
+    key = str(store.runs(study="grid")[0]["study_id"])
+    page = json.loads(api.study(store, SeriesCache(store), doctor, key)[0])
+    assert [(f["name"], f["runs"]) for f in page["shared_findings"]] == [("train_longer", 3)]
+    badges = {r["id"]: [b["name"] for b in r["badges"]] for r in page["runs"]}
+    assert badges == {ids[0]: ["overfitting"], ids[1]: [], ids[2]: []}

@@ -206,3 +206,34 @@ def test_checkpoints_load_only_safely(tmp_path):
     half.write_bytes(half.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="cannot load"):
         load_checkpoint(half)
+
+
+class NaNAt(torch.nn.Module):
+    """The task's model, whose output turns NaN on its `at`-th training forward (update `at`, 0-based)."""
+
+    def __init__(self, inner, at):
+        super().__init__()
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def forward(self, x):
+        out = self.inner(x)
+        if self.training:
+            if self.calls == self.at:
+                out = out * float("nan")
+            self.calls += 1
+        return out
+
+
+@pytest.mark.parametrize("at", [0, 73, 149])
+def test_a_nan_loss_is_named_on_its_own_step_and_the_run_stops_at_the_next_drain(task, tmp_path, at):
+    from trainlab.train.steps import DRAIN
+
+    torch.manual_seed(0)
+    hp = Config(**TINY, epochs=3, schedule="cosine", warmup_steps=20)
+    store = Store(tmp_path / "t.db")
+    result = fit(task, hp, store=store, quiet=True, checkpoints=False, model=NaNAt(task.build_model(), at))
+    assert result.status == "diverged"
+    assert f"loss became NaN at step {at} (lr " in result.reason
+    lr = store.metrics(result.run_id, ["lr"])["lr"]
+    assert f"(lr {lr['value'][lr['step'].index(at)]:.3g})" in result.reason
+    assert at < result.steps <= at + DRAIN   # stopped at the next drain: at most DRAIN - 1 updates after the bad one

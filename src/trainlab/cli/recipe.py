@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from trainlab.cli.common import UsageError
 from trainlab.config import DEFAULT_RUNS_DIR
@@ -30,10 +31,31 @@ def cmd_recipe(args) -> int:
         # than cores per process only contend (2 threads measured ~15x slower than 1 on a loaded 2-core box).
         torch.set_num_threads(threads_per_worker(args.workers or default_workers()))
     result = run_recipe(hp, budget_minutes=args.budget, workers=args.workers, out=args.out, db=args.db,
-                        fresh=args.fresh, force=args.force, quiet=args.quiet, runs_dir=args.runs_dir)
+                        fresh=args.fresh, force=args.force, quiet=args.quiet, runs_dir=args.runs_dir,
+                        started_at=_process_start())
     if result.status == "interrupted":
         return 130
     return 0 if result.status == "completed" else 1
+
+
+def _process_start() -> float | None:
+    """time.time() at which this process started (Linux: /proc), so that the budget counts torch's import;
+    None unless this process was started as the command (`trainlab ...` or `python -m trainlab ...`): main()
+    called inside another process (a notebook, a test session) counts from the call."""
+    import sys
+    import time
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if Path(sys.argv[0]).name != "trainlab" and getattr(spec, "name", None) != "trainlab.__main__":
+        return None
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rpartition(")")[2].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def register(sub) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from trainlab.dashboard.cache import SeriesCache
 from trainlab.dashboard.downsample import MAX_POINTS, json_safe, plot_series
 from trainlab.dashboard.findings import Doctor, status_findings
+from trainlab.doctor.diagnose import shared_names
 from trainlab.doctor.rules import RATIO_BAND
 from trainlab.store import RUN_STATUSES, Store
 
@@ -104,7 +105,7 @@ def study(store: Store, cache: SeriesCache, doctor: Doctor, key: str, *, points:
     head_metric = task_metric(runs)
     series = cache.get(runs, (LOSS_KEY, f"val/{head_metric}"), points, study_series)
     metrics = {r["hparams"].get("early_stop_metric") for r in runs}
-    out_runs, pending = [], []
+    items, pending = [], []
     for r in runs:
         item = run_fields(r)
         badges = doctor.findings(r, queue=False)
@@ -113,7 +114,9 @@ def study(store: Store, cache: SeriesCache, doctor: Doctor, key: str, *, points:
             badges = status_findings(r)
             pending.append(r)
         item["badges"] = badges
-        out_runs.append(dumps(item)[:-1] + "," + series[r["id"]] + "}")  # + the cached JSON of its series
+        items.append(item)
+    shared = _shared_badges(items) if not pending else []
+    out_runs = [dumps(item)[:-1] + "," + series[item["id"]] + "}" for item in items]  # + the cached JSON of its series
     head = dumps({
         "study": {"key": key, "name": name},
         "status_counts": counts,
@@ -122,6 +125,7 @@ def study(store: Store, cache: SeriesCache, doctor: Doctor, key: str, *, points:
         "val_key": f"val/{head_metric}", "test_key": f"test/{head_metric}",
         "running": any(r["status"] == "running" for r in runs),
         "doctor": {"available": doctor.available, "pending": len(pending)},
+        "shared_findings": shared,
     })
     return head[:-1] + ',"runs":[' + ",".join(out_runs) + "]}", pending
 
@@ -163,6 +167,23 @@ def compare(store: Store, cache: SeriesCache, run_ids: list[int], key: str = LOS
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def _shared_badges(items: list[dict]) -> list[dict[str, Any]]:
+    """The doctor's badges every run of the study has (2+ runs), taken off each run and returned once, with
+    the number of runs: a badge all runs share describes the study (`doctor.diagnose.shared_names`)."""
+    per_run = {i["id"]: [b["name"] for b in i["badges"] if b.get("source") == "doctor"] for i in items}
+    common = shared_names(per_run)
+    if not common:
+        return []
+    out = []
+    for name in sorted(common):
+        first = next(b for b in items[0]["badges"] if b["name"] == name)
+        out.append({**first, "runs": len(items), "evidence": f"all {len(items)} runs; e.g. run {items[0]['id']}: "
+                                                           f"{first.get('evidence') or ''}"})
+    for i in items:
+        i["badges"] = [b for b in i["badges"] if not (b.get("source") == "doctor" and b["name"] in common)]
+    return out
 
 
 def axis(values: list[Any]) -> dict[str, Any]:

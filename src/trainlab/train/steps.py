@@ -5,7 +5,9 @@ Per update: the scheduled learning rate, forward and loss (autocast to the run's
 fp16's GradScaler, the gradients unscaled before clipping), optional clipping, the optimizer step, the update/weight ratios
 at the monitor's cadence, the callbacks' `on_step_end`, a mid-epoch `last.pt` when due. The loss stays on
 the device: `pending` holds the detached losses and `read_losses` reads them every `DRAIN` steps (one
-synchronization, one all-reduce under DDP), writes their rows and checks for divergence. A `Halt` (SIGTERM,
+synchronization, one all-reduce under DDP), writes their rows and checks for divergence: a loss over 10x the
+initial one, or NaN/Inf, which a device-side flag (`first_nonfinite`, set per step without a sync) names
+exactly; the run stops at that drain, at most DRAIN - 1 updates after the bad one. A `Halt` (SIGTERM,
 the store's memory bound) is read after every update, under DDP at each read of the losses (its all-reduce
 carries the flag, so every rank stops at the same update): the epoch stops there, `last.pt` is written at
 that exact position, and the run ends "stopped", resumable. Nothing here
@@ -61,6 +63,9 @@ class Steps:
         self.ratio = UpdateRatio(judged, hp.monitor_every if not state.rank else 0)
         self.ratio_log: dict[str, list[float]] = {n: [] for n in judged_parameters(judged)}
         self.pending: list[torch.Tensor] = []
+        # The first update whose loss was NaN/Inf, kept on the device (-1: none yet): set without a host sync
+        # and read with the losses at the next drain, which names that update and its lr and stops the run.
+        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=batches.device)
         self.first = step  # the update of pending[0]
         self.bar = None  # one progress bar per epoch (loss, lr), unless quiet
         self.halt = halt or Halt()
@@ -118,6 +123,7 @@ class Steps:
                 if measured:
                     self._ratios(step, epoch, gnorm)
                 pending.append(loss.detach())
+                self._flag(loss, step)
                 step += 1
                 seen += n
                 if len(pending) >= DRAIN:
@@ -165,6 +171,10 @@ class Steps:
         why = self.halt.reason or "stopped by another rank"
         return Stop("stopped", f"{why} at step {step}" + resume_hint(self.state.run_id, self.ckpts.run_dir,
                                                                      self.state.world_size))
+    def _flag(self, loss: torch.Tensor, step: int) -> None:
+        """Remember `step` on the device if its loss is the first non-finite one (no host synchronization)."""
+        f = self.first_nonfinite
+        self.first_nonfinite = torch.where((f < 0) & ~torch.isfinite(loss.detach()), step, f)
 
     def _ratios(self, step: int, epoch: int, gnorm) -> None:
         ratios = self.ratio.after()
@@ -184,16 +194,19 @@ class Steps:
             return None
         values = torch.stack(self.pending).float()
         self.pending.clear()
+        bad = -1
         if self.pipe is not None and not collective:  # only the last rank has the losses, and no rank may wait
             return None
         if self.pipe is not None:  # the loss lives on the last rank; the halt is agreed by every rank
             values = self.pipe.losses(values).tolist()
             self.halted = any_rank(self.pipe.dist, self.halt.reason is not None)
         elif self.dist is not None and collective:  # the halt flag rides on the losses' all-reduce: every rank agrees
+            # the averaged losses: NaN on any rank is NaN on all, at the same step
             values = mean_across(self.dist, torch.cat([values, values.new_tensor([float(self.halt.reason is not None)])]))
             values, self.halted = values[:-1].tolist(), values[-1].item() > 0
-        else:
-            values, self.halted = values.tolist(), self.halt.reason is not None
+        else:  # one transfer: the losses and the device-side flag together
+            both = torch.cat([values.double(), self.first_nonfinite.double().reshape(1)]).tolist()
+            values, bad, self.halted = both[:-1], int(both[-1]), self.halt.reason is not None
         first, self.first = self.first, self.first + len(values)
         if pos.reference is None:
             # log C for a classifier (the loss of a uniform guess); a regression loss has only its own start
@@ -204,7 +217,11 @@ class Steps:
         if self.bar is not None:
             self.bar.update(len(values))
             self.bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{lrs[-1]:.2e}", refresh=False)
-        return divergence(values, first, pos.reference, lrs)
+        cut = bad - first if bad >= first else len(values)
+        why = divergence(values[:cut], first, pos.reference, lrs[:cut])  # an explosion before the NaN/Inf comes first
+        if why is None and cut < len(values):  # the flag's update: the first NaN/Inf loss, with its lr
+            why = divergence(values[cut:cut + 1], bad, pos.reference, lrs[cut:cut + 1])
+        return why
 
 
 def _cl(x: torch.Tensor) -> torch.Tensor:
