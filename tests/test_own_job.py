@@ -162,9 +162,11 @@ def test_bad_data_from_the_command_line_is_one_line_and_exit_2(tmp_path):
         " train=D(), test=D())\n")
     r = _cli("train", "--set", f"task={tmp_path / 'bad.py'}:build", "--db", str(tmp_path / "t.db"), cwd=tmp_path)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [
-        "trainlab: error: task: the train split's items have no input key among ['input', 'inputs', 'x', "
-        "'pixel_values', 'input_ids', 'image', 'features']; keys present: ['pixels', 'label']; set Task(input_key=...)"]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trainlab: error: task 'bad' ("), lines
+    assert lines[0].endswith(": the train split's items have no input key among ['input', 'inputs', 'x', "
+                             "'pixel_values', 'input_ids', 'image', 'features']; keys present: ['pixels', 'label']; "
+                             "set Task(input_key=...)"), lines
     assert Store(tmp_path / "t.db").runs() == []
 
 

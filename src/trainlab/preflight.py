@@ -33,10 +33,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, Subset, TensorDataset, default_collate
+from torch.utils.data import Dataset, IterableDataset, Subset, TensorDataset, default_collate
 
 from trainlab.config import Config, ConfigError
-from trainlab.tasks import Task, build_task, with_val_split
+from trainlab.tasks import Task, build_task, item_keys, with_val_split
 
 __all__ = ["PreflightError", "preflight", "load_checked_task"]
 
@@ -82,9 +82,12 @@ def _preflight(task: Task, hp: Config, model: nn.Module | None) -> None:
         return PreflightError(f"task {name}: {problem}")
 
     classes = task.num_classes
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+    classify = task.kind == "classification" and _classifies(task.loss)
+    if task.kind == "classification" and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
         raise fail(f"num_classes must be a positive integer, got {classes!r}")
-    splits = [(s, getattr(task, s)) for s in ("train", "val", "test") if getattr(task, s, None) is not None]
+    # An iterable dataset has no length and no indexable first batch: its items are checked as they are read.
+    splits = [(s, getattr(task, s)) for s in ("train", "val", "test")
+              if getattr(task, s, None) is not None and not isinstance(getattr(task, s), IterableDataset)]
     for split, data in splits:
         try:
             n = len(data)
@@ -92,17 +95,19 @@ def _preflight(task: Task, hp: Config, model: nn.Module | None) -> None:
             raise fail(f"the {split} split has no length ({type(data).__name__} must be a map-style Dataset)") from None
         if n == 0:
             raise fail(f"the {split} split is empty (0 examples)")
-    classify = _classifies(task.loss)
     ignore = _ignore_index(task.loss)
     batch = min(_BATCH, hp.batch_size)
+    keys = (task.input_key, task.target_key)
     for split, data in splits:  # in-memory tensors: every example; another Dataset: its first batch
-        x, y = _tensors(data) or _first_batch(data, split, batch, fail)
+        x, y = _tensors(data, keys) or _first_batch(data, split, batch, fail, keys)
         _check_inputs(x, split, fail)
         if classify:
             _check_labels(y, split, classes, ignore, fail)
         elif torch.is_tensor(y) and y.is_floating_point() and not torch.isfinite(y).all():
             raise fail(f"the {split} split's labels hold NaN or Inf")
-    x, y = _first_batch(task.train, "train", batch, fail)
+    if not splits or splits[0][0] != "train":
+        return  # an iterable training set: nothing to put through the model here
+    x, y = _first_batch(task.train, "train", batch, fail, keys)
 
     if model is None:
         _check_memory(task, hp, fail)
@@ -145,14 +150,20 @@ def _ignore_index(loss: Any) -> int:
     return getattr(loss, "ignore_index", -100)
 
 
-def _tensors(data: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(inputs, labels) of in-memory data: a 2-tensor TensorDataset, or a Subset of one (indices applied)."""
-    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-        return data.tensors[0], data.tensors[1]
-    if isinstance(data, Subset) and isinstance(data.dataset, TensorDataset) and len(data.dataset.tensors) == 2:
-        idx = torch.as_tensor(list(data.indices), dtype=torch.long)
-        return data.dataset.tensors[0][idx], data.dataset.tensors[1][idx]
-    return None
+def _tensors(data: Dataset, keys: tuple[Any, Any] = (None, None)) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(inputs, labels) of in-memory data: a TensorDataset, or a Subset of one (indices applied), at the
+    task's positions (default 0 and 1)."""
+    ik = 0 if keys[0] is None else keys[0]
+    tk = 1 if keys[1] is None else keys[1]
+    base, idx = (data.dataset, data.indices) if isinstance(data, Subset) else (data, None)
+    if not isinstance(base, TensorDataset) or not isinstance(ik, int) or not isinstance(tk, int) \
+            or max(ik, tk) >= len(base.tensors):
+        return None
+    x, y = base.tensors[ik], base.tensors[tk]
+    if idx is not None:
+        idx = torch.as_tensor(list(idx), dtype=torch.long)
+        x, y = x[idx], y[idx]
+    return x, y
 
 
 def _chunks(t: torch.Tensor):
@@ -213,9 +224,9 @@ def _check_labels(y: torch.Tensor, split: str, classes: int, ignore: int, fail) 
                    f"{'s' if count > 1 else ''} out of range in all): labels must be class indices in [0, {classes})")
 
 
-def _first_batch(data: Dataset, split: str, k: int, fail) -> tuple[Any, Any]:
+def _first_batch(data: Dataset, split: str, k: int, fail, keys: tuple[Any, Any] = (None, None)) -> tuple[Any, Any]:
     k = max(1, min(k, len(data)))
-    tensors = _tensors(data)
+    tensors = _tensors(data, keys)
     if tensors is not None:
         return tensors[0][:k], tensors[1][:k]
     examples = []
@@ -224,11 +235,11 @@ def _first_batch(data: Dataset, split: str, k: int, fail) -> tuple[Any, Any]:
             example = data[i]
         except Exception as err:
             raise fail(f"reading {split} example {i} raised {_error_text(err)}{_where(err)}") from None
-        if not isinstance(example, (tuple, list)) or len(example) != 2:
-            got = f"a {type(example).__name__} of {len(example)}" if isinstance(example, (tuple, list)) \
-                else f"a {type(example).__name__}"
-            raise fail(f"each example must be a pair (input, label), but {split} example {i} is {got}")
-        examples.append(example)
+        try:  # tuples (input, label) or dicts with the task's keys (tasks.item_keys)
+            ik, tk = item_keys(example, keys[0], keys[1], split)
+        except ConfigError as err:
+            raise fail(str(err).removeprefix("task: ")) from None
+        examples.append((example[ik], example[tk]))
     try:
         x, y = default_collate(examples)
     except Exception as err:

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,8 @@ from trainlab.metrics import Metric, TaskMetrics, regression_loss, resolve_metri
 from trainlab.models import MODELS, build_model
 
 __all__ = ["Task", "BUILTIN_TASKS", "load_task", "build_task", "with_val_split", "split_val", "mnist1d_arrays",
-           "model_label", "dataset_size", "checked", "check_task"]
+           "model_label", "dataset_size", "checked", "check_task", "item_keys", "INPUT_KEYS",
+           "TARGET_KEYS"]
 
 BUILTIN_TASKS = ("mnist1d", "mnist1d-shuffle", "digits", "shapes32")
 
@@ -282,3 +283,39 @@ def with_val_split(task: Task, hp: Config) -> Task:
         train, val = split_val(task.train, hp.val_fraction, hp.split_seed)
         task = replace(task, train=train, val=val)
     return task
+
+
+INPUT_KEYS = ("input", "inputs", "x", "pixel_values", "input_ids", "image", "features")  # dict batches, in this order
+TARGET_KEYS = ("label", "labels", "target", "targets", "y")
+
+
+def item_keys(item: Any, input_key: str | int | None = None, target_key: str | int | None = None,
+              split: str = "train") -> tuple[Any, Any]:
+    """The (input, target) keys of a dataset item or a batch: `input_key`/`target_key`, else the first of
+    INPUT_KEYS/TARGET_KEYS a dict has, or positions 0 and 1 of a tuple; one ConfigError line when there are none."""
+    if isinstance(item, Mapping):
+        present = list(item.keys())
+        return (_key(present, input_key, INPUT_KEYS, "input_key", split),
+                _key(present, target_key, TARGET_KEYS, "target_key", split))
+    if isinstance(item, (tuple, list)) and len(item) >= 2:
+        ik = 0 if input_key is None else input_key
+        tk = 1 if target_key is None else target_key
+        for name, k in (("input_key", ik), ("target_key", tk)):
+            if not isinstance(k, int) or not -len(item) <= k < len(item):
+                raise ConfigError(f"task: {name} {k!r} is not a position in the {split} split's items, which "
+                                  f"are tuples of {len(item)}; use 0..{len(item) - 1}")
+        return ik, tk
+    what = f"tuples of {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
+    raise ConfigError(f"task: the {split} split's items must be (input, target) tuples or dicts, got {what}")
+
+
+def _key(present: list, chosen: Any, defaults: tuple[str, ...], name: str, split: str) -> Any:
+    if chosen is not None:
+        if chosen in present:
+            return chosen
+        raise ConfigError(f"task: {name} {chosen!r} is not in the {split} split's items; keys present: {present}")
+    for k in defaults:
+        if k in present:
+            return k
+    raise ConfigError(f"task: the {split} split's items have no {name.split('_')[0]} key among {list(defaults)}; "
+                      f"keys present: {present}; set Task({name}=...)")

@@ -19,7 +19,6 @@ workers. `Feed` turns a batch (tuple or dict) into (inputs, targets) on the devi
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Iterator
 
@@ -29,13 +28,12 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, Subs
 
 from trainlab.config import Config, ConfigError
 from trainlab.parallel.ddp import shard_order, shard_size
+from trainlab.tasks import INPUT_KEYS, TARGET_KEYS, item_keys
 
 __all__ = ["epoch_order", "Batches", "Feed", "grouped", "accumulate", "train_subset", "check_data", "INPUT_KEYS",
            "TARGET_KEYS", "TRAIN_EVAL_EXAMPLES"]
 
 TRAIN_EVAL_EXAMPLES = 1000  # training examples re-evaluated each epoch for train/acc, in eval mode like val/acc
-INPUT_KEYS = ("input", "inputs", "x", "pixel_values", "input_ids", "image", "features")  # dict batches, in this order
-TARGET_KEYS = ("label", "labels", "target", "targets", "y")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -79,32 +77,7 @@ class Feed:
 
     def keys(self, item: Any, split: str = "train") -> tuple[Any, Any]:
         """The (input, target) keys of a dataset item or a batch; one ConfigError line when there are none."""
-        if isinstance(item, Mapping):
-            present = list(item.keys())
-            return (self._key(present, self.input_key, INPUT_KEYS, "input_key", split),
-                    self._key(present, self.target_key, TARGET_KEYS, "target_key", split))
-        if isinstance(item, (tuple, list)) and len(item) >= 2:
-            ik = 0 if self.input_key is None else self.input_key
-            tk = 1 if self.target_key is None else self.target_key
-            for name, k in (("input_key", ik), ("target_key", tk)):
-                if not isinstance(k, int) or not -len(item) <= k < len(item):
-                    raise ConfigError(f"task: {name} {k!r} is not a position in the {split} split's items, which "
-                                      f"are tuples of {len(item)}; use 0..{len(item) - 1}")
-            return ik, tk
-        what = f"tuples of {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
-        raise ConfigError(f"task: the {split} split's items must be (input, target) tuples or dicts, got {what}")
-
-    @staticmethod
-    def _key(present: list, chosen: Any, defaults: tuple[str, ...], name: str, split: str) -> Any:
-        if chosen is not None:
-            if chosen in present:
-                return chosen
-            raise ConfigError(f"task: {name} {chosen!r} is not in the {split} split's items; keys present: {present}")
-        for k in defaults:
-            if k in present:
-                return k
-        raise ConfigError(f"task: the {split} split's items have no {name.split('_')[0]} key among {list(defaults)}; "
-                          f"keys present: {present}; set Task({name}=...)")
+        return item_keys(item, self.input_key, self.target_key, split)
 
     def split(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) of a collated batch, on the device."""
