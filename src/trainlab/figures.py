@@ -59,11 +59,15 @@ def plot_run(store: Store, run_id: int, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_schedule(lrs, path: str | Path, title: str = "") -> Path:
+def plot_schedule(lrs, path: str | Path, title: str = "", steps_per_epoch: int | None = None) -> Path:
+    """The learning rate at each optimizer update; with `steps_per_epoch`, epochs on a top axis."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(np.arange(len(lrs)), lrs)
     ax.set(xlabel="step (optimizer updates)", ylabel="learning rate", title=title)
+    if steps_per_epoch:
+        top = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
+        top.set_xlabel("epoch")
     return _save(fig, path)
 
 

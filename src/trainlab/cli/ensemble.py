@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from trainlab.cli.common import UsageError, add_db, open_store, print_json, table
+from trainlab.cli.common import UsageError, open_store, out, print_json, table
 
-__all__ = ["register", "cmd_train_members"]
+__all__ = ["add_ensemble", "cmd_train_members"]
 
 
 def _run_ids(text: str) -> list[int]:
@@ -26,10 +26,10 @@ def _print_result(result, title: str) -> None:
     rows.append({"run": "", "member": "members' mean", "acc": result.mean_member_acc})
     rows.append({"run": "", "member": f"ensemble of {len(result.members)}", "acc": result.ensemble_acc,
                  "loss": result.ensemble_loss})
-    print(f"{title}: {result.split} split, {result.n} examples")
-    print(table(rows, ["run", "member", "acc", "loss"]))
+    out(f"{title}: {result.split} split, {result.n} examples")
+    out(table(rows, ["run", "member", "acc", "loss"]))
     gain = result.ensemble_acc - result.mean_member_acc
-    print(f"ensemble {result.ensemble_acc:.4f} vs members' mean {result.mean_member_acc:.4f} ({gain:+.4f})")
+    out(f"ensemble {result.ensemble_acc:.4f} vs members' mean {result.mean_member_acc:.4f} ({gain:+.4f})")
 
 
 def cmd_ensemble(args) -> int:
@@ -88,11 +88,11 @@ def cmd_train_members(args, hp) -> int:
                               "test": r.test, "checkpoint": r.checkpoint} for i, r in enumerate(results)],
                     "ensemble": ens.as_dict() if ens else None})
     else:
-        print(f"trained {len(results)} members (seeds {hp.seed}..{hp.seed + len(results) - 1}): runs "
+        out(f"trained {len(results)} members (seeds {hp.seed}..{hp.seed + len(results) - 1}): runs "
               + ", ".join(map(str, ids)))
         if ens is not None:
             _print_result(ens, "independent ensemble")
-            print(f"on the test split: trainlab ensemble --runs {','.join(map(str, ids))} --split test")
+            out(f"on the test split: trainlab ensemble --runs {','.join(map(str, ids))} --split test")
     if any(r.status == "stopped" for r in results):
         return 130
     if any(r.status == "diverged" for r in results):
@@ -102,8 +102,7 @@ def cmd_train_members(args, hp) -> int:
     return 0
 
 
-def register(sub) -> None:
-    p = add_db(sub.add_parser("ensemble", help="average the predicted probabilities of several models"))
+def add_ensemble(p) -> None:
     p.add_argument("--runs", metavar="ID,ID,...", help="runs whose best checkpoints are the members; best:K for "
                    "the K runs with the best validation metric")
     p.add_argument("--study", metavar="NAME", help="members from this study's runs (with --top K: the K best)")
@@ -112,5 +111,4 @@ def register(sub) -> None:
                    "(snapshots=true)")
     p.add_argument("--last", type=int, metavar="M", help="with --snapshots: only the last M snapshots")
     p.add_argument("--split", choices=("val", "test"), default="val", help="where to measure (default: val)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_ensemble)

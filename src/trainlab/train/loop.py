@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -44,6 +45,7 @@ from trainlab.tasks import Task, load_task
 from trainlab.train.averaging import callbacks_for
 from trainlab.train.callbacks import Callback, LoopState, Stop
 from trainlab.train.early_stopping import EarlyStopping
+from trainlab.train.loggers import LoggedBuffer, Logger
 from trainlab.train.evaluate import dataset_tensors, evaluate
 from trainlab.train.plan import lr_schedule
 
@@ -173,7 +175,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         quiet: bool = False, evaluate_test: bool = True, resume: int | None = None,
         runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, model: nn.Module | None = None,
         optimizer: torch.optim.Optimizer | None = None, checkpoints: bool = True,
-        schedule: Callable[[int], float] | None = None, dist: Dist | None = None) -> FitResult:
+        schedule: Callable[[int], float] | None = None, dist: Dist | None = None,
+        loggers: Sequence[Logger] = ()) -> FitResult:
     """Train `task` with `hp`, storing the run in `store` (if given), and return the result.
 
     The best weights (by `hp.early_stop_metric`) are restored on every exit path: early stop, last
@@ -186,12 +189,15 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     `dist` (from `trainlab.distributed.init()` under torchrun) trains data-parallel: DDP, each rank on its
     shard, decisions agreed across ranks, and only rank 0 writes (run row, metrics, checkpoints, output);
     the other ranks return the same status with `run_id` but no test result or checkpoint path.
+    `loggers` (TensorBoard, MLflow, CSV: `trainlab.export`) get the run's metrics at the loop's existing
+    read points (every few dozen steps, each epoch), never per step; see `train.loggers`.
+    The run's summary keeps "startup": the seconds from fit() to the first step and that step's own cost.
     """
     started = time.perf_counter()
     ddp = dist is not None and dist.ddp
     rank, world = (dist.rank, dist.world_size) if ddp else (0, 1)
     if rank:
-        store, quiet, evaluate_test = None, True, False
+        store, quiet, evaluate_test, loggers = None, True, False, ()
     device = dist.device if ddp else resolve_device(hp.device)
     task = task or load_task(hp)
     callbacks = [*callbacks_for(hp, store), *callbacks]  # EMA and snapshots, when hp asks for them
@@ -202,7 +208,10 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     bn_warning = batchnorm_warning(model, hp.batch_size, world, hp.sync_bn)
     if bn_warning and not rank:
         warnings.warn(bn_warning, stacklevel=2)
+    dynamo_before, t_optimizer = "torch._dynamo" in sys.modules, time.perf_counter()
     optimizer = optimizer or build_optimizer(hp, model)
+    optimizer_s = time.perf_counter() - t_optimizer  # torch imports torch._dynamo with the first optimizer (seconds)
+    dynamo_s = optimizer_s if not dynamo_before and "torch._dynamo" in sys.modules else 0.0
     net = wrap_ddp(model, dist) if ddp else model  # forward/backward through net; all else on the plain model
     batches = _Batches(task.train, hp.batch_size, device, rank, world)
     accum = hp.accum_steps
@@ -235,6 +244,12 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         run_id = broadcast_object(dist, run_id)
     run_dir = Path(runs_dir).resolve() / f"run-{run_id}" if (store is not None and checkpoints) else None
     buffer = MetricBuffer(store, run_id) if store is not None else None
+    if loggers:  # the same rows, also handed to the loggers when the loop reads them
+        buffer = LoggedBuffer(buffer, loggers)
+        run_info = {"id": run_id, "name": name or f"{task.name}-{hp.model}", "study": study, "kind": kind,
+                    "hparams": hp.model_dump(mode="json"), "status": "running"}
+        for lg in loggers:
+            lg.start(run_info)
     state = LoopState(hp, task, model, optimizer, device, run_id, run_dir, spe, total, rank=rank, world_size=world)
 
     step, start_epoch, start_batch = 0, 0, 0
@@ -297,6 +312,9 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     pending: list[torch.Tensor] = []
     pending_from = step
     last_save = last_flush = time.monotonic()
+    startup: dict[str, float] = {}
+    first_step_end, first_at = None, 0
+    loop_started = time.perf_counter()
 
     def drain(epoch: int, collective: bool = True) -> str | None:
         """Read the buffered per-step losses: divergence check, metrics, progress.
@@ -321,6 +339,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
             progress.update(len(values))
             progress.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{lrs[-1]:.2e}", refresh=False)
         pending, pending_from = [], first + len(values)
+        if loggers:
+            buffer.publish()
         return divergence(values, first, reference, lrs)
 
     def save_due() -> bool:
@@ -378,6 +398,12 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
                 pending.append(loss.detach())
                 step += 1
                 seen += n
+                if first_step_end is None:  # once: what torch's first step costs (lazy init, allocation)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    first_step_end, first_at = time.perf_counter(), step
+                    startup = {"setup_s": loop_started - started, "optimizer_s": optimizer_s,
+                               "torch_dynamo_import_s": dynamo_s, "first_step_s": first_step_end - loop_started}
                 if len(pending) >= _DRAIN:
                     why = drain(epoch)
                     if why:
@@ -404,6 +430,14 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
                 status, reason = stop.status, stop.reason
                 break
             seconds = time.perf_counter() - t0
+            if first_step_end is not None and "later_step_s" not in startup and step > first_at:
+                startup["later_step_s"] = (t0 + seconds - first_step_end) / (step - first_at)
+                if not quiet:
+                    dynamo = (f", of which {dynamo_s:.2f} s building the optimizer (torch imports torch._dynamo "
+                              "with the first one)") if dynamo_s > 0.05 else ""
+                    print(f"  first step {startup['setup_s'] + startup['first_step_s']:.2f} s after fit() began: "
+                          f"setup {startup['setup_s']:.2f} s{dynamo}; the step itself "
+                          f"{startup['first_step_s'] * 1e3:.0f} ms (later steps {startup['later_step_s'] * 1e3:.1f} ms)")
             val = evaluate(model, task.val, loss_fn=task.loss, device=device, data=val_data)
             tr = evaluate(model, task.train, loss_fn=task.loss, device=device, data=train_eval)
             if ddp:  # sums over every rank's shard: the same numbers on every rank, so decisions agree
@@ -458,6 +492,11 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
                 except Exception:
                     pass
             store.finish_run(run_id, "failed", reason=f"{type(err).__name__}: {err}"[:500])
+        for lg in loggers:
+            try:
+                lg.finish({**run_info, "status": "failed", "reason": f"{type(err).__name__}: {err}"[:500]})
+            except Exception:
+                pass
         if progress is not None:
             progress.close()
         raise
@@ -477,11 +516,19 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     if store is not None:
         buffer.flush()
         summary = {"steps": step, "seconds": time.perf_counter() - started, "num_classes": task.num_classes,
-                   "ratio_warnings": [w.to_dict() for w in layer_warnings]}
+                   "ratio_warnings": [w.to_dict() for w in layer_warnings],
+                   "startup": {k: round(v, 4) for k, v in startup.items()}}
         if test is not None:
             summary.update({"test/acc": test["acc"], "test/loss": test["loss"]})
         store.finish_run(run_id, status, reason=reason, best_metric=stopper.best, best_epoch=stopper.best_epoch,
                          epochs=epochs, checkpoint=best_path, summary=summary)
+    if loggers:
+        buffer.publish()
+        end = {"status": status, "reason": reason, "best_metric": stopper.best, "best_epoch": stopper.best_epoch,
+               "epochs": epochs, "summary": {"steps": step, **({"test/acc": test["acc"], "test/loss": test["loss"]}
+                                                               if test else {})}}
+        for lg in loggers:
+            lg.finish({**run_info, **end})
     if not quiet:
         tail = f", test/acc {test['acc']:.4f}" if test else ""
         best = f"best {hp.early_stop_metric} {stopper.best:.4f} at epoch {stopper.best_epoch}" \
