@@ -18,6 +18,7 @@ import argparse
 import errno
 import io
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -164,8 +165,20 @@ def out(text: str = "") -> None:
     stream.flush()
 
 
+def _strict(data: Any) -> Any:
+    """NaN and infinities (not JSON: jq and browsers refuse them) as null."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _strict(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_strict(v) for v in data]
+    return data
+
+
 def print_json(data: Any) -> None:
-    out(json.dumps(data, indent=2, default=str))
+    """The result as strict JSON on stdout (NaN and infinities as null)."""
+    out(json.dumps(_strict(data), indent=2, default=str, allow_nan=False))
 
 
 def open_store(args, *, read_only: bool = False):

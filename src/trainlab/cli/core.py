@@ -41,27 +41,23 @@ def cmd_train(args) -> int:
         from trainlab.cli.launch import torchrun_train
 
         return torchrun_train(args)
+    from trainlab.config import load_config, make_config
+
     loggers = _loggers(args.log_to)  # bad specs and missing libraries fail before torch is imported
+    store = open_store(args) if args.resume is not None else None
+    hp = make_config(store.run(args.resume)["hparams"]) if store is not None else load_config(args.config, args.set)
+    if args.print_config:
+        out(hp.to_yaml().rstrip("\n"))
+        return 0
     torch_s = _import_torch(args.quiet)
     from trainlab.cli.launch import exit_code
-    from trainlab.config import load_config
     from trainlab.tasks import load_task
     from trainlab.train.launch import AlreadyEnded, fit_in_launch
 
-    store = None
     if args.resume is not None:
-        from trainlab.config import make_config
-
-        store = open_store(args)
-        run = store.run(args.resume)
-        hp = make_config(run["hparams"])
         result = fit_in_launch(load_task(hp), hp, store, resume=args.resume, quiet=args.quiet,
                                runs_dir=args.runs_dir, loggers=loggers)  # fit(), one rank under torchrun
     else:
-        hp = load_config(args.config, args.set)
-        if args.print_config:
-            out(hp.to_yaml().rstrip("\n"))
-            return 0
         if hp.seeds > 1:  # K independent members and their ensemble (cli/ensemble.py)
             from trainlab.cli.ensemble import cmd_train_members
 

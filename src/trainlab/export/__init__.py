@@ -18,11 +18,9 @@ from importlib import import_module
 __all__ = ["FORMATS", "DEFAULT_OUT", "MissingExtra", "export_runs", "logger_from_spec", "make_logger",
            "TensorBoardLogger", "MlflowLogger", "CsvLogger"]
 
-_WHERE = {"MissingExtra": "base", "export_runs": "base", "logger_from_spec": "base", "make_logger": "base",
-          "TensorBoardLogger": "tensorboard", "MlflowLogger": "mlflow", "CsvLogger": "csv"}
-
-FORMATS = ("tensorboard", "mlflow", "csv")
-DEFAULT_OUT = {"tensorboard": "export-tensorboard", "mlflow": "export-mlflow", "csv": "export-csv"}
+_WHERE = {"MissingExtra": "base", "export_runs": "replay", "logger_from_spec": "replay", "make_logger": "replay",
+          "FORMATS": "replay", "DEFAULT_OUT": "replay", "TensorBoardLogger": "tensorboard", "MlflowLogger": "mlflow",
+          "CsvLogger": "csv"}
 
 
 def __getattr__(name: str):

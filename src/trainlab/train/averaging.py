@@ -45,7 +45,7 @@ from trainlab.train.plan import lr_schedule
 
 if TYPE_CHECKING:
     from trainlab.store import Store
-    from trainlab.train.loop import LoopState
+    from trainlab.train.callbacks import LoopState
 
 __all__ = ["EMA", "Snapshots", "EMA_METRICS", "BN_EXAMPLES", "callbacks_for", "ema_decay", "ema_update_",
            "recompute_bn", "snapshot_steps", "checkpoint_weights"]
