@@ -18,9 +18,10 @@ from trainlab.export.base import need, run_label, scalars
 
 __all__ = ["TensorBoardLogger", "SESSION_STATUS"]
 
-# trainlab status -> the hparams plugin's session status
+# trainlab status -> the hparams plugin's session status (it has no "aborted": stopped and pruned are unknown there;
+# the text entry "status" names them)
 SESSION_STATUS = {"completed": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "diverged": "STATUS_FAILURE",
-                  "stopped": "STATUS_ABORTED", "pruned": "STATUS_ABORTED", "lost": "STATUS_ABORTED",
+                  "stopped": "STATUS_UNKNOWN", "pruned": "STATUS_UNKNOWN", "lost": "STATUS_UNKNOWN",
                   "running": "STATUS_RUNNING"}
 METRICS = ("val/acc", "val/loss", "train/loss", "summary/test/acc")  # shown in the HParams table
 
