@@ -74,6 +74,7 @@ def test_tensorboard_export_of_a_study_reads_back(store_db, tmp_path, capsys):
     assert len(_accumulator(folders[2]).Scalars("val/acc")) == 3
 
 
+@pytest.mark.slow  # MLflow migrates its SQLite store on first open: several seconds
 def test_mlflow_export_reads_back_with_mlflow_client(store_db, tmp_path, capsys):
     out = tmp_path / "ml"
     assert main(["export", "mlflow", "--study", "st", "--db", store_db, "-o", str(out), "--json"]) == 0
@@ -151,6 +152,7 @@ class Counting:
         self.finished = run
 
 
+@pytest.mark.slow
 def test_fit_streams_to_loggers_at_its_read_points_only(tmp_path):
     from trainlab.config import Config
     from trainlab.export import CsvLogger, MlflowLogger, TensorBoardLogger
