@@ -33,7 +33,7 @@ def _print_result(result, title: str) -> None:
 
 
 def cmd_ensemble(args) -> int:
-    from trainlab.ensemble import evaluate_ensemble, members_from_runs, members_from_snapshots, top_runs
+    from trainlab.ensemble import best_runs, evaluate_ensemble, members_from_runs, members_from_snapshots
     from trainlab.train import resolve_device
 
     given = [name for name, value in (("--runs", args.runs), ("--study", args.study), ("--snapshots", args.snapshots))
@@ -51,16 +51,18 @@ def cmd_ensemble(args) -> int:
         members = members_from_snapshots(store, args.snapshots, args.last, device=device)
         title = f"snapshot ensemble of run {args.snapshots}"
     else:
+        if args.task is not None and args.study is None and not args.runs.startswith("best:"):
+            raise UsageError("--task: goes with --runs best:K or --study NAME")
         if args.study is not None:
-            ids = top_runs(store, args.study, args.top)
-            title = f"top {len(ids)} runs of study {args.study!r}"
+            ids, note = best_runs(store, args.study, args.top, args.task)
+            title = f"top {len(ids)} runs of study {args.study!r}, {note}"
         elif args.runs.startswith("best:"):
             try:
                 k = int(args.runs[len("best:"):])
             except ValueError:
                 raise UsageError(f"--runs: expected best:K with a whole number K, got {args.runs!r}") from None
-            ids = top_runs(store, None, k)
-            title = f"the {len(ids)} best runs"
+            ids, note = best_runs(store, None, k, args.task)
+            title = f"the {len(ids)} best runs, {note}"
         else:
             ids = _run_ids(args.runs)
             title = "ensemble of runs " + ",".join(map(str, ids))
@@ -109,6 +111,8 @@ def add_ensemble(p) -> None:
     p.add_argument("--top", type=int, metavar="K", help="with --study: the K runs with the best validation metric")
     p.add_argument("--snapshots", type=int, metavar="RUN", help="the snapshots a cyclic_cosine run saved "
                    "(snapshots=true)")
+    p.add_argument("--task", metavar="NAME", help="with best:K or --study: members from this task's runs (default: "
+                   "the task trained most recently; runs of different tasks are never mixed)")
     p.add_argument("--last", type=int, metavar="M", help="with --snapshots: only the last M snapshots")
     p.add_argument("--split", choices=("val", "test"), default="val", help="where to measure (default: val)")
     p.set_defaults(fn=cmd_ensemble)
