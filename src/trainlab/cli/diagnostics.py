@@ -96,8 +96,8 @@ def cmd_check_lr(args) -> int:
     from trainlab.checks import check_lr
 
     hp, task, store = _setup(args)
-    if not args.json:
-        out(f"LR range test on {task.name}/{hp.model}: {hp.optimizer}, batch {hp.batch_size}, weight decay "
+    if not args.quiet:
+        print(f"LR range test on {task.name}/{hp.model}: {hp.optimizer}, batch {hp.batch_size}, weight decay "
               f"{args.weight_decay:g}, method {args.method} ...", file=sys.stderr, flush=True)
     result = check_lr(task, hp, store, method=args.method, steps=args.steps, sweep_steps=args.sweep_steps,
                       weight_decay=args.weight_decay, plot=args.out, study=args.study)
