@@ -171,3 +171,19 @@ def test_dashboard_starts_without_torch(tmp_path):
         proc.wait()
     imported = [line.split("|")[-1].strip() for line in err.splitlines() if line.startswith("import time:")]
     assert "uvicorn" in imported and "torch" not in imported
+
+
+def test_every_command_on_the_cli_page_parses():
+    """docs/cli-and-export.md: each `trainlab ...` line of a code block is accepted by the parser."""
+    import re
+    import shlex
+
+    from trainlab.cli import parse
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "cli-and-export.md").read_text()
+    lines = [line.strip() for block in re.findall(r"```[a-z]*\n(.*?)```", page, flags=re.S)
+             for line in block.splitlines() if line.strip().startswith("trainlab ")]
+    assert len(lines) >= 10
+    for line in lines:
+        argv = shlex.split(line.split(" | ")[0].split("  #")[0])[1:]
+        parse(argv)  # argparse exits with status 2 on anything it does not accept

@@ -17,7 +17,7 @@ from importlib import import_module
 
 from trainlab.cli.common import GLOBALS, Streams, UsageError, top_level_globals
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "parse", "build_parser", "COMMANDS"]
 
 # command -> (module under trainlab.cli that builds it with add_<command>(parser), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -113,13 +113,18 @@ def _late_positionals(parser: argparse.ArgumentParser, args, extra: list[str]) -
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The arguments of `trainlab ARGV`, as main() reads them (argparse's usage error: SystemExit 2)."""
     parser = build_parser(_command_in(argv))
     args, extra = parser.parse_known_args(argv)
     if extra:
         _late_positionals(parser, args, extra)
     args.argv = argv  # the command as typed (train --nproc relaunches it)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(list(sys.argv[1:] if argv is None else argv))
     with Streams():
         return _run(args)
 

@@ -65,6 +65,7 @@ class MlflowLogger:
     def start(self, run: dict[str, Any]) -> None:
         experiment = self._experiment(run.get("study") or NO_STUDY)
         earlier = []
+        self.store_url = self.store_url or run.get("store")  # streaming: fit names the store
         if run.get("id") is not None:
             query = f"tags.`trainlab.run_id` = '{run['id']}'"
             if self.store_url:

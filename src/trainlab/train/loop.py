@@ -40,7 +40,7 @@ from trainlab.parallel.ddp import (
     shard_tensors,
     wrap_ddp,
 )
-from trainlab.store import MetricBuffer, Store
+from trainlab.store import MetricBuffer, Store, hide_password
 from trainlab.tasks import Task, load_task
 from trainlab.train.averaging import callbacks_for
 from trainlab.train.callbacks import Callback, LoopState, Stop
@@ -247,7 +247,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     if loggers:  # the same rows, also handed to the loggers when the loop reads them
         buffer = LoggedBuffer(buffer, loggers)
         run_info = {"id": run_id, "name": name or f"{task.name}-{hp.model}", "study": study, "kind": kind,
-                    "hparams": hp.model_dump(mode="json"), "status": "running"}
+                    "hparams": hp.model_dump(mode="json"), "status": "running",
+                    "store": hide_password(store.url) if store is not None else None}
         for lg in loggers:
             lg.start(run_info)
     state = LoopState(hp, task, model, optimizer, device, run_id, run_dir, spe, total, rank=rank, world_size=world)
