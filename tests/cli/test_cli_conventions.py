@@ -2,7 +2,6 @@
 -o/--out, stdout for the result only, closed pipes, and light commands that import no torch."""
 
 import argparse
-import json
 import os
 import signal
 import subprocess
