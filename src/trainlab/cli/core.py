@@ -28,7 +28,8 @@ def _import_torch(quiet: bool) -> float:
     return seconds
 
 
-def _loggers(specs: list[str]) -> list:
+def loggers_from(specs: list[str]) -> list:
+    """The loggers of --log-to KIND:DEST options (one per option; each is reused by every run it gets)."""
     if not specs:
         return []
     from trainlab.export import logger_from_spec
@@ -43,7 +44,7 @@ def cmd_train(args) -> int:
         return torchrun_train(args)
     from trainlab.config import load_config, make_config
 
-    loggers = _loggers(args.log_to)  # bad specs and missing libraries fail before torch is imported
+    loggers = loggers_from(args.log_to)  # bad specs and missing libraries fail before torch is imported
     store = open_store(args) if args.resume is not None else None
     hp = make_config(store.run(args.resume)["hparams"]) if store is not None else load_config(args.config, args.set)
     if args.print_config:

@@ -82,8 +82,10 @@ def cmd_train_members(args, hp) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("seeds: members are trained one after another in one process; not under torchrun/--nproc")
     store = open_store(args)
+    from trainlab.cli.core import loggers_from
+
     results, ens = train_members(hp, store=store, study=args.study, name=args.name, quiet=args.quiet,
-                                 runs_dir=args.runs_dir)
+                                 runs_dir=args.runs_dir, loggers=loggers_from(getattr(args, "log_to", [])))
     ids = [r.run_id for r in results]
     if args.json:
         print_json({"runs": [{"run": r.run_id, "seed": hp.seed + i, "status": r.status, "best_metric": r.best_metric,

@@ -63,6 +63,7 @@ class MlflowLogger:
         return self.client.create_experiment(name)
 
     def start(self, run: dict[str, Any]) -> None:
+        self._last_step = 0  # a logger may serve several runs, one after another (train --set seeds=K)
         experiment = self._experiment(run.get("study") or NO_STUDY)
         earlier = []
         self.store_url = self.store_url or run.get("store")  # streaming: fit names the store

@@ -47,6 +47,7 @@ class TensorBoardLogger:
     def start(self, run: dict[str, Any]) -> None:
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+        self._last_step = 0  # a logger may serve several runs, one after another (train --set seeds=K)
         folder = self.root / (run.get("study") or "no-study") / run_label(run)
         if self.replace and folder.is_dir():  # an earlier export of this run: replaced, not doubled
             shutil.rmtree(folder)
