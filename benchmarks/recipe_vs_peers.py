@@ -2,6 +2,7 @@
 
 For each pair (task/model): mnist1d/resnet, mnist1d/mlp, mnist1d-shuffle/mlp, digits/cnn, and each seed:
   recipe   `run_recipe` (the 7 steps, its final model; with 2 workers an ensemble of one member per fold)
+  recipe-fixed  the same with the final schedule it had before it placed the decay (the longest cosine that fits)
   default  the task's default config (`trainlab train --set task=... --set model=...`), cut at the budget
   tpe      Optuna TPE over lr (log-uniform 1e-4..1e-1) x weight decay (log-uniform 1e-6..1e-2), 10-epoch
            cosine trials with median pruning, 2 workers, as many trials as the budget allows; the best
@@ -37,20 +38,26 @@ from trainlab.train.callbacks import Deadline
 
 RESULTS = Path(__file__).parent / "results"
 PAIRS = ("mnist1d/resnet", "mnist1d/mlp", "mnist1d-shuffle/mlp", "digits/cnn")
-METHODS = ("recipe", "default", "tpe")
+METHODS = ("recipe", "recipe-fixed", "default", "tpe")
 TPE_SPACE = {"lr": "loguniform(1e-4, 1e-1)", "weight_decay": "loguniform(1e-6, 1e-2)"}
 TPE_EPOCHS = 10
 
 
-def run_recipe_method(hp: Config, budget_min: float, workers: int, tmp: Path) -> dict:
+def run_recipe_method(hp: Config, budget_min: float, workers: int, tmp: Path, final_schedule: str = "placed") -> dict:
     r = run_recipe(hp, budget_minutes=budget_min, workers=workers, out=tmp / "report", db=tmp / "r.db",
-                   quiet=True, runs_dir=str(tmp / "runs"))
+                   quiet=True, runs_dir=str(tmp / "runs"), final_schedule=final_schedule)
     if r.final is None:
         return {"status": r.status, "reason": r.reason}
     return {"status": r.status, "test_acc": r.final["test_acc"], "val_acc": r.final["val_acc"],
             "config": {k: r.final["config"][k] for k in ("lr", "weight_decay", "width", "dropout", "epochs")},
             "ensemble": r.final["ensemble"], "members": len(r.final["members"]),
-            "steps": {s.key: s.verdict for s in r.steps}}
+            "steps": {s.key: s.verdict for s in r.steps}, "ran": r.final.get("ran"),
+            "decay": (r.final.get("decay") or {}).get("reason")}
+
+
+def run_recipe_fixed(hp: Config, budget_min: float, workers: int, tmp: Path) -> dict:
+    """The recipe with its earlier final schedule: the longest cosine that fits (the baseline for the placed decay)."""
+    return run_recipe_method(hp, budget_min, workers, tmp, final_schedule="fixed")
 
 
 def run_default(hp: Config, budget_min: float, workers: int, tmp: Path) -> dict:
@@ -75,7 +82,7 @@ def run_tpe(hp: Config, budget_min: float, workers: int, tmp: Path) -> dict:
             "best_params": best["params"], "best_status": best["status"]}
 
 
-RUNNERS = {"recipe": run_recipe_method, "default": run_default, "tpe": run_tpe}
+RUNNERS = {"recipe": run_recipe_method, "recipe-fixed": run_recipe_fixed, "default": run_default, "tpe": run_tpe}
 
 
 def _stats(values: list[float]) -> tuple[float, float]:

@@ -24,7 +24,7 @@ import uuid
 
 import pytest
 
-__all__ = ["pg_url", "PostgresServer", "find_pg_bin"]
+__all__ = ["pg_url", "pg_server", "PostgresServer", "find_pg_bin"]
 
 
 def find_pg_bin() -> str | None:
@@ -74,10 +74,18 @@ class PostgresServer:
     def start(self) -> "PostgresServer":
         self._run(f"{self.bin}/initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
                   "--no-sync")
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the server again on its data directory and port (after `pause`)."""
         opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
         self._run(f"{self.bin}/pg_ctl", "-D", self.data, "-o", opts, "-l", self.log, "-w", "-t", "60", "start")
-        return self
+
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected), keeping its data: a database outage."""
+        self._run(f"{self.bin}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "stop")
 
     def stop(self) -> None:
         try:
@@ -128,6 +136,21 @@ def _shared_server() -> PostgresServer:
         server.seconds = time.monotonic() - started
         _server = server
     return _server
+
+
+@pytest.fixture
+def pg_server():
+    """A PostgreSQL server of the test's own (its `url()`, `pause()` and `resume()`): for outages mid-run."""
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)")
+    pytest.importorskip("psycopg2")
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

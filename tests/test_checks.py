@@ -230,3 +230,38 @@ def test_plot_ratios(tmp_path, mlp, capsys):
               checkpoints=False)
     assert main(["plot", str(off.run_id), "--ratios", "-o", str(png), "--db", db]) == 2
     assert f"run {off.run_id} has no update/weight ratios" in capsys.readouterr().err
+
+
+def noisy_task(signal, n=4000, d=40, c=4, seed=0, zero_inputs=False):
+    """Four classes whose inputs are a faint prototype (`signal`) under unit Gaussian noise: learnable, slowly."""
+    from trainlab.models import build_model
+    from trainlab.tasks import Task
+
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(c, d, generator=g)
+
+    def make(m):
+        y = torch.randint(0, c, (m,), generator=g)
+        x = signal * protos[y] + torch.randn(m, d, generator=g)
+        return torch.utils.data.TensorDataset((x * (not zero_inputs)).reshape(m, 1, d), y)
+
+    return Task("noisy", lambda: build_model("mlp", (1, d), c, 64, 0.0), make(n), make(1000), c, val=make(1000))
+
+
+@pytest.mark.slow
+def test_widened_lr_test_finds_a_rate_for_a_slow_but_real_learner_and_fails_only_on_evidence():
+    from trainlab.checks import check_lr_widened
+
+    hp = Config(model="mlp", width=64)
+    task = noisy_task(0.06)
+    assert check_lr(task, hp, steps=100, sweep_steps=200).suggested_lr is None   # the plain test gives up ...
+    r = check_lr_widened(task, hp, steps=100, sweep_steps=200)                  # ... the widened one does not
+    assert r.passed and r.suggested_lr is not None and len(r.settings["attempts"]) >= 2
+    assert "slow but real" in r.message or "after widening" in r.message
+    # and the rate it found trains the model: validation accuracy above chance
+    res = fit(task, Config(model="mlp", width=64, lr=r.suggested_lr, epochs=4), quiet=True, evaluate_test=False)
+    assert max(res.history["val/acc"]) > 0.3   # chance 0.25; 1,000 examples: 3.5 standard errors above it
+    # inputs that carry nothing: every try fails, and the message shows each rate's loss change
+    dead = check_lr_widened(noisy_task(0.06, zero_inputs=True), hp, steps=30, sweep_steps=40, max_steps=60)
+    assert not dead.passed and len(dead.settings["attempts"]) == 3
+    assert dead.message.startswith("no rate moves the loss, after 3 tries") and "s.e." in dead.message

@@ -18,8 +18,7 @@ from trainlab.store import Store
 from trainlab.tasks import Task, load_task
 from trainlab.train import fit, predict
 
-TINY = dict(model="mlp", width=32, batch_size=128, monitor_every=0)
-TINY_SET = ["--set", "model=mlp", "--set", "width=32", "--set", "batch_size=128", "--set", "monitor_every=0"]
+from helpers import TINY, TINY_SET
 
 
 def test_average_probabilities_is_the_mean_of_softmaxes_not_of_logits():

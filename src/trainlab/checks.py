@@ -38,20 +38,27 @@ from trainlab.doctor.lr_range import (
     SWEEP_RANGE,
     SWEEP_STEPS,
     TRIAL_STEPS,
+    WIDER_LRS,
+    WIDER_SWEEP_RANGE,
     analyze_lr_sweep,
     lr_trial_summary,
     lrs_agree,
     pick_discrete_lr,
+    pick_moving_lr,
 )
-from trainlab.doctor.rules import FLAT_DROP, init_loss_verdict
+from trainlab.doctor.rules import FLAT_DROP, init_loss_verdict, init_regression_verdict
 from trainlab.schedules import exponential_ramp
 from trainlab.store import Store
 from trainlab.tasks import Task, load_task
 from trainlab.train.callbacks import Stop
+from trainlab.train.data import Feed
 from trainlab.train.evaluate import dataset_tensors
 from trainlab.train.loop import epoch_order, fit, resolve_device
 
-__all__ = ["CheckResult", "LRTestResult", "check_init", "check_overfit", "check_lr", "LECTURE_LRS"]
+OVERFIT_REGRESSION_FRACTION = 0.05  # a regression has memorized its sample at a loss of 5% of its target variance (R^2 >= 0.95)
+
+__all__ = ["CheckResult", "LRTestResult", "check_init", "check_overfit", "check_lr", "check_lr_widened", "check_start",
+           "LECTURE_LRS"]
 
 
 @dataclass
@@ -170,18 +177,21 @@ def check_init(task: Task | None, hp: Config, store: Store | None = None, *, bat
     with _rng_kept():
         net = _fresh_model(task, hp, model).to(device)
         # the first minibatches of the first epoch, as fit() would draw them (only these are read)
-        x, y = dataset_tensors(_sample(task.train, batches * hp.batch_size, hp.seed))
+        x, y = dataset_tensors(_sample(task.train, batches * hp.batch_size, hp.seed), feed=Feed.for_task(task, hp, torch.device("cpu")))
         net.train()
         losses, logits = [], []
         with torch.no_grad():
             for i in range(0, len(y), hp.batch_size):
                 out = net(x[i:i + hp.batch_size].to(device)).float()
                 target = y[i:i + hp.batch_size].to(device)
-                if target.dtype == torch.long and (target.min() < 0 or target.max() >= out.shape[1]):
+                if task.kind == "classification" and target.dtype == torch.long and (
+                        target.min() < 0 or target.max() >= out.shape[1]):
                     losses = None
                     break
                 losses.append(float(task.loss(out, target)))
                 logits.append(out.cpu())
+    if task.kind == "regression":
+        return _check_init_regression(task, hp, losses, y, batches, store, study)
     c = task.num_classes
     labels = y.unique().tolist() if y.dtype == torch.long else []
     evidence: dict[str, Any] = {"num_classes": c, "expected": math.log(c), "batches": batches,
@@ -208,18 +218,41 @@ def check_init(task: Task | None, hp: Config, store: Store | None = None, *, bat
     return CheckResult("init", verdict, message, evidence, run_id)
 
 
+def _check_init_regression(task: Task, hp: Config, losses: list[float], y: torch.Tensor, batches: int,
+                           store: Store | None, study: str | None) -> CheckResult:
+    """A regression's initial loss against the targets' mean square and variance (`init_regression_verdict`)."""
+    yf = y.float()
+    loss = sum(losses) / len(losses)
+    judged = init_regression_verdict(loss, float(yf.pow(2).mean()), float(yf.var(unbiased=False)))
+    evidence = {"kind": "regression", "initial_loss": loss, "batch_losses": losses, "expected": judged["expected"],
+                "target_variance": float(yf.var(unbiased=False)), "target_mean": float(yf.mean()),
+                "deviation": judged["deviation"], "tolerance": judged["tolerance"], "batches": batches,
+                "examples": int(len(y)), "weight_decay": 0.0}
+    verdict = "pass" if judged["ok"] else "fail"
+    summary = {"check": "init", "verdict": verdict, "message": judged["message"], **evidence}
+    run_id = _record(store, "init", hp, summary, study)
+    return CheckResult("init", verdict, judged["message"], evidence, run_id)
+
+
 # --- check overfit ------------------------------------------------------------------------------------
 
 class _StopAtFullAccuracy:
-    """Ends the run at the first epoch whose accuracy on the small sample (held as `val`) is 100%."""
+    """Ends the run at the first epoch whose accuracy on the small sample (held as `val`) is 100%; for a
+    regression (`max_loss` given), the first whose loss on the sample is at most `max_loss` (memorized)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_loss: float | None = None) -> None:
         self.reached_at: int | None = None
+        self.max_loss = max_loss
 
     def on_step_end(self, state) -> None:
         return None
 
     def on_epoch_end(self, state) -> Stop | None:
+        if self.max_loss is not None:
+            if state.metrics.get("val/loss", float("inf")) <= self.max_loss:
+                self.reached_at = state.step
+                return Stop("completed", f"memorized the sample (loss <= {self.max_loss:.3g}) at step {state.step}")
+            return None
         if state.metrics.get("val/acc", 0.0) >= 1.0:
             self.reached_at = state.step
             return Stop("completed", f"reached 100% training accuracy at step {state.step}")
@@ -260,7 +293,11 @@ def check_overfit(task: Task | None, hp: Config, store: Store | None = None, *, 
     sample = _sample(task.train, n, hp.seed)
     small = replace(task, train=sample, val=sample)
     target = store if store is not None else Store("sqlite://")
-    stopper = _StopAtFullAccuracy()
+    max_loss = None
+    if task.kind == "regression":  # memorized: the sample's loss at most 5% of its target variance (R^2 >= 0.95)
+        ys = dataset_tensors(sample, feed=Feed.for_task(task, hp, torch.device("cpu")))[1].float()
+        max_loss = OVERFIT_REGRESSION_FRACTION * max(float(ys.var(unbiased=False)), 1e-12)
+    stopper = _StopAtFullAccuracy(max_loss)
     with _rng_kept():
         net = _fresh_model(task, hp, model)
         for m in net.modules():   # regularization off, whatever the task's model factory built in
@@ -278,7 +315,12 @@ def check_overfit(task: Task | None, hp: Config, store: Store | None = None, *, 
     if losses:
         trend = loss_trend(losses)
         evidence.update({"loss_start": losses[0], "loss_end": trend["end"]})
-    if stopper.reached_at is not None:
+    if stopper.reached_at is not None and max_loss is not None:
+        verdict = "pass"
+        message = (f"memorized {n} examples (regression: loss {losses[-1]:.3g} on them, at most "
+                   f"{OVERFIT_REGRESSION_FRACTION:.0%} of their target variance) in {stopper.reached_at} steps")
+        evidence["steps_to_100"] = stopper.reached_at
+    elif stopper.reached_at is not None:
         verdict = "pass"
         message = (f"reached 100% training accuracy on {n} examples ({evidence['batches']} minibatches) in "
                    f"{stopper.reached_at} steps, loss {losses[0]:.3g} -> {losses[-1]:.3g}")
@@ -425,3 +467,98 @@ def _record_lr(store: Store, hp: Config, result: LRTestResult, rows: list[dict],
                "table": result.table, "sweep": sweep_brief, "settings": result.settings, "plot": result.plot}
     store.finish_run(run_id, "completed", reason=result.message, summary=json_safe(summary))
     return run_id
+
+
+def check_lr_widened(task: Task | None, hp: Config, store: Store | None = None, *, steps: int = TRIAL_STEPS,
+                     sweep_steps: int = SWEEP_STEPS, max_steps: int = 3 * TRIAL_STEPS,
+                     study: str | None = None) -> LRTestResult:
+    """`check_lr`, widened before it calls a failure. When neither the discrete trials nor the sweep see the
+    loss drop, the lecture's remedies in order: (1) the same rates for 3x the steps (a slow start or a noisy
+    task needs longer to show a drop), (2) a wider range (WIDER_LRS, 1 .. 1e-5, and a sweep over
+    WIDER_SWEEP_RANGE) at those steps. After each, a rate whose loss moved by MOVED_Z standard errors
+    (`lr_range.pick_moving_lr`) is picked even if it fell less than 10%: slow learning is learning. The
+    verdict is "fail" only when no rate moved the loss in any of them; the message then lists each rate's
+    loss change. `settings["attempts"]` records every try.
+    """
+    long, sweep_long = min(3 * steps, max_steps), min(3 * sweep_steps, 2 * max_steps)
+    tries = [(LECTURE_LRS, steps, sweep_steps, SWEEP_RANGE, "the lecture's test"),
+             (LECTURE_LRS, long, sweep_long, SWEEP_RANGE, f"{long} steps per rate"),
+             (WIDER_LRS, long, sweep_long, WIDER_SWEEP_RANGE,
+              f"{long} steps over a wider range (lr 1 .. 1e-5, sweep {WIDER_SWEEP_RANGE[0]:g} .. {WIDER_SWEEP_RANGE[1]:g})")]
+    attempts: list[dict[str, Any]] = []
+    result = None
+    for lrs, n, ns, rng, what in tries:
+        result = check_lr(task, hp, store, lrs=lrs, steps=n, sweep_steps=ns, sweep_range=rng, study=study)
+        attempts.append({"what": what, "steps": n, "lrs": list(lrs), "sweep_range": list(rng),
+                         "suggested_lr": result.suggested_lr, "run": result.run_id,
+                         "table": [{k: row.get(k) for k in ("lr", "status", "drop", "z")} for row in result.table]})
+        if result.suggested_lr is not None:
+            break
+        moving = pick_moving_lr(result.table)
+        if moving is not None:
+            row = next(r for r in result.table if r["lr"] == moving)
+            result.suggested_lr, result.verdict = moving, "pass"
+            result.rule = "slow but real: no rate dropped 10%, so the rate whose loss moved most surely"
+            result.message = (f"suggested lr {moving:.3g}: no trial dropped 10% in {n} steps, but at lr {moving:g} the "
+                              f"loss fell {row['drop']:.1%}, {row['z']:.1f} standard errors (slow but real learning; "
+                              f"{what}) (not applied)")
+            attempts[-1]["suggested_lr"] = moving
+            break
+    if len(attempts) > 1 and result.verdict == "pass" and result.rule.startswith("discrete"):
+        result.message = result.message.replace(" (not applied)", f"; after widening: {attempts[-1]['what']} (not applied)")
+    if result.suggested_lr is None:
+        moved = "; ".join(f"lr {r['lr']:g}: {r['status']}" + (f", {r['drop']:+.1%}, {r['z']:.1f} s.e."
+                                                             if r.get("z") is not None and math.isfinite(r["z"]) else "")
+                          for r in result.table)
+        result.message = (f"no rate moves the loss, after {len(attempts)} tries ({'; '.join(a['what'] for a in attempts)}): "
+                          f"{moved}; check the model and the data (labels, inputs, gradients reaching every layer)")
+    result.settings["attempts"] = attempts
+    return result
+
+
+def check_start(task: Task | None, hp: Config, model: nn.Module, *, steps: int = 200) -> CheckResult:
+    """Confirm a slow start before blaming the initialization: train `model` (copied) and the same
+    architecture freshly initialized by PyTorch's defaults (`reset_parameters()` on every layer) for `steps`
+    updates each, same data order and lr, and compare the steps each needs to get 5% below its first loss.
+    Passes ("the initialization is fine") unless the default one gets there in under half the steps.
+    """
+    hp_s = _override(hp, steps=steps, patience=None, ema=None, snapshots=False, schedule="constant",
+                     warmup_steps=0, warmup_epochs=0.0)
+    task = task or load_task(hp_s)
+    fresh = copy.deepcopy(model)
+    with _rng_kept():
+        torch.manual_seed(hp.seed)
+        for m in fresh.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        scratch = Store("sqlite://")
+        starts = {}
+        for label, net in (("given", copy.deepcopy(model)), ("default", fresh)):
+            r = fit(task, hp_s, store=scratch, quiet=True, evaluate_test=False, checkpoints=False, model=net)
+            losses, _ = _losses(scratch, r.run_id)
+            starts[label] = _steps_to_drop(losses)
+        scratch.close()
+    given, default = starts["given"], starts["default"]
+    faster = default is not None and (given is None or default < 0.5 * given)
+    g = f"{given} steps" if given is not None else f"not within {steps} steps"
+    d = f"{default} steps" if default is not None else f"not within {steps} steps"
+    if faster:
+        verdict, message = "fail", (f"a fresh default initialization starts faster: 5% below its first loss in {d}, "
+                                    f"the given one in {g}: the initialization is the cause")
+    else:
+        verdict, message = "pass", (f"a fresh default initialization starts no faster ({d}, the given one {g}): "
+                                    "the slow start is not the initialization's (look at the lr, warmup, normalization)")
+    return CheckResult("start", verdict, message, {"steps": steps, "given": given, "default": default})
+
+
+def _steps_to_drop(losses: Sequence[float], drop: float = 0.05) -> int | None:
+    """Steps until the 10-step moving average is `drop` below the first loss (None: never)."""
+    from trainlab.doctor.curves import moving_average
+
+    if not losses:
+        return None
+    sm = moving_average(losses, 10)
+    for i, v in enumerate(sm):
+        if v <= (1 - drop) * losses[0]:
+            return i
+    return None

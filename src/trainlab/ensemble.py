@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainlab.checkpoint import load_checkpoint
+from trainlab.checkpoint import load_checkpoint, plain_module, state_for
 from trainlab.config import Config, make_config
 from trainlab.store import Store
 from trainlab.tasks import Task, load_task
 from trainlab.train.averaging import checkpoint_weights
+from trainlab.train.data import Feed
 from trainlab.train.evaluate import dataset_tensors, predict
 from trainlab.train.loop import FitResult, fit, resolve_device
 
@@ -56,10 +57,11 @@ class EnsembleResult:
     mean_member_acc: float = math.nan
     ensemble_acc: float = math.nan
     ensemble_loss: float = math.nan  # negative log-likelihood of the averaged probabilities
+    metric: str = "acc"  # what the *_acc fields hold: accuracy, or a regression task's headline metric (mse)
 
     def as_dict(self) -> dict[str, Any]:
         return {"split": self.split, "n": self.n, "members": self.members, "mean_member_acc": self.mean_member_acc,
-                "ensemble_acc": self.ensemble_acc, "ensemble_loss": self.ensemble_loss}
+                "ensemble_acc": self.ensemble_acc, "ensemble_loss": self.ensemble_loss, "metric": self.metric}
 
 
 def average_probabilities(logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -110,7 +112,10 @@ def evaluate_ensemble(members: Sequence[Member], split: str = "val", device: str
         raise ValueError("ensemble: no members")
     tasks = list(tasks) if tasks is not None else [load_task(m.hp) for m in members]
     _check_compatible(members, tasks, split)
-    x, y = dataset_tensors(getattr(tasks[0], split), device)
+    t0 = tasks[0]
+    x, y = dataset_tensors(getattr(t0, split), device, Feed(t0.input_key, t0.target_key, t0.make_loader))
+    if t0.kind == "regression":
+        return _regression_ensemble(members, tasks, split, x, y, device)
     logits, rows = [], []
     for m, task in zip(members, tasks):
         out = predict(m.model.to(device), x, device)
@@ -127,10 +132,26 @@ def evaluate_ensemble(members: Sequence[Member], split: str = "val", device: str
                           ensemble_acc=(probs.argmax(1) == y).float().mean().item(), ensemble_loss=nll)
 
 
+def _regression_ensemble(members, tasks, split, x, y, device) -> EnsembleResult:
+    """A regression ensemble predicts the mean of its members' outputs; "acc" columns hold the task's headline
+    metric (`EnsembleResult.metric`, e.g. mse) and the loss is the task's loss of the mean output."""
+    head = tasks[0].task_metrics.headline
+    outs, rows = [], []
+    for m, task in zip(members, tasks):
+        out = predict(m.model.to(device), x, device)
+        outs.append(out)
+        rows.append({"run": m.run_id, "name": m.name, "source": m.source, "acc": float(head.fn(out, y)),
+                     "loss": task.loss(out, y).item()})
+    mean = torch.stack(outs).mean(0)
+    return EnsembleResult(split=split, n=len(y), members=rows, mean_member_acc=sum(r["acc"] for r in rows) / len(rows),
+                          ensemble_acc=float(head.fn(mean, y)), ensemble_loss=tasks[0].loss(mean, y).item(),
+                          metric=head.name)
+
+
 def _model_for(hp: Config, weights: dict[str, torch.Tensor], where: str) -> nn.Module:
-    model = load_task(hp).build_model()
+    model = plain_module(load_task(hp).build_model())  # a task may return torch.compile(model)
     try:
-        model.load_state_dict(weights)
+        model.load_state_dict(state_for(model, weights))
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise ValueError(f"ensemble: the weights in {where} do not fit the model its hyperparameters build: "

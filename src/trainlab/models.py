@@ -1,8 +1,14 @@
-"""Built-in models: `mlp`, `cnn` and `resnet`, for 1D signals (mnist1d) and 2D images (digits).
+"""Built-in models: `mlp`, `cnn` and `resnet`, for 1D signals (mnist1d) and 2D images (digits, shapes32).
 
 Each is an `nn.Sequential` whose children are named stages (`stem`/`stage1`.../`head`), so transfer
 learning can freeze or probe by stage and pipeline parallelism can split between them. Inputs are
-channels-first: (N, C, L) for 1D, (N, C, H, W) for 2D.
+channels-first: (N, C, L) for 1D, (N, C, H, W) for 2D. The resnet is CIFAR-shaped: full resolution in its
+stem and first stage, halved twice (32x32 images end in 8x8 maps, 8x8 digits in 2x2).
+
+`augment="flip_crop"` puts a `FlipCrop` stage first: in training mode it flips and shifts each image of the
+batch on the device (the standard CIFAR augmentation); in eval mode it passes the batch through, so
+validation, test and predictions see the images as they are. It has no parameters, so the model's
+checkpoints are the same with and without it.
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MODELS", "DEFAULT_WIDTH", "build_model", "stage_names"]
+__all__ = ["MODELS", "DEFAULT_WIDTH", "AUGMENTATIONS", "build_model", "stage_names", "FlipCrop", "flip_crop"]
 
 MODELS = ("mlp", "cnn", "resnet")
 DEFAULT_WIDTH = {"mlp": 100, "cnn": 32, "resnet": 32}
@@ -85,12 +93,54 @@ def resnet(input_shape: tuple[int, ...], num_classes: int, width: int, dropout: 
     ))
 
 
+def flip_crop(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Each image of the batch `x` (N, C, H, W) flipped left-right with probability 1/2 and shifted by up to
+    `pad` pixels each way, the edge filled with zeros (a random crop of the zero-padded image, as in He et
+    al. 2016 on CIFAR). On x's device, from torch's generator there (checkpointed with the run).
+
+    >>> flip_crop(torch.ones(2, 3, 8, 8)).shape
+    torch.Size([2, 3, 8, 8])
+    """
+    n, _, h, w = x.shape
+    flip = torch.rand(n, device=x.device) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    shift = torch.randint(0, 2 * pad + 1, (2, n), device=x.device)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = (shift[0][:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
+    cols = (shift[1][:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous(memory_format=_format(x))
+
+
+def _format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+
+
+class FlipCrop(nn.Module):
+    """`flip_crop` on training batches (in train mode); the identity in eval mode."""
+
+    def __init__(self, pad: int = 4):
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return flip_crop(x, self.pad) if self.training else x
+
+
 _BUILDERS = {"mlp": mlp, "cnn": cnn, "resnet": resnet}
+AUGMENTATIONS = ("none", "flip_crop")
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, width: int | None = None,
-                dropout: float = 0.0) -> nn.Sequential:
-    """Build a built-in model by name; `width=None` takes the model's default (DEFAULT_WIDTH)."""
+                dropout: float = 0.0, augment: str = "none") -> nn.Sequential:
+    """Build a built-in model by name; `width=None` takes the model's default (DEFAULT_WIDTH).
+    `augment="flip_crop"` (images only) puts a `FlipCrop` stage named "augment" first."""
     if name not in _BUILDERS:
         raise ValueError(f"model: unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return _BUILDERS[name](tuple(input_shape), num_classes, width or DEFAULT_WIDTH[name], dropout)
+    model = _BUILDERS[name](tuple(input_shape), num_classes, width or DEFAULT_WIDTH[name], dropout)
+    if augment == "none":
+        return model
+    if augment != "flip_crop" or len(input_shape) != 3:
+        raise ValueError(f"augment: flip_crop is for images (C, H, W), got {augment!r} for inputs {tuple(input_shape)}")
+    return nn.Sequential(OrderedDict([("augment", FlipCrop()), *model.named_children()]))

@@ -2,7 +2,9 @@
 
 Built-in tasks generate or ship their data (nothing is downloaded, ever):
 `mnist1d` (procedurally generated, 4000 train / 1000 test), `mnist1d-shuffle` (the same signals with
-their 40 positions permuted, which removes spatial structure) and `digits` (scikit-learn's 8x8 digits).
+their 40 positions permuted, which removes spatial structure), `digits` (scikit-learn's 8x8 digits) and
+`shapes32` (procedurally generated 3x32x32 colour images of 10 shape classes, 10000 train / 2000 test;
+see `trainlab.shapes32`; `augment: flip_crop` flips and shifts its training batches).
 A user task is `path/to/file.py:build` or `pkg.module:build`, where `build(hp)` returns a `Task`.
 The validation split is carved from the training data; the test split is kept for the final model.
 """
@@ -17,37 +19,80 @@ import os
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 from trainlab.config import Config, ConfigError
+from trainlab.metrics import Metric, TaskMetrics, regression_loss, resolve_metrics
 from trainlab.models import MODELS, build_model
 
-__all__ = ["Task", "BUILTIN_TASKS", "load_task", "split_val", "mnist1d_arrays"]
+__all__ = ["Task", "BUILTIN_TASKS", "load_task", "build_task", "with_val_split", "split_val", "mnist1d_arrays",
+           "model_label", "dataset_size", "checked", "check_task"]
 
-BUILTIN_TASKS = ("mnist1d", "mnist1d-shuffle", "digits")
+BUILTIN_TASKS = ("mnist1d", "mnist1d-shuffle", "digits", "shapes32")
 
 
 @dataclass
 class Task:
     """What to learn. `build_model()` returns a fresh, randomly initialized model each call.
 
+    `train`, `val` and `test` are any torch Datasets: map-style (`__getitem__` and `__len__`) or iterable
+    (an `IterableDataset` with `__len__`, the examples per epoch). Items are `(input, target)` tuples or dicts
+    (the Hugging Face convention); `input_key` / `target_key` name the fields (a key for dicts, a position for
+    tuples), found by common names when None (`INPUT_KEYS`, `TARGET_KEYS`). A `TensorDataset` of (inputs,
+    targets) is in memory and is indexed on the device directly (the fast path); every other dataset is read
+    through `make_loader` (a DataLoader factory, `torch.utils.data.DataLoader` itself by default, e.g.
+    `functools.partial(DataLoader, collate_fn=pad)`), with `num_workers`, `pin_memory` and `persistent_workers`
+    from the Config, in the order trainlab gives it (a sampler), so resume and data parallelism stay exact.
+
     `val` may be None: `load_task` then carves it from `train` (Config.val_fraction, fixed by split_seed).
+    `kind` is "classification" (`num_classes` classes, cross-entropy, accuracy) or "regression" (mean squared
+    error; mse and mae); `metrics` replaces the kind's metrics (names such as "acc", "top5", "mse", "mae",
+    `metrics.Metric`s or functions `fn(outputs, targets) -> batch mean`); the first is the headline metric.
+    `loss` defaults to the kind's. `train_transform(x) -> x` augments each training batch of inputs on the
+    device (validation and test are never transformed); it must keep the batch's shape. `model_name` labels the
+    task's runs (`<task>-<model_name>`); None: the Config's model for built-in tasks, else the model's class.
     """
 
     name: str
     build_model: Callable[[], nn.Module]
     train: Dataset
     test: Dataset
-    num_classes: int
+    num_classes: int = 0
     val: Dataset | None = None
-    loss: Callable[..., torch.Tensor] = F.cross_entropy
+    loss: Callable[..., torch.Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    kind: str = "classification"
+    metrics: Sequence[str | Metric | Callable] | None = None
+    input_key: str | int | None = None
+    target_key: str | int | None = None
+    train_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    make_loader: Callable[..., Iterable] | None = None
+    model_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.loss is None:
+            self.loss = regression_loss if self.kind == "regression" else F.cross_entropy
+
+    @property
+    def task_metrics(self) -> TaskMetrics:
+        """The kind and the resolved metrics (`metrics.TaskMetrics`)."""
+        return TaskMetrics(self.kind, resolve_metrics(self.kind, self.metrics))
+
+
+def model_label(task: Task, hp: Config, model: nn.Module | None = None) -> str:
+    """The model's name in a run's label: the task's `model_name`, the Config's model for a built-in task,
+    else the class of the model the task builds (a user task's model is its own, not `hp.model`)."""
+    if task.model_name:
+        return task.model_name
+    if "model" in task.info:
+        return str(task.info["model"])
+    return type(model).__name__.lower() if model is not None else hp.model
 
 
 def _cache_dir() -> Path:
@@ -116,13 +161,26 @@ def _digits(hp: Config) -> Task:
     return _builtin("digits", hp, (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te, 10)
 
 
-def _builtin(name: str, hp: Config, x, y, x_test, y_test, num_classes: int) -> Task:
+def _shapes32(hp: Config) -> Task:
+    from trainlab.shapes32 import shapes32_arrays
+
+    d = shapes32_arrays()
+    x, xt = d["x"].astype(np.float32) / 255.0, d["x_test"].astype(np.float32) / 255.0
+    mean, std = x.mean(axis=(0, 2, 3), keepdims=True), x.std(axis=(0, 2, 3), keepdims=True)  # per channel
+    return _builtin("shapes32", hp, (x - mean) / std, d["y"], (xt - mean) / std, d["y_test"], 10,
+                    augment=hp.augment)
+
+
+def _builtin(name: str, hp: Config, x, y, x_test, y_test, num_classes: int, augment: str = "none") -> Task:
     if hp.model not in MODELS:
         raise ConfigError(f"model: unknown model {hp.model!r} for task {name!r}; choose one of {', '.join(MODELS)}")
+    if hp.augment != augment:
+        raise ConfigError(f"augment: the task {name!r} has no label-preserving {hp.augment} (flips change what "
+                          f"its examples mean); use it with shapes32, got {hp.augment!r}")
     shape = tuple(x.shape[1:])
     return Task(
         name=name,
-        build_model=lambda: build_model(hp.model, shape, num_classes, hp.width, hp.dropout),
+        build_model=lambda: build_model(hp.model, shape, num_classes, hp.width, hp.dropout, augment),
         train=_as_dataset(x, y),
         test=_as_dataset(x_test, y_test),
         num_classes=num_classes,
@@ -154,8 +212,20 @@ def _load_user_builder(spec: str) -> Callable[[Config], Task]:
     return fn
 
 
+def dataset_size(dataset: Dataset, split: str = "train") -> int:
+    """The examples in `dataset`; an iterable dataset must say how many (`__len__`)."""
+    try:
+        return len(dataset)
+    except TypeError:
+        raise ConfigError(f"task: the {split} split is a {type(dataset).__name__} without __len__; define __len__ "
+                          "(its examples per epoch), so the schedule can count updates") from None
+
+
 def split_val(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Carve a validation split of `fraction` from `train`, the same for a given seed."""
+    if isinstance(train, IterableDataset):
+        raise ConfigError(f"task: the train split is a {type(train).__name__} (iterable: no indices to carve a "
+                          "validation split from); give the Task a val dataset")
     n = len(train)
     n_val = max(1, int(round(n * fraction)))
     if n - n_val < 1:
@@ -170,17 +240,44 @@ def split_val(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Data
 
 def load_task(hp: Config) -> Task:
     """The task `hp.task` names, with its validation split in place."""
+    return with_val_split(build_task(hp), hp)
+
+
+def build_task(hp: Config) -> Task:
+    """The task `hp.task` names as its builder made it: the validation split not carved yet (so a
+    pre-flight check names examples by the builder's own indices)."""
     if hp.task in ("mnist1d", "mnist1d-shuffle"):
         task = _mnist1d(hp, shuffle=hp.task == "mnist1d-shuffle")
     elif hp.task == "digits":
         task = _digits(hp)
+    elif hp.task == "shapes32":
+        task = _shapes32(hp)
     else:
         task = _load_user_builder(hp.task)(hp)
         if not isinstance(task, Task):
             raise ConfigError(f"task: {hp.task!r} returned {type(task).__name__}, expected trainlab.Task")
+    return check_task(task, hp)
+
+
+def check_task(task: Task, hp: Config) -> Task:
+    """`task` with its kind, metrics and sizes checked (one ConfigError line each); the validation split not carved."""
+    task.task_metrics  # noqa: B018 - resolving them is the check (kind, names, modes)
+    if task.kind == "classification" and task.num_classes < 2:
+        raise ConfigError(f"task: a classification task needs num_classes >= 2 (or kind='regression'), "
+                          f"got num_classes={task.num_classes!r}")
     for split in ("train", "test"):
-        if len(getattr(task, split)) == 0:
-            raise ConfigError(f"task: the {split} split of {hp.task!r} is empty")
+        if dataset_size(getattr(task, split), split) == 0:
+            raise ConfigError(f"task {task.name!r}: the {split} split is empty (0 examples)")
+    return task
+
+
+def checked(task: Task, hp: Config) -> Task:
+    """A task handed in (not built from `hp.task`): checked, and its validation split in place."""
+    return with_val_split(check_task(task, hp), hp)
+
+
+def with_val_split(task: Task, hp: Config) -> Task:
+    """`task` with a validation split: its own, or hp.val_fraction of train carved by hp.split_seed."""
     if task.val is None:
         train, val = split_val(task.train, hp.val_fraction, hp.split_seed)
         task = replace(task, train=train, val=val)

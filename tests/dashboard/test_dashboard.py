@@ -28,7 +28,9 @@ from trainlab.store import METRIC_BLOCK, Store
 from trainlab.tasks import load_task
 from trainlab.train import fit
 
-TINY = dict(model="mlp", width=16, batch_size=64)  # 57 steps per epoch on mnist1d
+import helpers
+
+TINY = dict(helpers.TINY, width=16, batch_size=64, monitor_every=50)  # 57 steps per epoch on mnist1d
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
@@ -320,13 +322,20 @@ def test_many_runs_are_read_in_parallel_parts_alike(tmp_path):
     ("/api/runs/-1", 400, "run id must be a non-negative integer, got '-1'"),
     ("/api/runs/1.5/metrics", 400, "run id must be a non-negative integer, got '1.5'"),
     ("/api/runs/99999999999999999999", 400, "run id must be a non-negative integer"),
-    ("/api/studies/abc", 400, "study key must be a study id or 'none', got 'abc'"),
+    ("/api/studies/abc", 400, "study key must be a study id, 'none' or 'checks', got 'abc'"),
+    ("/api/studies/abc/importance", 400, "study key must be a study id, 'none' or 'checks', got 'abc'"),
+    ("/api/studies/999/importance", 404, "no study with id 999"),
+    ("/api/compare", 400, "runs is required"),
+    ("/api/compare?runs=1,x", 400, "runs must be 1 to 24 run ids separated by commas, got '1,x'"),
+    ("/api/compare?runs=" + ",".join(["1"] * 25), 400, "runs must be 1 to 24 run ids"),
+    ("/api/compare?runs=999999", 404, "no run with id 999999"),
+    ("/api/compare?runs=1&key=", 400, "key must be a metric name"),
     ("/api/studies/none?points=1", 400, "points must be an integer from 2 to 2000, got '1'"),
     ("/api/studies/none?points=abc", 400, "points must be an integer from 2 to 2000, got 'abc'"),
     ("/api/studies/none?points=100000", 400, "points must be an integer from 2 to 2000"),
     ("/api/studies/none?points=", 400, "points must be an integer"),
     ("/api/studies/none?status=done", 400, "status must be one of running, completed, stopped, diverged, failed, "
-                                           "pruned; got 'done'"),
+                                           "pruned, lost; got 'done'"),
     ("/api/studies/none?points=5&points=6", 400, "parameter 'points' given twice"),
     ("/api/studies?x=1", 400, "unknown parameter 'x'; known: none"),
     ("/api/runs/1/metrics?path=/etc/passwd", 400, "unknown parameter 'path'; known: points"),
@@ -538,6 +547,7 @@ def test_cli_errors(trained, tmp_path, capsys):
     assert not (tmp_path / "nope.db").exists()
 
 
+@pytest.mark.slow
 def test_a_training_writing_the_store_while_the_dashboard_polls(tmp_path):
     """A real `trainlab train` process writes the SQLite file; the dashboard polls every endpoint meanwhile."""
     path = tmp_path / "live.db"
@@ -594,6 +604,7 @@ def server(trained):
     _stop(proc)
 
 
+@pytest.mark.slow
 def test_the_page_in_chromium(trained, server, tmp_path):
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing (scripts/system-deps.sh installs Debian's chromium)")
@@ -700,6 +711,7 @@ def test_the_page_in_chromium(trained, server, tmp_path):
     assert (tmp_path / "study.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_runs_in_progress_update_without_a_reload(trained, tmp_path):
     """A run written while its study page and its run page are open shows its new state by polling alone."""
     if not os.path.exists(CHROMIUM):
@@ -756,3 +768,31 @@ def test_runs_in_progress_update_without_a_reload(trained, tmp_path):
     finally:
         server.stop()
         writer.close()
+
+
+def test_a_badge_every_run_shares_is_shown_once_for_the_study(tmp_path):
+    import json
+
+    from trainlab.dashboard import api
+    from trainlab.dashboard.cache import SeriesCache
+    from trainlab.dashboard.findings import Doctor
+
+    store = Store(tmp_path / "s.db")
+    ids = [store.create_run(name=f"t{i}", hparams={"lr": 10.0 ** -i}, study="grid") for i in range(3)]
+    for i in ids:
+        store.log_metrics(i, [(s, 1, "train/loss", 2.0 - s / 10) for s in range(5)])
+        store.finish_run(i, "completed")
+    own = {ids[0]: [{"name": "overfitting", "diagnosis": "d", "evidence": "e", "action": "a", "confidence": "high"}]}
+
+    def fake(store_, run):  # every run: train_longer; run 0 also overfitting
+        return [{"name": "train_longer", "diagnosis": "still learning", "evidence": f"run {run['id']}",
+                 "action": "more epochs", "confidence": "medium"}] + own.get(run["id"], [])
+
+    doctor = Doctor(store, diagnose=fake)
+    for i in ids:
+        doctor.findings(store.run(i), wait=True)
+    key = str(store.runs(study="grid")[0]["study_id"])
+    page = json.loads(api.study(store, SeriesCache(store), doctor, key)[0])
+    assert [(f["name"], f["runs"]) for f in page["shared_findings"]] == [("train_longer", 3)]
+    badges = {r["id"]: [b["name"] for b in r["badges"]] for r in page["runs"]}
+    assert badges == {ids[0]: ["overfitting"], ids[1]: [], ids[2]: []}

@@ -121,8 +121,38 @@ def test_too_small_initialization_gives_a_flat_start_then_a_drop(db):
     f = found(store, r.run_id)
     assert "slow_start" in f and "diverged" not in f and "lr_too_low" not in f
     s = f["slow_start"]
-    assert s.numbers["plateau_fraction"] >= 0.2 and s.numbers["min"] < 0.8 * s.numbers["start"]
-    assert "initialization" in s.diagnosis
+    assert s.numbers["ratio"] >= 1.5 and s.numbers["min"] < 0.8 * s.numbers["start"]
+    assert "initialization" in s.diagnosis and "check_start" in s.action
+
+
+def test_too_small_initialization_is_a_slow_start_in_a_shorter_run_too(db):
+    store, r = train(db, net=small_init_mlp(), model="mlp", optimizer="momentum", lr=0.05, schedule="constant", epochs=4)
+    assert "slow_start" in found(store, r.run_id)
+
+
+# --- schedules: each rule on a run built to show it -------------------------------------------------------
+
+def test_a_constant_rate_that_stopped_helping_is_a_plateau_and_the_decayed_run_is_not(db):
+    store, r = train(db, task="digits", model="mlp", lr=0.03, schedule="constant", epochs=12)
+    p = found(store, r.run_id)["plateau"]
+    assert p.numbers["lr"] == pytest.approx(0.03) and 0 < p.numbers["step"] < r.steps // 2
+    assert f"from step {p.numbers['step']} (lr 0.03" in p.evidence and "decay the learning rate now" in p.action
+    store, r = train(db, task="digits", model="mlp", lr=0.03, schedule="cosine", epochs=12)
+    assert "plateau" not in found(store, r.run_id)
+
+
+def test_a_step_decay_while_the_loss_still_falls_is_decayed_too_early(db):
+    store, r = train(db, model="mlp", lr=1e-3, schedule="multistep", milestones_epochs=[2.0], epochs=8)
+    f = found(store, r.run_id)
+    d = f["decayed_too_early"]
+    assert d.numbers["step"] == 2 * r.steps // 8 and d.numbers["lr_after"] == pytest.approx(1e-4)
+    assert "train_longer" not in f and "underfitting" not in f
+
+
+def test_a_step_decay_at_the_plateau_is_not_too_early(db):
+    store, r = train(db, task="digits", model="mlp", lr=0.03, schedule="multistep", milestones_epochs=[3.0], epochs=8)
+    f = found(store, r.run_id)
+    assert "decayed_too_early" not in f and "plateau" not in f
 
 
 def test_scaled_up_head_is_flagged_as_initial_loss_far_from_log_c(db):
@@ -140,6 +170,7 @@ def test_scaled_up_head_is_flagged_as_initial_loss_far_from_log_c(db):
 
 # --- healthy runs: no false alarm ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_healthy_default_resnet_gets_no_finding(db, capsys):
     # the default model, optimizer, lr and cosine schedule; narrower and shorter so the test stays fast
     store, r = train(db, model="resnet", width=8, epochs=6)
@@ -151,6 +182,15 @@ def test_healthy_default_resnet_gets_no_finding(db, capsys):
     assert "no problems found" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("epochs", [2, 6])
+def test_healthy_short_digits_mlp_gets_no_schedule_or_init_finding(db, epochs):
+    store, r = train(db, task="digits", model="mlp", epochs=epochs)
+    f = found(store, r.run_id)
+    assert not {"slow_start", "plateau", "decayed_too_early", "initial_loss", "lr_too_low"} & set(f), f
+    assert set(f) <= {"train_longer"}   # 2 epochs: still learning, and rightly told so
+
+
+@pytest.mark.slow
 def test_healthy_digits_mlp_gets_no_finding(db):
     store, r = train(db, task="digits", model="mlp", epochs=15)
     assert r.history["val/acc"][-1] > 0.95 and r.history["train/acc"][-1] > 0.99
@@ -167,3 +207,16 @@ def test_diagnose_unknown_run_exits_2(db, capsys):
 def test_diagnose_rejects_one_class(db, capsys):
     assert main(["diagnose", "1", "--db", db, "--num-classes", "1"]) == 2
     assert "--num-classes: must be >= 2, got 1" in capsys.readouterr().err
+
+
+def test_check_start_confirms_a_bad_initialization_before_blaming_it():
+    from trainlab.checks import check_start
+
+    hp = Config(model="mlp", optimizer="momentum", lr=0.05)
+    task = load_task(hp)
+    bad = check_start(task, hp, small_init_mlp(), steps=150)
+    assert bad.verdict == "fail" and "starts faster" in bad.message
+    assert bad.evidence["default"] < 0.5 * (bad.evidence["given"] or 150)
+    torch.manual_seed(0)
+    ok = check_start(task, hp, build_model("mlp", (1, 40), 10, 100, 0.0), steps=150)
+    assert ok.verdict == "pass" and "not the initialization's" in ok.message

@@ -37,8 +37,13 @@ def names(findings):
 
 # --- the doctor on arrays ----------------------------------------------------------------------------
 
+def cosine(n=600, peak=1e-3):
+    return (peak * 0.5 * (1 + np.cos(np.pi * np.arange(n) / n))).tolist()
+
+
 def test_healthy_curves_give_no_finding():
-    curves = {"train/loss": noisy(decaying()), "lr": [1e-3] * 600,
+    # the same curve at a constant rate is a plateau (test_plateau_...): with a decaying rate it is healthy
+    curves = {"train/loss": noisy(decaying()), "lr": cosine(),
               "train/acc": epochs([0.80, 0.93, 0.97, 0.99, 0.995, 0.996]),
               "val/acc": epochs([0.78, 0.90, 0.94, 0.96, 0.965, 0.963]),
               "val/loss": epochs([0.6, 0.3, 0.2, 0.15, 0.14, 0.141]),
@@ -88,8 +93,8 @@ def test_flat_start_then_drop_is_a_slow_start():
 def test_slow_start_during_warmup_is_low_confidence():
     loss = noisy([2.3] * 300 + list(decaying(300, start=2.3, end=0.8, tau=40)))
     lr = list(np.linspace(1e-5, 1e-3, 300)) + [1e-3] * 300
-    (f,) = diagnose({"train/loss": loss, "lr": lr}, 10)
-    assert f.name == "slow_start" and f.confidence == "low" and "warmup" in f.evidence
+    f = {x.name: x for x in diagnose({"train/loss": loss, "lr": lr}, 10)}["slow_start"]
+    assert f.confidence == "low" and "warmup" in f.evidence
 
 
 def test_barely_moving_loss_is_lr_too_low_and_silences_underfitting():
@@ -329,3 +334,76 @@ def test_the_default_runs_late_val_loss_wander_is_noise_not_overfitting():
     # the same epochs with a real, steady rise on top are overfitting
     risen = val_loss[:20] + [v + 0.01 * (i + 1) for i, v in enumerate(val_loss[20:])]
     assert names(diagnose({**curves, "val/loss": epochs(risen)})) == ["overfitting"]
+
+
+# --- schedule-aware rules and precedence (on arrays; real runs in test_diagnose.py) -----------------------
+
+def test_plateau_at_a_constant_rate_says_decay_now_with_its_first_step():
+    loss = noisy(decaying(), sd=0.05)
+    (f,) = diagnose({"train/loss": loss, "lr": [1e-3] * 600}, 10)
+    assert f.name == "plateau" and "decay the learning rate now" in f.action
+    assert 150 <= f.numbers["step"] <= 350 and f.numbers["lr"] == 1e-3
+    assert f"from step {f.numbers['step']} (lr 0.001" in f.evidence
+    assert f.numbers["slope"] < 0.1 * f.numbers["slope_before"]
+
+
+@pytest.mark.parametrize("n", [300, 1200, 5000])
+def test_still_falling_constant_rate_runs_of_any_length_have_no_plateau(n):
+    t = np.arange(n)
+    loss = noisy(2.3 - 1.2 * np.log1p(t / 30) / np.log1p(n / 30), sd=0.05)  # falling to the very end
+    assert diagnose({"train/loss": loss, "lr": [1e-3] * n}, 10) == []
+
+
+def test_made_up_plateau_curve_is_not_told_bigger_model():
+    # the case: flat accuracy, no gap, a loss that stopped at a constant rate: decay, not "underfitting"
+    curves = {"train/loss": noisy(decaying(600, end=1.0)), "lr": [1e-2] * 600,
+              "train/acc": epochs([0.5, 0.6, 0.61, 0.61, 0.61]), "val/acc": epochs([0.5, 0.59, 0.6, 0.6, 0.6])}
+    found = diagnose(curves, 10)
+    assert names(found) == ["plateau"] and found[0].numbers["silences"] == ["underfitting"]
+
+
+def test_step_decay_while_the_loss_still_falls_steeply_is_decayed_too_early():
+    n, d = 800, 200
+    fast = 2.3 - 1.6 * (1 - np.exp(-np.arange(n) / 300))            # still falling fast at step 200
+    slow = fast[d] - 0.05 * (1 - np.exp(-np.arange(n - d) / 100))   # after x0.1: crawls
+    loss = noisy(np.concatenate([fast[:d], slow]), sd=0.03)
+    lr = [0.1] * d + [0.01] * (n - d)
+    (f,) = diagnose({"train/loss": loss, "lr": lr}, 10)
+    assert f.name == "decayed_too_early" and f.numbers["step"] == d
+    assert f.numbers["lr_before"] == 0.1 and f.numbers["lr_after"] == 0.01
+    assert f.numbers["slope_after"] < 0.5 * f.numbers["slope_before"]
+    assert "decay later" in f.action
+
+
+def test_step_decay_at_a_plateau_is_healthy():
+    n, d = 800, 400
+    first = decaying(d, start=2.3, end=1.0, tau=50)                 # flat well before step 400
+    second = 1.0 - 0.4 * (1 - np.exp(-np.arange(n - d) / 60))       # the decay's drop, then flat again
+    loss = noisy(np.concatenate([first, second]), sd=0.03)
+    lr = [0.1] * d + [0.01] * (n - d)
+    assert diagnose({"train/loss": loss, "lr": lr}, 10) == []
+
+
+@pytest.mark.parametrize("n", [100, 400, 3000])
+def test_slow_start_does_not_depend_on_the_run_length(n):
+    # a healthy exponential-like fall, cut at any length, is never a slow start ...
+    healthy = noisy(decaying(n, tau=max(30, n / 4)), sd=0.03)
+    assert "slow_start" not in names(diagnose({"train/loss": healthy}, 10))
+    # ... and the same flat start (40% of the first quarter) is one, whatever comes after
+    flat = max(40, n // 10)
+    bad = noisy([2.3] * flat + list(decaying(n - flat, tau=max(10, n / 40))), sd=0.03)
+    assert "slow_start" in names(diagnose({"train/loss": bad}, 10))
+
+
+def test_overfitting_and_train_longer_on_one_run_keep_overfitting():
+    curves = {"train/acc": epochs([0.7, 0.85, 0.95, 0.99]), "val/acc": epochs([0.6, 0.66, 0.7, 0.74]),
+              "val/loss": epochs([1.0, 0.9, 0.88, 0.87])}
+    found = diagnose(curves)
+    assert names(found) == ["overfitting"] and found[0].numbers["silences"] == ["train_longer"]
+
+
+def test_precedence_does_not_depend_on_order():
+    from trainlab.doctor.rules import resolve
+
+    fs = [Finding(n, "", "", "", "medium") for n in ("underfitting", "train_longer", "plateau", "overfitting")]
+    assert names(resolve(fs)) == names(resolve(fs[::-1]))[::-1] == ["plateau", "overfitting"]

@@ -4,6 +4,7 @@ re-run (every step skipped), whose final.yaml `trainlab train` accepts and whose
 Chromium renders with every image loaded."""
 
 import contextlib
+import html
 import io
 import math
 import os
@@ -21,6 +22,8 @@ from trainlab.recipe.runner import study_name
 from trainlab.recipe.plan import (PHASES, choose_move, phase_allowance, plan_budget, rank_coarse, size_coarse, size_final,
                                   size_refine)
 from trainlab.store import Store
+
+pytestmark = pytest.mark.slow  # every test here runs recipe steps for real
 
 BUDGET_MIN = "0.5"
 STEP_KEYS = ["init", "overfit", "lr", "coarse"]
@@ -119,7 +122,7 @@ def test_study_names():
 # --- bad input --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
-    (["--budget", "-1"], "trainlab: error: --budget: must be a positive number of minutes, got -1\n"),
+    (["--budget", "-1"], "trainlab: error: --budget: must be a positive number of minutes (at most 1e6), got -1\n"),
     (["--task", "nope"], "trainlab: error: task: unknown task 'nope'"),
     (["--workers", "0"], "trainlab: error: --workers: must be at least 1, got 0\n"),
 ])
@@ -302,3 +305,34 @@ def test_deadline_stops_fit_and_search(tmp_path):
     res = run_search(hp, {"lr": "grid(0.01, 0.001)"}, strategy="grid", db=tmp_path / "s.db", study="late",
                      quiet=True, checkpoints=False, deadline=time.time() - 1)
     assert res.leaderboard == [] and not res.complete
+
+
+def test_final_schedule_is_placed_from_step_5_and_the_headline_says_what_ran(resumed):
+    d, _, _, _, after = resumed
+    final = after["final"]["summary"]["evidence"]
+    decay = final["decay"]
+    assert decay["epochs"] == final["epochs"] and decay["reason"] in after["final"]["summary"]["message"]
+    if decay["stall_epoch"] is not None:   # placed: 2x the epoch where step 5's constant-rate curves stalled
+        assert decay["epochs"] <= max(2, math.ceil(2 * decay["stall_epoch"]))
+    store = Store(d / "r.db")
+    for m in final["members"]:
+        run = store.run(m["run"])
+        assert f"{run['epochs']} epochs" in final["ran"] and f"best epoch {run['best_epoch']}" in final["ran"]
+    page = (d / "report" / "index.html").read_text()
+    assert "final run: " in page and html.escape(final["ran"]) in page
+
+
+def test_coarse_trials_carry_their_purpose_and_expected_findings_are_no_problem(resumed):
+    from trainlab.doctor import diagnose_run, diagnose_study
+
+    d, _, _, _, after = resumed
+    store = Store(d / "r.db")
+    study = after["coarse"]["summary"]["evidence"]["study"]
+    runs = store.runs(study=study)
+    assert runs and all(r["summary"]["purpose"]["phase"] == "coarse" for r in runs)
+    for r in runs:
+        names = {f.name for f in diagnose_run(store, r["id"]).findings}
+        assert not names & {"train_longer", "update_ratio_high", "plateau"}, names
+    sd = diagnose_study(store, study)
+    assert len(sd.runs) == len(runs) and all(d_.purpose["phase"] == "coarse" for d_ in sd.runs)
+    assert {s["name"] for s in sd.shared}.isdisjoint({"train_longer", "update_ratio_high"})

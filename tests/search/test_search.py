@@ -14,6 +14,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+import helpers
+from helpers import as_set
 from search_hammer import hammer
 
 from trainlab.cli import main
@@ -27,12 +29,12 @@ from trainlab.store import Store
 
 TrialState = optuna.trial.TrialState
 TRAINLAB = str(Path(sys.executable).with_name("trainlab"))
-TINY = ["--set", "model=mlp", "--set", "width=16", "--set", "batch_size=128", "--set", "monitor_every=0"]
+TINY = as_set(dict(helpers.TINY, width=16))
 
 
 def tiny(**kw) -> Config:
     """An mlp that trains an epoch of mnist1d in a fraction of a second."""
-    return Config(**{"model": "mlp", "width": 16, "epochs": 2, "batch_size": 128, "monitor_every": 0, **kw})
+    return helpers.tiny(**{"width": 16, "epochs": 2, **kw})
 
 
 GRID4 = {"lr": "grid(1e-2, 3e-2)", "weight_decay": "grid(0, 1e-4)"}
@@ -202,6 +204,7 @@ def test_diverged_trial_is_recorded_and_the_study_goes_on(tmp_path):
 # -------------------------------------------------------------------- worker processes
 
 
+@pytest.mark.slow
 def test_sqlite_storage_takes_many_writing_processes_without_lock_errors(tmp_path):
     """Optuna advises against SQLite for parallel studies ("database is locked"); with WAL, a busy timeout
     and BEGIN IMMEDIATE (open_storage) three processes hammering one file lose nothing."""
@@ -223,6 +226,7 @@ def test_sqlite_storage_takes_many_writing_processes_without_lock_errors(tmp_pat
     assert len(Store(db).runs(study="hammer", status="completed")) == 36
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
 def test_stale_trial_is_retried_once_then_counts_against_the_budget(tmp_path):
     """Optuna's heartbeat with ask/tell: a trial silent for the grace period is failed and retried once;
@@ -264,6 +268,7 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+@pytest.mark.slow
 def test_two_worker_processes_one_sigkilled_mid_trial_finish_exactly_the_trials(tmp_path, capfd):
     """--workers 2 on one SQLite file: two real processes, no lock errors. One is SIGKILLed in the middle of
     a trial: the other finds the trial stale by its heartbeat, fails it (and its run), retries it once, and
@@ -330,6 +335,7 @@ def test_two_worker_processes_one_sigkilled_mid_trial_finish_exactly_the_trials(
     assert again.complete and len(load_study("kill", db).get_trials()) == 7
 
 
+@pytest.mark.slow
 def test_postgresql_two_workers_share_one_study(tmp_path, pg_url):  # noqa: F811
     space = tmp_path / "space.yaml"
     space.write_text("lr: grid(3e-3, 1e-2, 3e-2)\nweight_decay: grid(0, 1e-4)\n")
@@ -358,6 +364,7 @@ def test_postgresql_two_workers_share_one_study(tmp_path, pg_url):  # noqa: F811
 # ------------------------------------------------------------------------- CLI and report
 
 
+@pytest.mark.slow
 def test_cli_search_json_then_report(tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text("lr: loguniform(1e-3, 1e-1)\nwidth: int(8, 32, log)\noptimizer: choice(adam, sgd)\n")

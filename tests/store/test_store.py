@@ -14,7 +14,7 @@ import pytest
 
 import numpy as np
 
-from trainlab.store import METRIC_BLOCK, RUN_STATUSES, MetricBuffer, RunNotFound, Store, normalize_url
+from trainlab.store import METRIC_BLOCK, StoreFault, STORED_STATUSES, MetricBuffer, RunNotFound, Store, normalize_url
 
 
 @pytest.fixture
@@ -62,7 +62,8 @@ def test_run_round_trip_every_field(tmp_path):
     assert created <= finished <= datetime.now(timezone.utc)
     assert set(run) == {
         "id", "study_id", "study", "name", "kind", "hparams", "status", "reason", "created", "updated",
-        "finished", "best_metric", "best_epoch", "epochs", "checkpoint", "seed", "host", "summary",
+        "finished", "best_metric", "best_epoch", "epochs", "checkpoint", "seed", "host", "summary", "pid", "node",
+        "heartbeat",
     }  # fmt: skip
     again.close()
 
@@ -78,7 +79,7 @@ def test_create_run_defaults(store):
     assert run["host"]  # this machine's name
 
 
-@pytest.mark.parametrize("status", RUN_STATUSES[1:])
+@pytest.mark.parametrize("status", STORED_STATUSES[1:])
 def test_every_final_status_round_trips(store, status):
     run_id = store.create_run(name="r", hparams={})
     store.finish_run(run_id, status, reason=f"because {status}")
@@ -346,9 +347,9 @@ def test_url_password_is_hidden_in_messages():
     for url in (
         "postgresql+nosuchdriver://user:secret@localhost/db",  # unknown kind
         "postgresql://user:secret@localhost:notaport/db",  # malformed
-        "postgresql+psycopg2://user:secret@127.0.0.1:1/db",  # nothing listens (or no driver)
+        "postgresql+psycopg2://user:secret@127.0.0.1:1/db",  # nothing listens (or no driver): StoreUnavailable
     ):
-        with pytest.raises(ValueError, match=r"^db: cannot open 'postgresql\S*://user:\*\*\*@") as info:
+        with pytest.raises((ValueError, StoreFault), match=r"^db: cannot open 'postgresql\S*://user:\*\*\*@") as info:
             Store(url)
         assert "secret" not in str(info.value)
 
@@ -559,6 +560,7 @@ def _concurrent_writer(url, index, barrier, results):
         results.put((index, None, None, traceback.format_exc()))
 
 
+@pytest.mark.slow
 def test_many_processes_write_one_sqlite_file(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     Store(url).close()  # the file exists, as when a search starts its workers

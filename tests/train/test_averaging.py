@@ -16,14 +16,12 @@ from trainlab.tasks import load_task
 from trainlab.train import evaluate, fit, load_checkpoint, lr_schedule
 from trainlab.train.averaging import EMA, checkpoint_weights, ema_decay, snapshot_steps
 from trainlab.train.loop import LoopState
-from helpers import InterruptAt
-
-TINY = dict(model="mlp", width=32, batch_size=128, monitor_every=0)
+from helpers import TINY, InterruptAt
 
 
 @pytest.fixture(scope="module")
-def task():
-    return load_task(Config(**TINY))
+def task(tiny_task):
+    return tiny_task
 
 
 # --- the EMA's arithmetic ----------------------------------------------------------------------------

@@ -12,16 +12,16 @@ import torch
 
 from trainlab.config import Config
 from trainlab.store import Store
-from trainlab.tasks import load_task
 from trainlab.train import CheckpointError, Stop, fit, load_checkpoint, lr_schedule, save_checkpoint
+import helpers
 from helpers import InterruptAt
 
-TINY = dict(model="mlp", width=32, batch_size=64)
+TINY = dict(helpers.TINY, batch_size=64, monitor_every=50)  # 57 updates per epoch, monitors on
 
 
 @pytest.fixture(scope="module")
-def task():
-    return load_task(Config(**TINY))
+def task(tiny_task):
+    return tiny_task
 
 
 def test_fit_stores_every_step_and_follows_the_schedule(task, tmp_path):
@@ -116,6 +116,7 @@ def _states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mid_epoch", [False, True], ids=["epoch-checkpoints", "mid-epoch-checkpoints"])
 def test_resume_after_sigkill_is_exact(tmp_path, mid_epoch):
     cfg = tmp_path / "c.yaml"
@@ -169,6 +170,7 @@ save_checkpoint({"model": {"w": torch.ones(60_000_000)}, "step": 2}, sys.argv[1]
 """
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint({"model": {"w": torch.zeros(3)}, "step": 1}, path)
@@ -204,3 +206,34 @@ def test_checkpoints_load_only_safely(tmp_path):
     half.write_bytes(half.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="cannot load"):
         load_checkpoint(half)
+
+
+class NaNAt(torch.nn.Module):
+    """The task's model, whose output turns NaN on its `at`-th training forward (update `at`, 0-based)."""
+
+    def __init__(self, inner, at):
+        super().__init__()
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def forward(self, x):
+        out = self.inner(x)
+        if self.training:
+            if self.calls == self.at:
+                out = out * float("nan")
+            self.calls += 1
+        return out
+
+
+@pytest.mark.parametrize("at", [0, 73, 149])
+def test_a_nan_loss_is_named_on_its_own_step_and_the_run_stops_at_the_next_drain(task, tmp_path, at):
+    from trainlab.train.steps import DRAIN
+
+    torch.manual_seed(0)
+    hp = Config(**TINY, epochs=3, schedule="cosine", warmup_steps=20)
+    store = Store(tmp_path / "t.db")
+    result = fit(task, hp, store=store, quiet=True, checkpoints=False, model=NaNAt(task.build_model(), at))
+    assert result.status == "diverged"
+    assert f"loss became NaN at step {at} (lr " in result.reason
+    lr = store.metrics(result.run_id, ["lr"])["lr"]
+    assert f"(lr {lr['value'][lr['step'].index(at)]:.3g})" in result.reason
+    assert at < result.steps <= at + DRAIN   # stopped at the next drain: at most DRAIN - 1 updates after the bad one

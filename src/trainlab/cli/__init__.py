@@ -15,7 +15,7 @@ import os
 import sys
 from importlib import import_module
 
-from trainlab.cli.common import GLOBALS, Streams, UsageError, top_level_globals
+from trainlab.cli.common import GLOBALS, Streams, UsageError, printable, top_level_globals
 
 __all__ = ["main", "parse", "build_parser", "COMMANDS"]
 
@@ -68,10 +68,18 @@ def _command_in(argv: list[str]) -> str | None:
     return None
 
 
-def _run_not_found() -> type:
-    """The store's RunNotFound (a KeyError), without importing the store for commands that never open one."""
-    store = sys.modules.get("trainlab.store.store")
-    return store.RunNotFound if store is not None else UsageError  # not imported: not raised
+def _told_whole() -> tuple[type, ...]:
+    """The errors whose whole message is the news (printed escaped, on one line): UsageError, the config's
+    ConfigError (PreflightError among them), the checkpoint's CheckpointError and the store's RunNotFound
+    (a KeyError), each only when its module was imported (never imported: never raised), so that light
+    commands import neither torch nor the store to name them."""
+    found: list[type] = [UsageError]
+    for module, name in (("trainlab.config", "ConfigError"), ("trainlab.checkpoint", "CheckpointError"),
+                         ("trainlab.store.store", "RunNotFound")):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            found.append(getattr(loaded, name))
+    return tuple(found)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -133,10 +141,34 @@ def _run(args) -> int:
     try:
         _set_threads(args.threads)
         return args.fn(args)
-    except _run_not_found() as err:  # evaluated only on an error
-        print(f"trainlab: error: {err}", file=sys.stderr)
+    except _told_whole() as err:  # evaluated only on an error
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"trainlab: error: {printable(msg)}", file=sys.stderr)
         return 2
-    except ValueError as err:  # UsageError, ConfigError, CheckpointError and the store's checks
+    except ValueError as err:  # the store's checks (StoreUnusable among them) and other bad values
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"trainlab: error: {msg}", file=sys.stderr)
+        print(f"trainlab: error: {printable(msg)}", file=sys.stderr)
         return 2
+    except Exception as err:  # faults of the machine: the database, the disk. A bug keeps its traceback.
+        found = _fault(err)
+        if found is None:
+            raise
+        code, msg = found
+        print(f"trainlab: error: {msg}", file=sys.stderr)
+        return code
+
+
+def _fault(err: Exception) -> tuple[int, str] | None:
+    """(exit status, one line) for an error of the machine rather than of trainlab: a database that cannot
+    be reached or read (`store.errors.classify`: 2 bad input, 1 fault), a checkpoint that cannot be written
+    (its `exit_code`), any other OSError (1: disk full, permission denied...); None for anything else."""
+    from trainlab.store.errors import classify
+
+    fault = classify(err)
+    if fault is not None:
+        return fault.exit_code, str(fault).splitlines()[0]
+    if type(err).__name__ == "CheckpointWriteError":  # trainlab.checkpoint (torch): not imported here
+        return getattr(err, "exit_code", 1), str(err).splitlines()[0]
+    if isinstance(err, OSError):
+        return 1, (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return None

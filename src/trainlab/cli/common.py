@@ -20,10 +20,17 @@ import io
 import json
 import math
 import os
+import re
 import sys
 from typing import Any
 
-__all__ = ["UsageError", "open_store", "print_json", "out", "table", "add_out", "GLOBALS", "Streams", "choice"]
+__all__ = ["UsageError", "open_store", "print_json", "out", "table", "add_out", "GLOBALS", "Streams", "choice",
+           "printable", "loggers_from"]
+
+# Characters a terminal acts on instead of showing: C0 and C1 controls and DEL (ESC starts the ANSI escape
+# sequences that recolour, move the cursor, retitle the window or hide text), the line and paragraph
+# separators, and the bidirectional overrides that reorder what is shown ("Trojan Source", CVE-2021-42574).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 class UsageError(ValueError):
@@ -176,20 +183,55 @@ def _strict(data: Any) -> Any:
     return data
 
 
+def printable(value: Any) -> str:
+    r"""`str(value)` safe to print on a terminal: every control character escaped as Python writes it
+    (ESC as \x1b, a newline as \n, U+202E as \u202e), everything else as it is. Every table and
+    message of the command line that shows a stored or user-given string goes through it.
+
+    >>> print(printable("run\x1b[2J"))
+    run\x1b[2J
+    """
+    text = value if isinstance(value, str) else str(value)
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    ch = match.group()
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    if ch in named:
+        return named[ch]
+    return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
+def loggers_from(specs: list[str]) -> list:
+    """The loggers of --log-to KIND:DEST options (one per option; each is reused by every run it gets)."""
+    if not specs:
+        return []
+    from trainlab.export import logger_from_spec
+
+    return [logger_from_spec(spec) for spec in specs]
+
+
+def open_store(args, read_only: bool = False):
+    """The store --db names. `read_only` (runs, plot, diagnose, ensemble, search report): opened so that it
+    cannot write, never creating, migrating or switching the journal mode of the file; a missing file or
+    one that is not a trainlab store is a ValueError of one line (exit 2)."""
+    from trainlab.store import Store
+
+    lost_after = getattr(args, "lost_after", None)  # `runs --lost-after S`: when a silent run shows as lost
+    if lost_after is None:
+        return Store(args.db, read_only=read_only)
+    return Store(args.db, read_only=read_only, lost_after_s=lost_after)
+
+
 def print_json(data: Any) -> None:
     """The result as strict JSON on stdout (NaN and infinities as null)."""
     out(json.dumps(_strict(data), indent=2, default=str, allow_nan=False))
 
 
-def open_store(args, *, read_only: bool = False):
-    from trainlab.store import Store
-
-    return Store(args.db, read_only=read_only)
-
-
 def table(rows: list[dict], columns: list[str]) -> str:
     """A plain text table; floats shown with 4 decimals."""
-    cells = [[("" if r.get(c) is None else f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r[c]))
+    cells = [[("" if r.get(c) is None else f"{r[c]:.4f}" if isinstance(r.get(c), float) else printable(r[c]))
               for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]

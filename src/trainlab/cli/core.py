@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from trainlab.cli.common import UsageError, add_out, choice, open_store, out, print_json, table
+from trainlab.cli.common import UsageError, add_out, choice, loggers_from, open_store, out, print_json, printable, table
 
 __all__ = ["add_train", "add_runs", "add_plot", "add_schedule"]
 
@@ -28,15 +28,6 @@ def _import_torch(quiet: bool) -> float:
     return seconds
 
 
-def loggers_from(specs: list[str]) -> list:
-    """The loggers of --log-to KIND:DEST options (one per option; each is reused by every run it gets)."""
-    if not specs:
-        return []
-    from trainlab.export import logger_from_spec
-
-    return [logger_from_spec(spec) for spec in specs]
-
-
 def cmd_train(args) -> int:
     if args.nproc is not None or args.max_restarts is not None:  # data-parallel: this command under torchrun
         from trainlab.cli.launch import torchrun_train
@@ -52,18 +43,18 @@ def cmd_train(args) -> int:
         return 0
     torch_s = _import_torch(args.quiet)
     from trainlab.cli.launch import exit_code
-    from trainlab.tasks import load_task
+    from trainlab.preflight import load_checked_task
     from trainlab.train.launch import AlreadyEnded, fit_in_launch
 
     if args.resume is not None:
-        result = fit_in_launch(load_task(hp), hp, store, resume=args.resume, quiet=args.quiet,
+        result = fit_in_launch(load_checked_task(hp), hp, store, resume=args.resume, quiet=args.quiet,
                                runs_dir=args.runs_dir, loggers=loggers)  # fit(), one rank under torchrun
     else:
+        task = load_checked_task(hp)  # pre-flight: bad data is one line, exit 2, before any run row exists
         if hp.seeds > 1:  # K independent members and their ensemble (cli/ensemble.py)
             from trainlab.cli.ensemble import cmd_train_members
 
             return cmd_train_members(args, hp)
-        task = load_task(hp)
         store = open_store(args)
         result = fit_in_launch(task, hp, store, quiet=args.quiet, runs_dir=args.runs_dir, study=args.study,
                                name=args.name, loggers=loggers)
@@ -79,11 +70,12 @@ def cmd_train(args) -> int:
                     "steps": result.steps, "test": result.test, "checkpoint": result.checkpoint,
                     "seconds": round(result.seconds, 2), "startup": startup})
     else:
-        test = f"  test/acc {result.test['acc']:.4f}" if result.test else ""
+        headline = ("acc" if "acc" in result.test else next(iter(result.test), None)) if result.test else None
+        test = f"  test/{headline} {result.test[headline]:.4f}" if headline is not None else ""
         best = f"  best {result.best_metric:.4f} at epoch {result.best_epoch}" if result.best_metric is not None else ""
         out(f"run {result.run_id}: {result.status}{best}{test}")
     if result.status == "diverged":
-        print(f"diverged: {result.reason}", file=sys.stderr)
+        print(f"diverged: {printable(result.reason)}", file=sys.stderr)
         return 1
     return 130 if result.status == "stopped" else 0
 
@@ -91,35 +83,51 @@ def cmd_train(args) -> int:
 # --- runs ---------------------------------------------------------------------------------------
 
 def _run_row(run: dict) -> dict:
-    seconds = (run.get("summary") or {}).get("seconds")
+    """A run's line: its best value named by the metric it was chosen on (`early_stop_metric`: val/acc, or
+    val/loss for a regression task), and the test result of the task's headline metric (acc, mse, ...)."""
+    summary = run.get("summary") or {}
+    seconds = summary.get("seconds")
+    headline = (summary.get("metrics") or {}).get("headline", "acc")
     return {"id": run["id"], "name": run["name"], "study": run.get("study"), "kind": run.get("kind"),
-            "status": run["status"], "best_val": run["best_metric"], "epochs": run["epochs"],
-            "test_acc": (run.get("summary") or {}).get("test/acc"),
+            "status": run["status"],
+            "metric": (run.get("hparams") or {}).get("early_stop_metric"), "best": run["best_metric"],
+            "test_metric": f"test/{headline}", "test": summary.get(f"test/{headline}"),
+            "best_val": run["best_metric"], "test_acc": summary.get("test/acc"), "epochs": run["epochs"],
             "duration_s": round(seconds, 1) if seconds is not None else None}
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
 
 
 def cmd_runs(args) -> int:
     if args.action == "show":
         if args.id is None:
             raise UsageError("runs show: give a run id, e.g. trainlab runs show 3")
-        run = open_store(args).run(args.id)
+        run = open_store(args, read_only=True).run(args.id)
         if args.json:
             print_json(run)
             return 0
         for key in ("id", "name", "study", "kind", "status", "reason", "created", "finished", "best_metric",
-                    "best_epoch", "epochs", "checkpoint", "seed", "host"):
-            out(f"{key:12} {run.get(key)}")
+                    "best_epoch", "epochs", "checkpoint", "seed", "host", "pid", "heartbeat"):
+            out(f"{key:12} {printable(run.get(key))}")
         for key, value in (run.get("summary") or {}).items():
-            out(f"{key:12} {value}")
+            out(f"{printable(key):12} {printable(value)}")
         out("hyperparameters:")
         for key, value in run["hparams"].items():
-            out(f"  {key}: {value}")
+            out(f"  {printable(key)}: {printable(value)}")
         return 0
     if args.action is not None:
         raise UsageError(f"runs: unknown action {args.action!r}; use: trainlab runs [show ID]")
     if args.id is not None:
         raise UsageError(f"runs: a run id goes with show: trainlab runs show {args.id}")
-    store = open_store(args)
+    store = open_store(args, read_only=True)
     runs = store.runs(study=args.study, kind=None)
     kinds = tuple(dict.fromkeys([*RUN_KINDS, *(r["kind"] for r in runs), "all"]))
     choice("--kind", args.kind, kinds)
@@ -127,12 +135,12 @@ def cmd_runs(args) -> int:
     if args.json:
         print_json(rows)
     elif rows:
-        out(table(rows, ["id", "name", "study", "status", "best_val", "test_acc", "epochs", "duration_s"]
-                  if args.kind != "all" else
-                  ["id", "name", "study", "kind", "status", "best_val", "test_acc", "epochs", "duration_s"]))
+        kind = [] if args.kind != "all" else ["kind"]
+        out(table(rows, ["id", "name", "study", *kind, "status", "metric", "best", "test_metric", "test", "epochs",
+                         "duration_s"]))
     else:
-        where = f" of study {args.study!r}" if args.study else ""
-        print(f"no {args.kind if args.kind != 'all' else ''} runs{where} in {store.url}".replace("  ", " "),
+        where = f" of study {printable(repr(args.study))}" if args.study else ""
+        print(f"no {args.kind if args.kind != 'all' else ''} runs{where} in {printable(store.url)}".replace("  ", " "),
               file=sys.stderr)
     return 0
 
@@ -142,7 +150,7 @@ def cmd_runs(args) -> int:
 def cmd_plot(args) -> int:
     from trainlab.figures import plot_ratios, plot_run
 
-    store = open_store(args)
+    store = open_store(args, read_only=True)
     store.run(args.run)
     path = args.out or (f"ratios-{args.run}.png" if args.ratios else f"curves-{args.run}.png")
     path = (plot_ratios if args.ratios else plot_run)(store, args.run, path)
@@ -195,15 +203,19 @@ def cmd_schedule(args) -> int:
 
     if args.steps_per_epoch < 1:
         raise UsageError(f"--steps-per-epoch: must be >= 1, got {args.steps_per_epoch}")
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps: must be >= 1, got {args.steps}")
-    if args.lr is not None and not args.lr > 0:
-        raise UsageError(f"--lr: must be > 0, got {args.lr}")
+    if args.steps is not None and not 1 <= args.steps <= 10_000_000:  # every step's lr is listed
+        raise UsageError(f"--steps: must be in [1, 10000000], got {args.steps}")
+    if args.lr is not None and not 0 < args.lr <= 1e6:  # also refuses nan and inf
+        raise UsageError(f"--lr: must be in (0, 1e6], got {args.lr}")
+    if args.warmup is not None and args.warmup < 0:
+        raise UsageError(f"--warmup: must be in [0, --steps], got {args.warmup}")
     params = _schedule_overrides(args)
     overrides = {**params, **({"schedule": args.kind} if args.kind else {}), **({"lr": args.lr} if args.lr else {})}
     hp = load_config(args.config, overrides)
     spe = args.steps_per_epoch
     total = args.steps or hp.steps or hp.epochs * spe
+    if total > 10_000_000:  # every step's lr is listed
+        raise UsageError(f"steps: must be in [1, 10000000] optimizer updates shown, got {total}")
     warmup = hp.warmup_steps or round(hp.warmup_epochs * spe)
     if warmup >= total:
         raise UsageError(f"warmup_steps: must be fewer than the {total} optimizer updates shown, got {warmup}")
@@ -260,6 +272,8 @@ def add_runs(p) -> None:
     p.add_argument("--kind", default="train",
                    help=f"which runs: {', '.join(RUN_KINDS)} or all (default: train); check runs are the "
                         "sanity checks, step runs the recipe's steps")
+    p.add_argument("--lost-after", type=_seconds, metavar="S", help="a running run whose heartbeat is older than "
+                   "S seconds shows as lost (default: 300; a run whose process is gone from this machine at once)")
     p.set_defaults(fn=cmd_runs)
 
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import math
 import sys
 
-from trainlab.cli.common import UsageError, add_out, open_store, out, print_json, table
+from trainlab.cli.common import UsageError, add_out, open_store, out, print_json, printable, table
 
 __all__ = ["add_check", "add_diagnose"]
 
 
 def _setup(args):
     from trainlab.config import load_config
-    from trainlab.tasks import load_task
+    from trainlab.preflight import load_checked_task
 
     hp = load_config(args.config, args.set)
-    task = load_task(hp)
+    task = load_checked_task(hp)  # pre-flight: bad data is one line, exit 2, before the store is opened
     return hp, task, open_store(args)
 
 
@@ -57,7 +57,7 @@ def _report(args, result) -> int:
     if args.json:
         print_json(result.to_dict())
     else:
-        out(f"check {result.name}: {result.verdict.upper()}: {result.message}")
+        out(f"check {result.name}: {result.verdict.upper()}: {printable(result.message)}")
         if result.run_id is not None:
             out(f"recorded as run {result.run_id}")
     return 0 if result.passed else 1
@@ -144,22 +144,22 @@ def cmd_diagnose(args) -> int:
 
     if args.num_classes is not None and args.num_classes < 2:
         raise UsageError(f"--num-classes: must be >= 2, got {args.num_classes}")
-    store = open_store(args)
+    store = open_store(args, read_only=True)
     d = diagnose_run(store, args.run, num_classes=args.num_classes)
     if args.json:
         print_json(d.to_dict())
         return 0
-    reason = f": {d.reason}" if d.reason else ""
-    out(f"run {d.run_id}: {d.name} ({d.status}{reason}; {d.epochs} epochs, {d.steps} steps)")
+    reason = f": {printable(d.reason)}" if d.reason else ""
+    out(f"run {d.run_id}: {printable(d.name)} ({printable(d.status)}{reason}; {d.epochs} epochs, {d.steps} steps)")
     if d.num_classes is None:
         out("  (number of classes unknown: initial-loss rule skipped; pass --num-classes)")
     if d.healthy:
         out("no problems found: the curves look healthy")
         return 0
     for i, f in enumerate(d.findings, 1):
-        out(f"{i}. {f.name} ({f.confidence} confidence): {f.diagnosis}")
-        out(f"   evidence: {f.evidence}")
-        out(f"   try: {f.action}")
+        out(f"{i}. {f.name} ({f.confidence} confidence): {printable(f.diagnosis)}")
+        out(f"   evidence: {printable(f.evidence)}")
+        out(f"   try: {printable(f.action)}")
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from trainlab.cli.common import UsageError, open_store, out, print_json, table
+from trainlab.cli.common import UsageError, loggers_from, open_store, out, print_json, printable, table
 
 __all__ = ["add_ensemble", "cmd_train_members"]
 
@@ -26,7 +26,7 @@ def _print_result(result, title: str) -> None:
     rows.append({"run": "", "member": "members' mean", "acc": result.mean_member_acc})
     rows.append({"run": "", "member": f"ensemble of {len(result.members)}", "acc": result.ensemble_acc,
                  "loss": result.ensemble_loss})
-    out(f"{title}: {result.split} split, {result.n} examples")
+    out(f"{printable(title)}: {result.split} split, {result.n} examples")
     out(table(rows, ["run", "member", "acc", "loss"]))
     gain = result.ensemble_acc - result.mean_member_acc
     out(f"ensemble {result.ensemble_acc:.4f} vs members' mean {result.mean_member_acc:.4f} ({gain:+.4f})")
@@ -45,7 +45,7 @@ def cmd_ensemble(args) -> int:
         raise UsageError("--top: goes with --study NAME")
     if args.last is not None and args.snapshots is None:
         raise UsageError("--last: goes with --snapshots RUN")
-    store = open_store(args)
+    store = open_store(args, read_only=True)
     device = resolve_device("auto")
     if args.snapshots is not None:
         members = members_from_snapshots(store, args.snapshots, args.last, device=device)
@@ -82,7 +82,6 @@ def cmd_train_members(args, hp) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("seeds: members are trained one after another in one process; not under torchrun/--nproc")
     store = open_store(args)
-    from trainlab.cli.core import loggers_from
 
     results, ens = train_members(hp, store=store, study=args.study, name=args.name, quiet=args.quiet,
                                  runs_dir=args.runs_dir, loggers=loggers_from(getattr(args, "log_to", [])))
@@ -100,7 +99,7 @@ def cmd_train_members(args, hp) -> int:
     if any(r.status == "stopped" for r in results):
         return 130
     if any(r.status == "diverged" for r in results):
-        print("diverged: " + "; ".join(f"run {r.run_id}: {r.reason}" for r in results if r.status == "diverged"),
+        print("diverged: " + "; ".join(f"run {r.run_id}: {printable(r.reason)}" for r in results if r.status == "diverged"),
               file=sys.stderr)
         return 1
     return 0

@@ -7,6 +7,7 @@ train CONFIG` (without --nproc), which is also what a user may type directly. Ea
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -71,7 +72,25 @@ def torchrun_train(args) -> int:
         raise UsageError("--nproc/--max-restarts: write the option out in full")
     if not args.quiet:
         print("launching: " + " ".join(cmd[1:]), file=sys.stderr)
+    return _wait_forwarding(subprocess.Popen(cmd))
+
+
+def _wait_forwarding(proc: subprocess.Popen) -> int:
+    """Wait for torchrun, handing it the SIGTERM this process gets (Slurm, docker stop, systemd signal only
+    the process they started): torchrun passes it to every worker, which stop with a last checkpoint. A
+    Ctrl-C reaches torchrun and the workers from the terminal; this process waits for them to finish."""
+    def forward(signum, frame):
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    old = signal.signal(signal.SIGTERM, forward)
     try:
-        return subprocess.run(cmd).returncode
-    except KeyboardInterrupt:  # torchrun got the same Ctrl-C and stops its workers
-        return 130
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:  # torchrun got the same Ctrl-C and stops its workers: wait for them
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from trainlab.cli.common import UsageError, add_out, out, print_json
 
@@ -14,8 +15,8 @@ def cmd_recipe(args) -> int:
     from trainlab.config import load_config
     from trainlab.recipe import run_recipe
 
-    if not math.isfinite(args.budget) or args.budget <= 0:
-        raise UsageError(f"--budget: must be a positive number of minutes, got {args.budget:g}")
+    if not math.isfinite(args.budget) or not 0 < args.budget <= 1e6:
+        raise UsageError(f"--budget: must be a positive number of minutes (at most 1e6), got {args.budget:g}")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers: must be at least 1, got {args.workers}")
     overrides = list(args.set) + ([f"task={args.task}"] if args.task else [])
@@ -29,7 +30,8 @@ def cmd_recipe(args) -> int:
         # than cores per process only contend (2 threads measured ~15x slower than 1 on a loaded 2-core box).
         torch.set_num_threads(threads_per_worker(args.workers or default_workers()))
     result = run_recipe(hp, budget_minutes=args.budget, workers=args.workers, out=args.out, db=args.db,
-                        fresh=args.fresh, force=args.force, quiet=args.quiet, runs_dir=args.runs_dir)
+                        fresh=args.fresh, force=args.force, quiet=args.quiet, runs_dir=args.runs_dir,
+                        started_at=_process_start())
     if args.json:
         print_json(result.to_dict())
     else:
@@ -37,6 +39,26 @@ def cmd_recipe(args) -> int:
     if result.status == "interrupted":
         return 130
     return 0 if result.status == "completed" else 1
+
+
+def _process_start() -> float | None:
+    """time.time() at which this process started (Linux: /proc), so that the budget counts torch's import;
+    None unless this process was started as the command (`trainlab ...` or `python -m trainlab ...`): main()
+    called inside another process (a notebook, a test session) counts from the call."""
+    import sys
+    import time
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if Path(sys.argv[0]).name != "trainlab" and getattr(spec, "name", None) != "trainlab.__main__":
+        return None
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rpartition(")")[2].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def add_recipe(p) -> None:

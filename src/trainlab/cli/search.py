@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from trainlab.cli.common import UsageError, add_out, out, print_json, table
+from trainlab.cli.common import UsageError, add_out, out, print_json, printable, table
 
 __all__ = ["add_search"]
 
@@ -60,7 +60,7 @@ def cmd_search(args) -> int:
     if args.json:
         print_json(result.to_dict())
     else:
-        out(f"study {result.study}: {result.strategy}" + (f" + {result.prune}" if result.prune != "none" else "")
+        out(f"study {printable(result.study)}: {result.strategy}" + (f" + {result.prune}" if result.prune != "none" else "")
               + f", {len(result.leaderboard)} trials ("
               + ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items())) + f") in {result.seconds:.0f} s")
         if result.leaderboard:
@@ -69,7 +69,7 @@ def cmd_search(args) -> int:
             out(f"best: trial {result.best['trial']} (run {result.best['run']}), {result.metric} "
                   f"{result.best['value']:.4f}")
     if not result.complete:
-        print(f"search {result.study} is incomplete ({result.counts}); re-run the same command to resume",
+        print(f"search {printable(result.study)} is incomplete ({result.counts}); re-run the same command to resume",
               file=sys.stderr)
         return 1
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainlab.cli.common import UsageError, open_store, out, print_json, table
+from trainlab.cli.common import UsageError, open_store, out, print_json, printable, table
 
 __all__ = ["add_transfer"]
 
@@ -74,9 +74,9 @@ def cmd_transfer(args) -> int:
             return 0
         size = "very little data" if advice.size == "little" else "quite a lot of data"
         similarity = "similar to" if advice.similarity == "similar" else "very different from"
-        out(f"target {task.name}: {size}, {similarity} {source.name} -> {advice.strategy}")
+        out(f"target {printable(task.name)}: {size}, {similarity} {printable(source.name)} -> {advice.strategy}")
         for reason in advice.reasons:
-            out(f"  - {reason}")
+            out(f"  - {printable(reason)}")
         if result:
             _print_result(result, False)
         return 0

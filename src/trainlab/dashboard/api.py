@@ -14,16 +14,22 @@ from typing import Any
 from trainlab.dashboard.cache import SeriesCache
 from trainlab.dashboard.downsample import MAX_POINTS, json_safe, plot_series
 from trainlab.dashboard.findings import Doctor, status_findings
+from trainlab.doctor.diagnose import shared_names
 from trainlab.doctor.rules import RATIO_BAND
 from trainlab.store import RUN_STATUSES, Store
 
-__all__ = ["STUDY_POINTS", "NO_STUDY", "NO_STUDY_NAME", "LOSS_KEY", "VAL_KEY", "LOG_SPAN", "info", "studies", "study",
-           "run", "run_metrics", "axis", "varying", "run_fields", "dumps", "study_series", "run_series"]
+__all__ = ["STUDY_POINTS", "COMPARE_POINTS", "COMPARE_MAX_RUNS", "NO_STUDY", "NO_STUDY_NAME", "CHECKS", "CHECKS_NAME",
+           "LOSS_KEY", "VAL_KEY", "LOG_SPAN", "info", "studies", "study", "run", "run_metrics", "compare", "axis",
+           "varying", "task_metric", "run_fields", "dumps", "study_series", "run_series", "pseudo_study"]
 
 STUDY_POINTS = 150     # buckets per series on the study page's small charts
 STUDY_DIGITS = 5       # significant digits of the study page's values (run pages get them all)
 NO_STUDY = "none"      # the key of the pseudo-study holding runs filed under no study
 NO_STUDY_NAME = "(no study)"
+CHECKS = "checks"      # the key of the pseudo-study holding the check runs filed under no study
+CHECKS_NAME = "(checks)"
+COMPARE_POINTS = 500   # buckets per series on the comparison chart
+COMPARE_MAX_RUNS = 24  # runs one comparison may overlay
 LOSS_KEY, VAL_KEY = "train/loss", "val/acc"
 LOG_SPAN = 10.0        # a positive hyperparameter whose max/min reaches this is drawn on a log axis
 
@@ -37,7 +43,20 @@ _RUN_FIELDS = ("id", "name", "kind", "study", "status", "reason", "created", "up
 def info(store: Store, poll_s: float) -> dict[str, Any]:
     """GET /api/info: the store, the poll interval, the update/weight ratio band, the statuses."""
     return {"store": repr(store), "poll_s": poll_s, "ratio_band": list(RATIO_BAND),
-            "statuses": list(RUN_STATUSES), "no_study": NO_STUDY}
+            "statuses": list(RUN_STATUSES), "no_study": NO_STUDY, "checks": CHECKS,
+            "compare_max_runs": COMPARE_MAX_RUNS}
+
+
+def pseudo_study(run: dict) -> str | None:
+    """The pseudo-study a run filed under no study belongs to (CHECKS for checks, else NO_STUDY); None
+    when the run has a study."""
+    if run["study_id"] is not None:
+        return None
+    return CHECKS if run["kind"] == "check" else NO_STUDY
+
+
+def _loose(store: Store, key: str) -> list[dict]:
+    return [r for r in store.runs(kind=None) if pseudo_study(r) == key]
 
 
 def studies(store: Store) -> dict[str, Any]:
@@ -48,13 +67,16 @@ def studies(store: Store) -> dict[str, Any]:
         rows.append({"key": str(s["id"]), "name": s["name"], "runs": s["runs"], "status": s["status"],
                      "best_metric": best.get(s["id"]), "last_activity": s["last_activity"],
                      "created": s["created"]})
-    loose = [r for r in store.runs(kind=None) if r["study_id"] is None]
-    if loose:
+    every = store.runs(kind=None)
+    for key, name in ((NO_STUDY, NO_STUDY_NAME), (CHECKS, CHECKS_NAME)):
+        loose = [r for r in every if pseudo_study(r) == key]
+        if not loose:
+            continue
         status: dict[str, int] = {}
         for r in loose:
             status[r["status"]] = status.get(r["status"], 0) + 1
         results = [r["best_metric"] for r in loose if r["kind"] == "train" and r["best_metric"] is not None]
-        rows.append({"key": NO_STUDY, "name": NO_STUDY_NAME, "runs": len(loose), "status": status,
+        rows.append({"key": key, "name": name, "runs": len(loose), "status": status,
                      "best_metric": max(results) if results else None,
                      "last_activity": max(r["updated"] for r in loose), "created": min(r["created"] for r in loose)})
     return {"studies": rows}
@@ -63,11 +85,11 @@ def studies(store: Store) -> dict[str, Any]:
 def study(store: Store, cache: SeriesCache, doctor: Doctor, key: str, *, points: int = STUDY_POINTS,
           status: str | None = None) -> tuple[str, list[dict]] | None:
     """GET /api/studies/{key}: the JSON text of one study's page and the runs still to diagnose, or None
-    when no study has this key (NO_STUDY, or a study id as digits). ``status`` keeps only those runs;
-    the status counts and varying hyperparameters are the whole study's."""
-    if key == NO_STUDY:
-        name = NO_STUDY_NAME
-        runs = [r for r in store.runs(kind=None) if r["study_id"] is None]
+    when no study has this key (NO_STUDY, CHECKS, or a study id as digits). ``status`` keeps only those
+    runs; the status counts and varying hyperparameters are the whole study's."""
+    if key in (NO_STUDY, CHECKS):
+        name = NO_STUDY_NAME if key == NO_STUDY else CHECKS_NAME
+        runs = _loose(store, key)
     else:
         found = [s for s in store.studies(kind=None) if s["id"] == int(key)]
         if not found:
@@ -80,9 +102,10 @@ def study(store: Store, cache: SeriesCache, doctor: Doctor, key: str, *, points:
     hparams = varying(runs)
     if status is not None:
         runs = [r for r in runs if r["status"] == status]
-    series = cache.get(runs, (LOSS_KEY, VAL_KEY), points, study_series)
+    head_metric = task_metric(runs)
+    series = cache.get(runs, (LOSS_KEY, f"val/{head_metric}"), points, study_series)
     metrics = {r["hparams"].get("early_stop_metric") for r in runs}
-    out_runs, pending = [], []
+    items, pending = [], []
     for r in runs:
         item = run_fields(r)
         badges = doctor.findings(r, queue=False)
@@ -91,14 +114,18 @@ def study(store: Store, cache: SeriesCache, doctor: Doctor, key: str, *, points:
             badges = status_findings(r)
             pending.append(r)
         item["badges"] = badges
-        out_runs.append(dumps(item)[:-1] + "," + series[r["id"]] + "}")  # + the cached JSON of its series
+        items.append(item)
+    shared = _shared_badges(items) if not pending else []
+    out_runs = [dumps(item)[:-1] + "," + series[item["id"]] + "}" for item in items]  # + the cached JSON of its series
     head = dumps({
         "study": {"key": key, "name": name},
         "status_counts": counts,
         "hparams": hparams,
         "metric": metrics.pop() if len(metrics) == 1 and None not in metrics else "best metric",
+        "val_key": f"val/{head_metric}", "test_key": f"test/{head_metric}",
         "running": any(r["status"] == "running" for r in runs),
         "doctor": {"available": doctor.available, "pending": len(pending)},
+        "shared_findings": shared,
     })
     return head[:-1] + ',"runs":[' + ",".join(out_runs) + "]}", pending
 
@@ -109,7 +136,7 @@ def run(store: Store, doctor: Doctor, run_id: int) -> dict[str, Any]:
     item = run_fields(r)
     item["findings"] = doctor.findings(r, wait=True)
     item["doctor"] = doctor.available
-    item["study_key"] = NO_STUDY if r["study_id"] is None else str(r["study_id"])
+    item["study_key"] = pseudo_study(r) or str(r["study_id"])
     item["ratio_band"] = list(RATIO_BAND)
     return item
 
@@ -123,7 +150,40 @@ def run_metrics(store: Store, cache: SeriesCache, run_id: int, points: int = MAX
     return head[:-1] + ',"series":' + series + "}"
 
 
+def compare(store: Store, cache: SeriesCache, run_ids: list[int], key: str = LOSS_KEY,
+            points: int = COMPARE_POINTS) -> str:
+    """GET /api/compare?runs=1,2&key=K: the JSON text of one metric of several runs, for one chart with
+    shared axes: {"key", "keys" (every metric any of the runs has, for the page's choice), "runs": [{id,
+    name, status, study, best_metric, series: plot arrays of `key` or null}]}. RunNotFound if one is absent."""
+    runs = [store.run(i) for i in dict.fromkeys(run_ids)]
+    keys: dict[str, None] = {}
+    for r in runs:
+        keys.update(dict.fromkeys(store.metric_keys(r["id"])))
+    series = cache.get(runs, (key,), points, compare_series)
+    items = [dumps({k: r.get(k) for k in ("id", "name", "status", "study", "best_metric")})[:-1]
+             + ',"series":' + series[r["id"]] + "}" for r in runs]
+    head = dumps({"key": key, "keys": sorted(keys)})
+    return head[:-1] + ',"runs":[' + ",".join(items) + "]}"
+
+
 # ------------------------------------------------------------------------------------ helpers
+
+
+def _shared_badges(items: list[dict]) -> list[dict[str, Any]]:
+    """The doctor's badges every run of the study has (2+ runs), taken off each run and returned once, with
+    the number of runs: a badge all runs share describes the study (`doctor.diagnose.shared_names`)."""
+    per_run = {i["id"]: [b["name"] for b in i["badges"] if b.get("source") == "doctor"] for i in items}
+    common = shared_names(per_run)
+    if not common:
+        return []
+    out = []
+    for name in sorted(common):
+        first = next(b for b in items[0]["badges"] if b["name"] == name)
+        out.append({**first, "runs": len(items), "evidence": f"all {len(items)} runs; e.g. run {items[0]['id']}: "
+                                                           f"{first.get('evidence') or ''}"})
+    for i in items:
+        i["badges"] = [b for b in i["badges"] if not (b.get("source") == "doctor" and b["name"] in common)]
+    return out
 
 
 def axis(values: list[Any]) -> dict[str, Any]:
@@ -164,17 +224,26 @@ def dumps(obj: Any, *, safe: bool = False) -> str:
     return json.dumps(obj if safe else json_safe(obj), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def task_metric(runs: list[dict]) -> str:
+    """The headline metric of the runs' task (what fit() stores in the summary's "metrics": acc, mse, ...):
+    the study's charts and columns show it; "acc" for runs from before it was stored or for mixed tasks."""
+    heads = {((r.get("summary") or {}).get("metrics") or {}).get("headline", "acc") for r in runs}
+    return heads.pop() if len(heads) == 1 else "acc"
+
+
 def study_series(got: dict[str, dict]) -> str:
-    """A run's series for the study page's small chart, as the JSON text of '"loss":...,"val":...'.
+    """A run's series for the study page's small chart, as the JSON text of '"loss":...,"val":...'; "val" is
+    the other key asked for (val/acc, or the task's headline metric, e.g. val/mse).
 
     5 significant digits (a 260-pixel chart shows 3), and only what the chart draws.
     """
     loss = val = None
+    val_key = next((k for k in got if k != LOSS_KEY), VAL_KEY)
     if LOSS_KEY in got:
         loss = plot_series(got[LOSS_KEY], smooth=True, digits=STUDY_DIGITS)
         del loss["mean"]
-    if VAL_KEY in got:
-        val = plot_series(got[VAL_KEY], digits=STUDY_DIGITS)
+    if val_key in got:
+        val = plot_series(got[val_key], digits=STUDY_DIGITS)
         del val["lo"], val["hi"]
     return dumps({"loss": loss, "val": val}, safe=True)[1:-1]
 
@@ -182,3 +251,13 @@ def study_series(got: dict[str, dict]) -> str:
 def run_series(got: dict[str, dict]) -> str:
     """Every series of a run at full precision, as the JSON text of an object key -> plot arrays."""
     return dumps({k: plot_series(v, smooth=k == LOSS_KEY) for k, v in got.items()}, safe=True)
+
+
+def compare_series(got: dict[str, dict]) -> str:
+    """One series of a run for the comparison chart (its only key), as JSON text; "null" when absent."""
+    if not got:
+        return "null"
+    (buckets,) = got.values()
+    plot = plot_series(buckets, digits=6)
+    del plot["lo"], plot["hi"]  # the chart draws each run's bucket means
+    return dumps(plot, safe=True)

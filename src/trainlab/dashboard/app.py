@@ -9,9 +9,13 @@ API (GET only; every error is JSON {"error": "..."}):
 
     GET /api/info                                  store, poll interval, ratio band
     GET /api/studies                               every study, plus "(no study)" when runs lack one
-    GET /api/studies/{key}?points=N&status=S       one study (key: its id, or "none"): runs with their
-                                                   downsampled loss and val/acc, badges, the varying
+    GET /api/studies/{key}?points=N&status=S       one study (key: its id, "none" for runs filed under no
+                                                   study, "checks" for check runs under none): runs with
+                                                   their downsampled loss and val/acc, badges, the varying
                                                    hyperparameters and how to draw each
+    GET /api/studies/{key}/importance              Optuna's hyperparameter importances for the study
+                                                   (when trainlab search made it), with the trial counts
+    GET /api/compare?runs=1,2,3&key=K&points=N     one metric of several runs, for a chart with shared axes
     GET /api/runs/{id}                             one run: hyperparameters, result, checkpoint, findings
     GET /api/runs/{id}/metrics?points=N            every metric of the run, downsampled
 
@@ -43,6 +47,7 @@ from trainlab.dashboard import api
 from trainlab.dashboard.cache import SeriesCache
 from trainlab.dashboard.downsample import MAX_POINTS
 from trainlab.dashboard.findings import Doctor
+from trainlab.dashboard.importance import Importance
 from trainlab.dashboard.security import LOOPBACK_HOSTS, AllowedHosts, Guard
 from trainlab.store import RUN_STATUSES, RunNotFound, Store
 
@@ -105,6 +110,19 @@ def _status(text: str) -> str:
     return text
 
 
+def _run_ids(text: str) -> list[int]:
+    parts = text.split(",")
+    if not 1 <= len(parts) <= api.COMPARE_MAX_RUNS or not all(_ID.fullmatch(p) for p in parts):
+        raise _BadRequest(f"runs must be 1 to {api.COMPARE_MAX_RUNS} run ids separated by commas, got {text[:80]!r}")
+    return [int(p) for p in parts]
+
+
+def _metric_key(text: str) -> str:
+    if not 1 <= len(text) <= 200:
+        raise _BadRequest(f"key must be a metric name of 1 to 200 characters, got {text[:80]!r}")
+    return text
+
+
 def _run_id(text: str) -> int:
     if not _ID.fullmatch(text):
         raise _BadRequest(f"run id must be a non-negative integer, got {text!r}")
@@ -129,6 +147,7 @@ def create_app(store_or_url: Store | str | os.PathLike, allowed_hosts: Iterable[
         raise ValueError(f"poll_s must be a positive number of seconds, got {poll_s!r}")
     cache = SeriesCache(store)
     doctor = Doctor(store)
+    importance = Importance(store)
     static = {}
     folder = resources.files(__package__) / "static"
     for name in _STATIC:
@@ -157,8 +176,7 @@ def create_app(store_or_url: Store | str | os.PathLike, allowed_hosts: Iterable[
     def study(request: Request) -> Response:
         key = request.path_params["key"]
         params = _params(request, {"points": _points, "status": _status})
-        if key != api.NO_STUDY and not _ID.fullmatch(key):
-            raise _BadRequest(f"study key must be a study id or {api.NO_STUDY!r}, got {key!r}")
+        _study_key(key)
         found = api.study(store, cache, doctor, key, **params)
         if found is None:
             raise HTTPException(404, f"no study with id {key}")
@@ -166,6 +184,24 @@ def create_app(store_or_url: Store | str | os.PathLike, allowed_hosts: Iterable[
         response = _json_text(text)
         response.background = BackgroundTask(doctor.queue, pending)  # not competing with this answer
         return response
+
+    def study_importance(request: Request) -> Response:
+        key = request.path_params["key"]
+        _params(request, {})
+        _study_key(key)
+        if key in (api.NO_STUDY, api.CHECKS):
+            return _json({"available": False, "study": None, "importances": [], "trials": {}, "completed": 0,
+                          "few": False, "note": "runs filed under no study have no Optuna study"})
+        found = [s for s in store.studies(kind=None) if str(s["id"]) == key]
+        if not found:
+            raise HTTPException(404, f"no study with id {key}")
+        return _json(importance.get(found[0]["name"]))
+
+    def compare(request: Request) -> Response:
+        params = _params(request, {"runs": _run_ids, "key": _metric_key, "points": _points})
+        if "runs" not in params:
+            raise _BadRequest("runs is required: run ids separated by commas")
+        return _json_text(api.compare(store, cache, params.pop("runs"), **params))
 
     def run(request: Request) -> Response:
         run_id = _run_id(request.path_params["run_id"])
@@ -183,6 +219,8 @@ def create_app(store_or_url: Store | str | os.PathLike, allowed_hosts: Iterable[
         Route("/api/info", info, methods=["GET"]),
         Route("/api/studies", studies, methods=["GET"]),
         Route("/api/studies/{key}", study, methods=["GET"]),
+        Route("/api/studies/{key}/importance", study_importance, methods=["GET"]),
+        Route("/api/compare", compare, methods=["GET"]),
         Route("/api/runs/{run_id}", run, methods=["GET"]),
         Route("/api/runs/{run_id}/metrics", run_metrics, methods=["GET"]),
     ]
@@ -191,6 +229,11 @@ def create_app(store_or_url: Store | str | os.PathLike, allowed_hosts: Iterable[
     app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.store = store
     return Guard(app, allowed)
+
+
+def _study_key(key: str) -> None:
+    if key not in (api.NO_STUDY, api.CHECKS) and not _ID.fullmatch(key):
+        raise _BadRequest(f"study key must be a study id, {api.NO_STUDY!r} or {api.CHECKS!r}, got {key!r}")
 
 
 def _json(content: Any, status_code: int = 200) -> Response:

@@ -31,6 +31,7 @@ _STATUS = {  # status -> severity of its badge; running and completed runs get n
     "failed": "error",
     "pruned": "info",
     "stopped": "info",
+    "lost": "warning",  # running, but its process is gone (no heartbeat): resumable
 }
 
 

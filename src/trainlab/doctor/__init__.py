@@ -4,7 +4,7 @@
 learning-rate tests, `diagnose` reads a run from the store and applies the rules.
 """
 
-from trainlab.doctor.diagnose import CURVE_KEYS, Diagnosis, diagnose_run
+from trainlab.doctor.diagnose import CURVE_KEYS, Diagnosis, StudyDiagnosis, diagnose_run, diagnose_study
 from trainlab.doctor.rules import Finding, RatioWarning, diagnose, ratio_warnings
 
-__all__ = ["diagnose_run", "Diagnosis", "CURVE_KEYS", "Finding", "RatioWarning", "diagnose", "ratio_warnings"]
+__all__ = ["diagnose_run", "diagnose_study", "StudyDiagnosis", "Diagnosis", "CURVE_KEYS", "Finding", "RatioWarning", "diagnose", "ratio_warnings"]

@@ -12,7 +12,7 @@ import numpy as np
 
 from trainlab.doctor.curves import ema_smooth, moving_average
 
-__all__ = ["lr_trial_summary", "pick_discrete_lr", "analyze_lr_sweep", "lrs_agree", "LECTURE_LRS", "LR_TEST_WEIGHT_DECAY",
+__all__ = ["lr_trial_summary", "pick_discrete_lr", "pick_moving_lr", "MOVED_Z", "WIDER_LRS", "WIDER_SWEEP_RANGE", "analyze_lr_sweep", "lrs_agree", "LECTURE_LRS", "LR_TEST_WEIGHT_DECAY",
            "SWEEP_RANGE", "SWEEP_STEPS", "TRIAL_STEPS", "SIGNIFICANT_DROP", "TRIAL_SPIKE", "SWEEP_BETA", "SWEEP_SKIP",
            "SWEEP_DIVERGE", "SWEEP_RULE", "AGREE_DECADES"]
 
@@ -22,6 +22,8 @@ LECTURE_LRS = (1e-1, 1e-2, 1e-3, 1e-4)   # the lecture's discrete trial
 LR_TEST_WEIGHT_DECAY = 1e-4              # "a small weight decay" during the LR test
 SWEEP_RANGE = (1e-6, 10.0)               # the exponential sweep's first and last learning rate (7 decades)
 SWEEP_STEPS = 200
+WIDER_LRS = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)   # the widened test's grid, when the lecture's saw no drop
+WIDER_SWEEP_RANGE = (1e-7, 100.0)
 TRIAL_STEPS = 100
 SIGNIFICANT_DROP = 0.10   # a trial's loss "drops significantly": its end is >= 10% below the initial loss
 TRIAL_SPIKE = 2.0         # a trial whose smoothed loss ever exceeded 2x the initial loss is unstable, even if it came back
@@ -55,6 +57,13 @@ def lr_trial_summary(losses: Sequence[float], stopped: str | None = None) -> dic
     end = float(tail.mean()) if np.isfinite(tail).all() else math.nan
     drop = (start - end) / start if math.isfinite(end) and start > 0 else math.nan
     spike = float(np.nanmax(moving_average(v, 5))) if np.isfinite(v).any() else math.nan
+    head = v[:w]
+    # how surely the loss moved: the first 20% against the last 20%, in standard errors (a slow but real
+    # drop on a noisy task is small next to SIGNIFICANT_DROP, yet many standard errors)
+    z = math.nan
+    if np.isfinite(head).all() and np.isfinite(tail).all() and len(v) >= 10:
+        se = math.sqrt(float(head.var(ddof=1)) / len(head) + float(tail.var(ddof=1)) / len(tail))
+        z = (float(head.mean()) - float(tail.mean())) / se if se > 0 else math.inf * np.sign(head.mean() - tail.mean())
     if not np.isfinite(v).all():
         status, why = "diverged", f"loss became {v[~np.isfinite(v)][0]} at step {int(np.argmax(~np.isfinite(v)))}"
     elif stopped:
@@ -65,7 +74,24 @@ def lr_trial_summary(losses: Sequence[float], stopped: str | None = None) -> dic
         status, why = "no drop", f"loss {start:.3g} -> {end:.3g} ({drop:.0%} lower; {SIGNIFICANT_DROP:.0%} needed)"
     else:
         status, why = "ok", f"loss {start:.3g} -> {end:.3g} ({drop:.0%} lower)"
-    return {"start": start, "end": end, "drop": drop, "max_smoothed": spike, "status": status, "why": why}
+    return {"start": start, "end": end, "drop": drop, "max_smoothed": spike, "status": status, "why": why,
+            "z": z}
+
+
+MOVED_Z = 4.0   # a trial "moved the loss" when its last 20% sits >= 4 standard errors below its first 20%
+
+
+def pick_moving_lr(rows: Sequence[Mapping[str, Any]], z: float = MOVED_Z) -> float | None:
+    """The fallback pick when no trial dropped SIGNIFICANT_DROP: among trials that neither diverged nor
+    spiked, the rate whose loss moved most surely (largest z, at least `z` standard errors): slow learning
+    is learning. None when no rate moved the loss: the evidence that no rate trains the model.
+
+    >>> pick_moving_lr([{"lr": 0.1, "status": "no drop", "z": 6.0}, {"lr": 0.01, "status": "no drop", "z": 1.0}])
+    0.1
+    """
+    ok = [r for r in rows if r["status"] == "no drop" and r.get("z") is not None and math.isfinite(r["z"])
+          and r["z"] >= z]
+    return float(max(ok, key=lambda r: r["z"])["lr"]) if ok else None
 
 
 def pick_discrete_lr(rows: Sequence[Mapping[str, Any]]) -> float | None:

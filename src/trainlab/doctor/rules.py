@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from trainlab.doctor.curves import json_safe, loss_trend, moving_average, slope_rise
+from trainlab.doctor.curves import json_safe, loss_trend, moving_average, slope_rise, smoothing_window
 
-__all__ = ["Finding", "diagnose", "init_loss_verdict", "INIT_LOSS_TOLERANCE", "RATIO_BAND", "RatioWarning",
+__all__ = ["Finding", "diagnose", "resolve", "PRECEDENCE", "init_loss_verdict", "init_regression_verdict",
+           "INIT_LOSS_TOLERANCE", "RATIO_BAND", "RatioWarning",
            "ratio_warnings"]
 
 # --- the learning-curve doctor ---------------------------------------------------------------------
@@ -22,8 +23,20 @@ __all__ = ["Finding", "diagnose", "init_loss_verdict", "INIT_LOSS_TOLERANCE", "R
 INIT_LOSS_TOLERANCE = 0.25   # initial loss within 25% of log C passes (healthy inits measured: within 5%)
 EXPLODE_FACTOR = 10.0        # a loss above 10x max(initial loss, log C) has exploded (the loop stops there too)
 GROWTH_FACTOR = 1.5          # the smoothed loss ends 1.5x above where it began: a slow divergence
-PLATEAU_FRACTION = 0.2       # slow start: the first 20% of the eventual drop comes after >= 20% of the run ...
-MIN_DROP = 0.2               # ... and the loss then drops by >= 20% of its initial value
+START_DROP = 0.05            # slow start: steps until the smoothed loss is 5% below its start (the "start") ...
+NEXT_DROP = 0.25             # ... against steps from there to 25% below it (the descent that follows);
+SLOW_START_RATIO = 1.5       # ... a start >= 1.5x as long as that descent is a flat start (an exponential-like
+                             #     healthy curve measures 0.2-0.5: its fastest fall is at the beginning).
+                             #     Fractions of the start loss and a ratio of step counts: no run length in it.
+MIN_DROP = 0.2               # plateau: the loss fell >= 20% of its start before the plateau
+PLATEAU_TOL = 0.05           # plateau: from its first step on, the smoothed loss improves < 5% of the drop so far ...
+PLATEAU_MIN_SHARE = 0.25     # ... for >= 25% of the steps it took to get there (and >= 3 smoothing windows) ...
+CONSTANT_LR = 0.01           # ... at a constant lr (within 1%), and one not yet decayed (>= half the peak),
+FLAT_SLOPE = 0.25            # ... its slope under 1/4 of the slope over as many steps before it (near zero)
+LR_DROP = 0.5                # decayed too early: the lr falls to <= half within one smoothing window ...
+STEEP = 0.3                  # ... while the loss still fell >= 0.3x its average pace so far (significantly:
+                             #     a slope >= 3 standard errors), ...
+SLOWER = 0.5                 # ... and the descent after it (past the jump) is < half as fast as before
 FLAT_DROP = 0.1              # barely moving: the smoothed loss ends less than 10% below where it began
 RISE_ACC = 0.01              # still rising: val acc up >= 1 point (train acc >= 0.5 point) over the last epochs
 GAP_ACC = 0.10               # overfitting: train acc - val acc >= 10 points ...
@@ -123,6 +136,32 @@ def init_loss_verdict(loss: float, num_classes: int, tolerance: float = INIT_LOS
     return {"ok": ok, "expected": expected, "deviation": dev, "tolerance": tolerance, "message": f"{head}: {why}"}
 
 
+def init_regression_verdict(loss: float, target_mean_square: float, target_variance: float,
+                            tolerance: float = INIT_LOSS_TOLERANCE) -> dict[str, Any]:
+    """Judge an initial squared-error loss of a regression: outputs near 0 at initialization give mean(y^2),
+    the target variance plus the square of its mean (the variance alone is the loss of predicting the mean).
+
+    Passes when the loss is at most (1 + tolerance) x mean(y^2): above it, the outputs start too large. A mean
+    far from 0 (mean^2 above the variance) is said too: standardized targets train faster.
+
+    >>> init_regression_verdict(1.05, 1.0, 1.0)["ok"], init_regression_verdict(30.0, 1.0, 1.0)["ok"]
+    (True, False)
+    """
+    expected = max(target_mean_square, 1e-12)
+    if not math.isfinite(loss):
+        return {"ok": False, "expected": expected, "deviation": math.inf, "tolerance": tolerance,
+                "message": f"initial loss is {loss}: the model's output is not finite at initialization"}
+    dev = (loss - expected) / expected
+    ok = dev <= tolerance
+    head = (f"initial loss {loss:.3g} (regression), expected about {expected:.3g} = mean(target^2) for outputs near 0 "
+            f"(the target variance is {target_variance:.3g}, the loss of predicting the mean; tolerance {tolerance:.0%})")
+    why = "initialization looks right" if ok else "the outputs start too large (scale down the last layer's initialization)"
+    if target_mean_square - target_variance > target_variance:
+        why += (f"; the targets' mean ({math.sqrt(max(target_mean_square - target_variance, 0.0)):.3g}) is far from 0: "
+                "standardize them (subtract the mean, divide by the std)")
+    return {"ok": ok, "expected": expected, "deviation": dev, "tolerance": tolerance, "message": f"{head}: {why}"}
+
+
 def _rule_diverged(loss, lr, num_classes) -> Finding | None:
     steps, v = loss
     bad = ~np.isfinite(v)
@@ -169,38 +208,174 @@ def _rule_initial_loss(loss, num_classes) -> Finding | None:
                     "step": int(steps[0])})
 
 
+def _centered(v: np.ndarray, w: int) -> np.ndarray:
+    """Moving average centred on each step (the trailing one shifted back by half a window): no lag, so a
+    step count read off it is the curve's own, whatever the window."""
+    ma = moving_average(v, w)
+    idx = np.minimum(np.arange(len(v)) + w // 2, len(v) - 1)
+    return ma[idx]
+
+
+def _lr_per_step(lr, steps: np.ndarray) -> np.ndarray | None:
+    """The lr at each of `steps` (the stored lr rows are per step too; missing ones take the one before)."""
+    if lr is None or not np.isfinite(lr[1]).any():
+        return None
+    xs, vs = lr
+    i = np.clip(np.searchsorted(xs, steps, side="right") - 1, 0, len(vs) - 1)
+    return np.asarray(vs, dtype=float)[i]
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """The least-squares fall per step of y over x (positive: falling) and its standard error."""
+    x = np.asarray(x, dtype=float)
+    (m, c), res = np.polyfit(x, y, 1), None
+    res = y - (m * x + c)
+    sxx = float(((x - x.mean()) ** 2).sum())
+    err = math.sqrt(float((res ** 2).sum()) / max(1, len(x) - 2) / sxx) if sxx > 0 else math.inf
+    return -float(m), err
+
+
+def _per_kilostep(slope: float) -> str:
+    return f"{slope * 1000:.3g}/1000 steps"
+
+
 def _rule_slow_start(loss, lr) -> Finding | None:
+    """A flat start, judged on the curve's own shape in units of the start loss: the steps until the
+    smoothed loss is START_DROP below its start, against the steps of the descent that follows (to
+    NEXT_DROP below). A healthy curve falls fastest at first (ratio 0.2-0.5); a start that takes
+    SLOW_START_RATIO x as long as the descent after it is a flat start, in a 2-epoch run as in a 60-epoch one."""
     steps, v = loss
     n = len(v)
     if n < MIN_STEPS:
         return None
-    t = loss_trend(v)
-    drop = t["start"] - t["min"]
-    if not drop >= MIN_DROP * t["start"]:
+    w = smoothing_window(n)
+    smooth = _centered(v, w)
+    head = v[:5][np.isfinite(v[:5])]
+    if not head.size:
         return None
-    smooth = moving_average(v, t["window"])
-    below = np.nonzero(smooth < t["start"] - PLATEAU_FRACTION * drop)[0]
-    if not below.size:
+    start = float(head.mean())
+    below5 = np.nonzero(smooth <= start * (1 - START_DROP))[0]
+    below25 = np.nonzero(smooth <= start * (1 - NEXT_DROP))[0]
+    if not below25.size or not below5.size:
+        return None  # never fell far enough to judge its start (lr_too_low speaks for a flat curve)
+    s5, s25 = int(below5[0]), int(below25[0])
+    descent = max(1, s25 - s5)
+    ratio = s5 / descent
+    if ratio < SLOW_START_RATIO or s5 < max(20, 2 * w):
         return None
-    end = int(below[0])
-    frac = end / n
-    if frac < PLATEAU_FRACTION:
-        return None
-    confidence = "high" if frac >= 1.75 * PLATEAU_FRACTION else "medium"
-    note, action = "", ("a better initialization (He/Kaiming for ReLU, Xavier for tanh; not too small), "
-                        "or normalization layers (BatchNorm)")
-    if lr is not None:
-        lrs = lr[1][(lr[0] >= steps[0]) & (lr[0] <= steps[end])]
-        if lrs.size and np.nanmedian(lrs) < 0.75 * np.nanmax(lr[1]):  # still ramping up during the plateau
-            confidence, note = "low", (f"; the learning rate was still low then (median {_g(np.nanmedian(lrs))}, "
-                                       f"peak {_g(np.nanmax(lr[1]))}: warmup?)")
-            action = "a shorter warmup; if the plateau stays, a better initialization"
-    return Finding("slow_start", "bad initialization (loss flat for a long start, then drops)",
-                   f"smoothed loss stayed near {_g(t['start'])} for steps {int(steps[0])}-{int(steps[end])} "
-                   f"({frac:.0%} of the run), then fell to {_g(t['min'])}{note}",
+    confidence = "high" if ratio >= 2 * SLOW_START_RATIO else "medium"
+    lr_v = _lr_per_step(lr, steps)
+    lr_flat = float(np.nanmedian(lr_v[:s5 + 1])) if lr_v is not None else None
+    note, action = "", ("confirm it first: `trainlab.checks.check_start` re-runs these first steps from a fresh "
+                        "default initialization and says whether that starts faster; if it does, a better "
+                        "initialization (He/Kaiming for ReLU, Xavier for tanh; not too small) or normalization "
+                        "layers (BatchNorm)")
+    if lr_v is not None and lr_flat < 0.75 * float(np.nanmax(lr_v)):  # still ramping up during the flat start
+        confidence, note = "low", (f"; the learning rate was still low then (median {_g(lr_flat)}, "
+                                   f"peak {_g(float(np.nanmax(lr_v)))}: warmup?)")
+        action = "a shorter warmup; if the flat start stays, " + action
+    at_lr = f" at lr {_g(lr_flat)}" if lr_flat is not None else ""
+    return Finding("slow_start", "slow start: the loss is flat for a long start, then drops (bad initialization?)",
+                   f"smoothed loss stayed within {START_DROP:.0%} of its start {_g(start)} for steps "
+                   f"{int(steps[0])}-{int(steps[s5])}{at_lr}, then fell to {NEXT_DROP:.0%} below it in {descent} "
+                   f"steps (to step {int(steps[s25])}): the start took {ratio:.1f}x as long as the descent "
+                   f"after it (healthy: under {SLOW_START_RATIO:g}x){note}",
                    action, confidence,
-                   {"plateau_steps": [int(steps[0]), int(steps[end])], "plateau_fraction": frac,
-                    "start": t["start"], "min": t["min"]})
+                   {"plateau_steps": [int(steps[0]), int(steps[s5])], "plateau_fraction": s5 / n,
+                    "descent_steps": [int(steps[s5]), int(steps[s25])], "ratio": ratio, "lr": lr_flat,
+                    "start": start, "min": float(np.nanmin(smooth))})
+
+
+def _rule_plateau(loss, lr) -> Finding | None:
+    """The loss has stopped improving at a constant, not yet decayed, learning rate: decay now.
+
+    Plateau start: the first step (in the final constant-lr stretch) from which the smoothed loss improves
+    by less than PLATEAU_TOL of the drop so far, once the loss has fallen MIN_DROP of its start; the
+    stretch from there must last PLATEAU_MIN_SHARE of the steps before it and 3 smoothing windows, and its
+    least-squares slope be under FLAT_SLOPE x the slope over as many steps before it."""
+    steps, v = loss
+    n = len(v)
+    lr_v = _lr_per_step(lr, steps)
+    if lr_v is None or n < 4 * MIN_STEPS:
+        return None
+    peak, lr_end = float(np.nanmax(lr_v)), float(lr_v[-1])
+    if not lr_end >= 0.5 * peak:
+        return None  # decayed already: the flattening is the decay's end, not a plateau
+    w = max(2 * smoothing_window(n), 10)
+    smooth = _centered(v, w)
+    head = v[:5][np.isfinite(v[:5])]
+    if not head.size or not np.isfinite(smooth).all():
+        return None
+    start = float(head.mean())
+    const = np.abs(lr_v - lr_end) <= CONSTANT_LR * lr_end
+    c = int(n - np.argmax(~const[::-1])) if (~const).any() else 0
+    later_min = np.minimum.accumulate(smooth[::-1])[::-1]
+    drop = start - smooth
+    ok = ((smooth - later_min) < PLATEAU_TOL * drop) & (drop >= MIN_DROP * start)
+    hits = np.nonzero(ok[c:])[0]
+    if not hits.size:
+        return None
+    t = c + int(hits[0])
+    length = n - t
+    if length < max(3 * w, PLATEAU_MIN_SHARE * t):
+        return None
+    k = min(t, length)
+    slope = float(np.polyfit(steps[t:], v[t:], 1)[0])
+    before = float(np.polyfit(steps[t - k:t], v[t - k:t], 1)[0]) if k >= 10 else math.nan
+    if not (k >= 10 and slope > -FLAT_SLOPE * max(-before, 0.0)):
+        return None  # still falling at a good share of its earlier pace (a log-like curve): not flat yet
+    improved = float(smooth[t] - later_min[t])
+    confidence = "high" if length >= max(6 * w, 0.5 * t) else "medium"
+    return Finding("plateau", "the loss has plateaued at a constant learning rate",
+                   f"from step {int(steps[t])} (lr {_g(lr_end)}, constant since step {int(steps[c])}) the smoothed "
+                   f"loss improved only {_g(improved)} over {length} steps ({improved / drop[t]:.1%} of its drop "
+                   f"from {_g(start)} to {_g(smooth[t])}); slope {_per_kilostep(-slope)} there, "
+                   f"{_per_kilostep(-before)} before it",
+                   f"decay the learning rate now (x0.1 from step {int(steps[t])}, or a cosine/step schedule that "
+                   "ends there): a constant rate has given what it can", confidence,
+                   {"step": int(steps[t]), "lr": lr_end, "constant_since": int(steps[c]), "steps": length,
+                    "improved": improved, "drop": float(drop[t]), "slope": -slope, "slope_before": -before})
+
+
+def _rule_decayed_too_early(loss, lr) -> Finding | None:
+    """A sharp lr drop (to LR_DROP or less within a step, from near the peak) while the loss still fell
+    steeply (STEEP x its average pace so far, over the last quarter before the drop, and significantly),
+    after which (past the drop's own jump) it fell less than SLOWER x as fast: the decay cut the descent short."""
+    steps, v = loss
+    n = len(v)
+    lr_v = _lr_per_step(lr, steps)
+    if lr_v is None or n < 2 * MIN_STEPS:
+        return None
+    peak = float(np.nanmax(lr_v))
+    drops = np.nonzero((lr_v[1:] <= LR_DROP * lr_v[:-1]) & (lr_v[:-1] >= 0.5 * peak))[0]
+    if not drops.size:
+        return None
+    d = int(drops[0]) + 1
+    w = smoothing_window(n)
+    span = min(max(3 * w, d // 4), d - 5)
+    skip = max(w, span // 2)   # the jump right after a decay is its benefit, not the descent that follows
+    lo, a, b = d - span, d + skip, min(n, d + skip + span)
+    if span < 10 or b - a < max(10, span // 2) or not np.isfinite(v[:b]).all():
+        return None
+    so_far = float(np.mean(v[:5])) - float(np.mean(v[d - w:d]))
+    before, err = _slope(steps[lo:d], v[lo:d])
+    after, _ = _slope(steps[a:b], v[a:b])
+    if not so_far > 0 or before < 3 * err:
+        return None  # no drop yet, or a slope the noise could make: nothing to judge
+    steep = before / (so_far / d)   # the pace before the decay against the average pace so far
+    if steep < STEEP or not after < SLOWER * before:
+        return None
+    share = before * span / so_far
+    return Finding("decayed_too_early", "the learning rate was decayed too early (the loss was still falling fast)",
+                   f"lr fell {_g(lr_v[d - 1])} -> {_g(lr_v[d])} at step {int(steps[d])} while the loss still fell "
+                   f"{_per_kilostep(before)} over the {span} steps before ({steep:.2g}x its average pace so far); after it "
+                   f"(steps {int(steps[a])}-{int(steps[b - 1])}) only {_per_kilostep(after)}",
+                   "decay later: keep the higher rate until the loss plateaus (the doctor's plateau finding says "
+                   "when), or stretch the schedule (later milestones, a longer cosine)",
+                   "high" if after < 0.25 * before else "medium",
+                   {"step": int(steps[d]), "lr_before": float(lr_v[d - 1]), "lr_after": float(lr_v[d]),
+                    "slope_before": before, "slope_after": after, "share_before": share, "steepness": steep,
+                    "span": span})
 
 
 def _rule_lr_too_low(loss, lr, train_acc_end, num_classes) -> Finding | None:
@@ -257,13 +432,17 @@ def _rule_train_longer(tr_acc, va_acc, va_loss) -> Finding | None:
 
 
 def _rule_overfitting(tr_acc, va_acc, va_loss, tr_loss) -> Finding | None:
-    (ep, va), tr = va_acc, tr_acc[1]
-    n = min(len(va), len(tr))
-    if n < 1:
-        return None
-    k = min(n, 3)
-    gap = float(np.nanmean(tr[n - k:n] - va[n - k:n]))
-    reasons, numbers = [], {"gap": gap, "epochs": [int(ep[n - k]), int(ep[n - 1])]}
+    """The accuracy gap (when accuracy is measured) and a rising val/loss (any task: a regression has no
+    accuracy, so only its loss curves are judged)."""
+    reasons, numbers, gap = [], {}, 0.0
+    if tr_acc is not None and va_acc is not None:
+        (ep, va), tr = va_acc, tr_acc[1]
+        n = min(len(va), len(tr))
+        if n < 1:
+            return None
+        k = min(n, 3)
+        gap = float(np.nanmean(tr[n - k:n] - va[n - k:n]))
+        numbers = {"gap": gap, "epochs": [int(ep[n - k]), int(ep[n - 1])]}
     if gap >= GAP_ACC:
         reasons.append(f"train/acc {np.nanmean(tr[n - k:n]):.3f} vs val/acc {np.nanmean(va[n - k:n]):.3f} "
                        f"(gap {gap * 100:.0f} points) over epochs {int(ep[n - k])}-{int(ep[n - 1])}")
@@ -318,23 +497,57 @@ def _rule_underfitting(tr_acc, va_acc) -> Finding | None:
                    {"train_acc": tr_end, "val_acc": va_end, "gap": gap, "epochs": [int(ep[n - k]), int(ep[n - 1])]})
 
 
+# Precedence: a finding named on the left, when found, silences those on the right (they contradict it, or
+# its action comes first). Judged on what was found, not in order, so the result does not depend on the
+# order rules run in. A divergence silences every other curve rule (they would describe its aftermath).
+PRECEDENCE: dict[str, tuple[str, ...]] = {
+    "lr_too_low": ("plateau", "train_longer", "underfitting"),       # raise the rate first
+    "overfitting": ("train_longer", "underfitting"),                 # "stop earlier" beats "more epochs"
+    "plateau": ("train_longer", "underfitting"),                     # decay, not more epochs or a bigger model
+    "decayed_too_early": ("train_longer", "underfitting"),           # decay later, not more epochs
+    "slow_start": ("underfitting",),
+    "train_longer": ("underfitting",),
+}
+
+
+def resolve(findings: Sequence[Finding]) -> list[Finding]:
+    """The findings that survive PRECEDENCE; a silencer lists what it silenced in numbers["silences"].
+
+    >>> f = lambda n: Finding(n, "", "", "", "medium")
+    >>> [x.name for x in resolve([f("train_longer"), f("overfitting")])]
+    ['overfitting']
+    """
+    found = {f.name for f in findings}
+    silenced = {s: name for name in found for s in PRECEDENCE.get(name, ()) if s in found}
+    out = []
+    for f in findings:
+        if f.name in silenced:
+            continue
+        mine = sorted(s for s, by in silenced.items() if by == f.name)
+        out.append(replace(f, numbers={**f.numbers, "silences": mine}) if mine else f)
+    return out
+
+
 def diagnose(curves: Mapping[str, Any], num_classes: int | None = None) -> list[Finding]:
     """The learning-curve doctor: the lecture's rules applied to one run's curves; [] means healthy.
 
     `curves` maps metric keys to store-style dicts ({"step": [...], "epoch": [...], "value": [...]}) or
     plain sequences: "train/loss" and "lr" per step; "train/acc", "val/acc", "val/loss",
-    "train/loss_eval" per epoch (any may be missing: its rules are skipped). `num_classes` enables the
+    "train/loss_eval" per epoch (any may be missing: its rules are skipped; a regression task has no accuracy
+    curves, so only the loss rules judge it, overfitting by its val/loss). `num_classes` enables the
     initial-loss rule. Noisy per-step losses are judged on a moving average (`loss_trend`).
 
     Rules (thresholds are the module constants above):
     diverged (NaN/Inf, or > EXPLODE_FACTOR x the initial loss; or smoothed loss ending GROWTH_FACTOR x
-    above its start), initial_loss (|L0 - log C| > INIT_LOSS_TOLERANCE log C), slow_start (flat for
-    >= PLATEAU_FRACTION of the run, then a drop), lr_too_low (less than FLAT_DROP lower at the end),
-    overfitting (gap >= GAP_ACC, or val loss rising VAL_LOSS_RISE above its smoothed minimum, and by
-    VAL_LOSS_NOISE x its epoch-to-epoch noise, while training loss falls), underfitting (gap < NO_GAP_ACC and train acc < LOW_ACC, curves flat), train_longer (val and
-    train accuracy still rising over the last epochs). A divergence silences the other curve rules (they
-    would describe the explosion's aftermath); lr_too_low, slow_start and train_longer silence
-    underfitting, and lr_too_low silences train_longer (they explain it, and their action comes first).
+    above its start), initial_loss (|L0 - log C| > INIT_LOSS_TOLERANCE log C), slow_start (the steps to
+    START_DROP below the start >= SLOW_START_RATIO x the steps from there to NEXT_DROP), lr_too_low (less
+    than FLAT_DROP lower at the end), plateau (the smoothed loss improving < PLATEAU_TOL of its drop for
+    PLATEAU_MIN_SHARE of the run so far at a constant, undecayed lr), decayed_too_early (an lr drop while
+    the loss still fell at STEEP x its average pace, then a descent SLOWER x as fast), overfitting
+    (gap >= GAP_ACC, or val loss rising VAL_LOSS_RISE above its smoothed minimum, and by VAL_LOSS_NOISE x
+    its epoch-to-epoch noise, while training loss falls), underfitting (gap < NO_GAP_ACC and train acc <
+    LOW_ACC, curves flat), train_longer (val and train accuracy still rising over the last epochs).
+    Contradictions are resolved by PRECEDENCE (`resolve`).
 
     >>> [f.name for f in diagnose({"train/loss": [2.3] * 60 + [float("nan")]})]
     ['diverged']
@@ -345,27 +558,21 @@ def diagnose(curves: Mapping[str, Any], num_classes: int | None = None) -> list[
     va_acc = _series(curves, "val/acc", "epoch")
     va_loss = _series(curves, "val/loss", "epoch")
     tr_loss = _series(curves, "train/loss_eval", "epoch")
-    findings: list[Finding] = []
+    findings: list[Finding | None] = []
     if loss is not None:
         init = _rule_initial_loss(loss, num_classes)
         diverged = _rule_diverged(loss, lr, num_classes)
         if diverged is not None:
             return [f for f in (diverged, init) if f is not None]
-        if init is not None:
-            findings.append(init)
         train_end = float(tr_acc[1][-1]) if tr_acc is not None else None
-        for f in (_rule_slow_start(loss, lr), _rule_lr_too_low(loss, lr, train_end, num_classes)):
-            if f is not None:
-                findings.append(f)
+        findings += [init, _rule_slow_start(loss, lr), _rule_lr_too_low(loss, lr, train_end, num_classes),
+                     _rule_plateau(loss, lr), _rule_decayed_too_early(loss, lr)]
+    if (tr_acc is None or va_acc is None) and va_loss is not None:  # no accuracy (regression): the loss rule only
+        findings.append(_rule_overfitting(None, None, va_loss, tr_loss))
     if tr_acc is not None and va_acc is not None:
-        too_low = any(f.name == "lr_too_low" for f in findings)
-        overfit = _rule_overfitting(tr_acc, va_acc, va_loss, tr_loss)
-        longer = None if too_low else _rule_train_longer(tr_acc, va_acc, va_loss)  # raise the lr first
-        under = None
-        if longer is None and not too_low and not any(f.name == "slow_start" for f in findings):
-            under = _rule_underfitting(tr_acc, va_acc)
-        findings += [f for f in (overfit, under, longer) if f is not None]
-    return findings
+        findings += [_rule_overfitting(tr_acc, va_acc, va_loss, tr_loss), _rule_underfitting(tr_acc, va_acc),
+                     _rule_train_longer(tr_acc, va_acc, va_loss)]
+    return resolve([f for f in findings if f is not None])
 
 
 # ------------------------------------------------------------- update/weight ratios

@@ -364,7 +364,7 @@ def restarted_run(dist: Dist, store, runs_dir: str | os.PathLike) -> dict | None
         runs = [r for r in store.runs(kind=None) if r["summary"].get("launch_id") == dist.launch_id]
         if runs:
             run = runs[-1]
-            if run["status"] in ("running", "failed") and not (Path(runs_dir) / f"run-{run['id']}" / "last.pt").is_file():
+            if run["status"] in ("running", "lost", "failed") and not (Path(runs_dir) / f"run-{run['id']}" / "last.pt").is_file():
                 store.finish_run(run["id"], "failed", reason="the worker group restarted before the first checkpoint")
             else:
                 store.update_run(run["id"], summary={"restarts": dist.restart_count})

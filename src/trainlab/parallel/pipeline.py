@@ -30,7 +30,7 @@ from torch import nn
 
 from trainlab.models import stage_names
 
-__all__ = ["partition", "stage_module", "bubble_fraction", "Pipeline"]
+__all__ = ["partition", "stage_module", "bubble_fraction", "boundaries", "Pipeline"]
 
 
 def _params(module: nn.Module) -> int:
@@ -74,17 +74,38 @@ def bubble_fraction(n_stages: int, n_microbatches: int) -> float:
     return (n_stages - 1) / (n_microbatches + n_stages - 1)
 
 
+def boundaries(model: nn.Module, parts: list[list[str]], example: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors between the parts when `example` goes through `model`: [input, after part 0, after part 1,
+    ...], computed in eval mode without gradients (no BatchNorm statistics or RNG touched). The ones between
+    parts require grad, as the activations a stage receives and sends back gradients for do."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            edges = [example]
+            for part in parts:
+                edges.append(stage_module(model, part)(edges[-1]))
+    finally:
+        model.train(was)
+    return [edges[0], *(e.detach().requires_grad_(e.is_floating_point()) for e in edges[1:])]
+
+
 class Pipeline:
     """This rank's stages of `model` in a GPipe pipeline over `world_size` ranks.
 
     `parts` (lists of stage names, one per rank) defaults to `partition(model, world_size)`. Batches must
     have the same size on every step and split evenly into `n_microbatches`. `loss_fn` is a mean over a
     micro-batch; GPipe averages the micro-batches' gradients, so they equal the unsplit model's.
+
+    `example` (one micro-batch of inputs, on every rank) gives every stage its input and output shapes up
+    front (`boundaries`: the model run in eval mode, without gradients). Without it torch infers them at
+    the first step by running each stage on uninitialized placeholder tensors in training mode, which
+    writes garbage into BatchNorm's running statistics (NaN in evaluation) and draws from the RNG.
     """
 
     def __init__(self, model: nn.Module, *, rank: int, world_size: int, device: torch.device | str = "cpu",
                  n_microbatches: int = 4, loss_fn: Callable = F.cross_entropy, parts: list[list[str]] | None = None,
-                 group=None):
+                 group=None, example: torch.Tensor | None = None):
         from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
         if n_microbatches < 1:
@@ -95,7 +116,11 @@ class Pipeline:
         self.rank, self.world_size, self.n_microbatches = rank, world_size, n_microbatches
         self.device = torch.device(device)
         self.module = stage_module(model, self.parts[rank]).to(self.device)
-        self.stage = PipelineStage(self.module, rank, world_size, self.device, group=group)
+        shapes = {}
+        if example is not None:  # static shapes: no forward on placeholders (see the class docstring)
+            edges = boundaries(model, self.parts, example.to(self.device))
+            shapes = {"input_args": edges[rank], "output_args": edges[rank + 1]}
+        self.stage = PipelineStage(self.module, rank, world_size, self.device, group=group, **shapes)
         self.schedule = ScheduleGPipe(self.stage, n_microbatches, loss_fn=loss_fn)
 
     @property

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 __all__ = ["PHASES", "PHASE_OF_STEP", "STEP_TITLES", "plan_budget", "phase_allowance", "search_rounds", "epochs_fitting",
            "size_coarse", "size_refine", "size_final", "log_grid", "coarse_grid", "refine_grid", "rank_coarse",
-           "mean_std", "rank_candidates", "choose_move", "MOVES", "COARSE_WEIGHT_DECAYS"]
+           "mean_std", "rank_candidates", "choose_move", "MOVES", "COARSE_WEIGHT_DECAYS", "stall_epoch", "place_decay",
+           "PURPOSES"]
 
 PHASES = (("checks", 0.10), ("coarse", 0.25), ("refine", 0.35), ("final", 0.30))
 PHASE_OF_STEP = {1: "checks", 2: "checks", 3: "checks", 4: "coarse", 5: "refine", 6: "refine", 7: "refine",
@@ -268,6 +269,8 @@ def choose_move(findings: Sequence[dict], point: dict[str, Any], default_width: 
         width = point.get("width") or default_width
         if width:
             return {"move": "bigger model", "reason": why("underfitting"), "changes": {"width": int(width) * 2}}
+    if "plateau" in names:   # the constant rate has given what it can: the decay is the next move
+        return {"move": "add decay", "reason": why("plateau") + "; the final model adds the decay", "changes": {}}
     if "train_longer" in names:
         return {"move": "train longer", "reason": why("train_longer"),
                 "changes": {"epochs": int(point.get("epochs") or 10) * 2}}
@@ -280,3 +283,73 @@ def choose_move(findings: Sequence[dict], point: dict[str, Any], default_width: 
     found = ", ".join(sorted(names)) or "none"
     return {"move": "add decay", "reason": f"no finding that step 5 can act on (findings: {found}); "
             "the final model adds the decay (cosine)", "changes": {}}
+
+
+# --- what each search's runs are for (pure) -----------------------------------------------------------
+
+# Findings a search's trials show by design: stored with each trial (summary["purpose"]), so the doctor and
+# the dashboard count them instead of showing them as problems. The recipe still reads them (step 6).
+PURPOSES = {
+    "coarse": ("train_longer", "underfitting", "plateau", "update_ratio_high", "update_ratio_low"),
+    "refine": ("plateau",),
+    "final": (),
+}
+
+
+# --- where the decay goes (pure) ----------------------------------------------------------------------
+
+STALL_SHARE = 0.9     # progress has stalled once the smoothed val/acc has made 90% of its gain
+DECAY_FACTOR = 2.0    # cosine over 2x the stall epoch: about as long at a high rate as the constant rate needed
+
+
+def stall_epoch(val_acc: Sequence[float], share: float = STALL_SHARE) -> int | None:
+    """The epoch (1-based) at which a constant-rate run's validation accuracy stopped gaining: the first
+    whose 3-epoch centred mean reaches `share` of the run's gain (from its first epoch to its best mean);
+    None when it had not stalled (the gain was still coming in the last two epochs) or made no gain.
+
+    >>> stall_epoch([0.5, 0.8, 0.9, 0.91, 0.91, 0.92, 0.91, 0.92])
+    4
+    >>> stall_epoch([0.5, 0.6, 0.7, 0.8, 0.9]) is None
+    True
+    """
+    v = [x for x in val_acc if x is not None and math.isfinite(x)]
+    n = len(v)
+    if n < 3:
+        return None
+    sm = [statistics.fmean(v[max(0, i - 1):i + 2]) for i in range(n)]
+    gain = max(sm) - sm[0]
+    if not gain > 0:
+        return None
+    first = next(i for i in range(n) if sm[i] >= sm[0] + share * gain)
+    if first >= n - 2:
+        return None
+    return first + 1
+
+
+def place_decay(stalls: Sequence[int | None], constant_epochs: int, fit_epochs: int,
+                factor: float = DECAY_FACTOR) -> dict[str, Any]:
+    """The final model's schedule from step 5's constant-rate curves: {"schedule", "epochs", "patience",
+    "stall_epoch", "reason"}. `stalls`: each chosen run's `stall_epoch`; `constant_epochs`: their length;
+    `fit_epochs`: the most epochs the final phase's time allows.
+
+    Where the constant rate stalled at epoch S (the mean over the folds), the cosine runs `factor` x S
+    epochs: its first half near the peak rate covers what the constant rate needed, its second half is the
+    decay (the lecture: decay when the loss plateaus); the time left over is not spent. Where no run stalled,
+    progress was still coming: the longest cosine that fits.
+
+    >>> place_decay([4, 5], 12, 60)["epochs"], place_decay([None, 5], 12, 60)["epochs"]
+    (9, 60)
+    """
+    found = [s for s in stalls if s is not None]
+    if found and len(found) == len(stalls):
+        stall = statistics.fmean(found)
+        epochs = max(2, min(fit_epochs, math.ceil(factor * stall)))
+        reason = (f"at a constant rate validation stopped gaining at epoch {stall:.3g} of {constant_epochs} "
+                  f"(step 5, mean over {len(found)} fold{'s' if len(found) > 1 else ''}): cosine over "
+                  f"{factor:g} x that = {epochs} epochs" + (" (all that fits)" if epochs == fit_epochs else ""))
+    else:
+        stall, epochs = None, max(1, fit_epochs)
+        reason = (f"at a constant rate validation was still gaining after {constant_epochs} epochs (step 5): "
+                  f"the longest cosine that fits, {epochs} epochs")
+    return {"schedule": "cosine", "epochs": epochs, "patience": max(5, epochs // 2), "stall_epoch": stall,
+            "reason": reason}

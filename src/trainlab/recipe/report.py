@@ -372,6 +372,10 @@ def write_report(store: Store, study: str, out: str | Path, *, result=None) -> P
                 ev["test_acc"], ev["val_acc"], f" +- {ev['val_std']:.2%}" if ev.get("ensemble") else "",
                 _e(final["message"].split(": val/acc")[0]), _e(", ".join(sorted(cv.get("folds", {})))),
                 _acc(cv.get("mean")), _acc(cv.get("std"))))
+        if ev.get("ran"):   # what the final trainings did, not only what was planned
+            decay = (ev.get("decay") or {}).get("reason")
+            head.append(f"<p class='big'>final run: {_e(ev['ran'])}</p>"
+                        + (f"<p>schedule: cosine over {ev['epochs']} epochs: {_e(decay)}</p>" if decay else ""))
     if result is not None:
         used = sum(s.get("seconds") or 0.0 for s in steps)
         plan_rows = []

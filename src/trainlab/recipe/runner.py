@@ -129,11 +129,15 @@ class _Recipe:
     """Carries the steps out: resumes (a step with a completed run is read back, not run), keeps the budget
     (each phase's deadline, fixed when it starts), records every step as a run and prints its verdict."""
 
-    def __init__(self, steps: Steps, budget_s: float, force: bool, quiet: bool, spent_before: float):
+    def __init__(self, steps: Steps, budget_s: float, force: bool, quiet: bool, spent_before: float,
+                 started: float | None = None, figure_s: float = 0.0):
         self.steps, self.store, self.study = steps, steps.store, steps.study
         self.budget_s, self.force, self.quiet = budget_s, force, quiet
-        self.reserve_s = min(20.0, max(2.0, 0.04 * budget_s))  # kept back for writing the report
-        self.started = time.time()
+        # kept back for the report: its figures, at what one measured figure cost on this machine now, less
+        # the promise's own tolerance (5% + 10 s, of which 8 s are used here: the steps' own overruns get the rest)
+        report_s = min(0.3 * budget_s, max(2.0, 0.04 * budget_s, 3.0 + REPORT_FIGURES * figure_s))
+        self.reserve_s = max(2.0, report_s - (0.05 * budget_s + 8.0))
+        self.started = time.time() if started is None else started
         self.end = self.started - spent_before + budget_s - self.reserve_s
         self.results: list[StepResult] = []
         self.done = self._finished_steps()
@@ -263,6 +267,28 @@ def _warm_up() -> float:
     return time.time() - t0
 
 
+REPORT_FIGURES = 12   # the report's figures in figure-equivalents (multi-panel ones count more): what to reserve
+
+
+def _figure_cost() -> float:
+    """Seconds one report-sized figure takes to draw and save on this machine now (matplotlib's import is
+    paid here, once, as the report would): on a loaded 2-core machine 1-2 s, where an idle one takes 0.1 s."""
+    import io
+
+    from trainlab.recipe.report import _plt
+
+    plt = _plt()
+    t0 = time.time()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax in axes:
+        ax.scatter(range(2000), [i % 7 for i in range(2000)], s=2)
+        ax.plot(range(2000), [i % 5 for i in range(2000)])
+    fig.tight_layout()
+    fig.savefig(io.BytesIO(), format="png", dpi=90)
+    plt.close(fig)
+    return time.time() - t0
+
+
 def _jsonable(obj: Any) -> Any:
     """Evidence as JSON (NaN/Inf as None, tuples as lists, dict keys as strings)."""
     if isinstance(obj, dict):
@@ -290,18 +316,23 @@ def _check_same_config(store: Store, study: str, hp: Config) -> None:
 
 def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, workers: int | None = None,
                out: str | Path = DEFAULT_REPORT_DIR, db: str | Path | None = None, fresh: bool = False,
-               force: bool = False, quiet: bool = False, runs_dir: str = DEFAULT_RUNS_DIR) -> RecipeResult:
+               force: bool = False, quiet: bool = False, runs_dir: str = DEFAULT_RUNS_DIR,
+               final_schedule: str = "placed", started_at: float | None = None) -> RecipeResult:
     """Run the seven steps on `hp` (its task and model; the recipe chooses lr, weight decay, epochs and
     what the doctor asks for), write the report to `out`, and return what was done.
 
-    `budget_minutes` of wall-clock time in all (within 10%; the report is written after). `workers`
+    `budget_minutes` of wall-clock time in all, the report included: counted from `started_at` (a
+    time.time(); the command line passes its process's start, so torch's import counts) or, without it,
+    from the end of torch's warm-up in this call; kept to within 5% + 10 s. `final_schedule` "placed" (default) sizes the final cosine from step 5's
+    constant-rate curves (`plan.place_decay`); "fixed" runs the longest cosine that fits. `workers`
     search processes (default: `default_workers()`, the machine's cores, at most MAX_DEFAULT_WORKERS) with
     cores/workers torch threads each.
     Running again with the same arguments resumes the study; `fresh` starts a new one; `force` goes on
     after a failed check. Ctrl-C stops cleanly: the result's status is "interrupted" and the report
     shows what was done. Raises ConfigError for bad input, before anything is written.
     """
-    from trainlab.tasks import load_task
+    from trainlab.preflight import load_checked_task
+    from trainlab.tasks import model_label
     from trainlab.train.plan import RunPlan
 
     if not isinstance(budget_minutes, (int, float)) or not math.isfinite(budget_minutes) or budget_minutes <= 0:
@@ -310,8 +341,10 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
         workers = default_workers()
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers: must be an integer >= 1, got {workers!r}")
+    if final_schedule not in ("placed", "fixed"):
+        raise ConfigError(f"final_schedule: must be placed or fixed, got {final_schedule!r}")
     hp = apply_overrides(hp, {})
-    task = load_task(hp)   # ConfigError for an unknown task or model, before the store is touched
+    task = load_checked_task(hp)   # ConfigError for an unknown task or model or bad data, before the store is touched
     # The cost model's epochs: updates per epoch of the searches' trainings, from their RunPlan (the one
     # place run lengths are derived; a config whose run the plan rejects is a ConfigError here, before the store).
     updates_per_epoch = RunPlan.resolve(search_base(hp), examples=len(task.train), world_size=1).updates_per_epoch
@@ -320,7 +353,8 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     out = Path(out)
     budget_s = 60.0 * budget_minutes
     warmup_s = _warm_up()
-    started = time.time()
+    figure_s = _figure_cost()
+    started = time.time() if started_at is None else float(started_at)
     base = study_name(hp)
     attempts = _attempts(store, base)
     if fresh or not attempts:
@@ -331,11 +365,11 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
         _check_same_config(store, study, hp)
     spent = sum((r.get("summary") or {}).get("seconds", 0.0) for r in store.runs(study=study, kind="step")
                 if r["status"] == "completed")
-    steps = Steps(hp, task, store, db_url, study, out, runs_dir, workers, updates_per_epoch, warmup_s)
-    recipe = _Recipe(steps, budget_s, force, quiet, spent)
+    steps = Steps(hp, task, store, db_url, study, out, runs_dir, workers, updates_per_epoch, warmup_s, final_schedule)
+    recipe = _Recipe(steps, budget_s, force, quiet, spent, started, figure_s)
     plan = plan_budget(budget_s)
     resumed = sum(1 for r in recipe.done.values() if r["status"] == "completed")
-    recipe.say(f"trainlab recipe: {task.name}/{hp.model}, budget {budget_minutes:g} min, {workers} worker"
+    recipe.say(f"trainlab recipe: {task.name}/{model_label(task, hp)}, budget {budget_minutes:g} min, {workers} worker"
                f"{'s' if workers > 1 else ''}; study {study}" + (f" (resumed: {resumed} steps done, "
                                                                   f"{spent:.0f} s spent)" if resumed else "")
                + f"; report {out}/index.html")
@@ -368,7 +402,7 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     if reason:
         recipe.say(f"{status}: {reason}")
     if final and not quiet:
-        print(f"final model: val/acc {final['val_acc']:.4f}, test/acc {final['test_acc']:.4f}; config {final['yaml']}")
+        print(f"final model: validation {final['val_acc']:.4f}, test {final['test_acc']:.4f}; config {final['yaml']}")
     recipe.say(f"report: {report} ({result.seconds:.0f} s this run, budget {budget_s:.0f} s)")
     store.close()
     return result

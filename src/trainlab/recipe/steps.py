@@ -31,15 +31,18 @@ from trainlab.recipe.plan import (
     MAX_MEMBERS,
     MAX_ROUNDS,
     MIN_REFINE_EPOCHS,
+    PURPOSES,
     STEP_TITLES,
     choose_move,
     coarse_grid,
     epochs_fitting,
     mean_std,
+    place_decay,
     rank_candidates,
     rank_coarse,
     refine_grid,
     search_rounds,
+    stall_epoch,
     size_coarse,
     size_final,
     size_refine,
@@ -109,6 +112,16 @@ def final_config(hp: Config, point: dict, epochs: int, patience: int, split_seed
                                 "split_seed": split_seed, "seeds": 1})
 
 
+def _what_ran(members: Sequence[dict], planned: int) -> str:
+    """What the final trainings actually did: epochs run, why they stopped, their best epoch."""
+    parts = []
+    for m in members:
+        why = m.get("reason") or ("all planned epochs" if m.get("epochs") == planned else m.get("status"))
+        parts.append(f"{m.get('epochs')} epochs ({why}), best epoch {m.get('best_epoch')}")
+    head = "ran " if len(parts) == 1 else "members ran "
+    return head + "; ".join(parts)
+
+
 # --- the steps --------------------------------------------------------------------------------------------
 
 @dataclass
@@ -125,6 +138,16 @@ class Steps:
     workers: int
     updates_per_epoch: int    # of a search's training (its RunPlan): the cost model's epochs from steps
     warmup_s: float = 0.0     # torch's one-time start-up cost in this process (a worker pays it again)
+    final_schedule: str = "placed"   # "placed": the decay from step 5's curves; "fixed": the longest cosine that fits
+
+    @property
+    def metric(self) -> tuple[str, str]:
+        """(name, mode) of what the recipe's runs are judged by: val/acc (max), or the task's own (a regression:
+        val/loss, min; `metrics.for_task`)."""
+        from trainlab.metrics import for_task
+
+        hp = for_task(self.hp, self.task.task_metrics)[0]
+        return hp.early_stop_metric, hp.mode
 
     def costs(self, call: Call) -> CostModel:
         """The cost model as of this call: what the steps before it measured."""
@@ -134,6 +157,14 @@ class Steps:
     def save_plan(self, call: Call, plan: dict) -> None:
         """Keep a search's plan with its step run, so that an interrupted search resumes with the same one."""
         self.store.update_run(call.run_id, summary={"plan": plan})
+
+    def _mark(self, run_ids: Sequence[int | None], phase: str, why: str) -> None:
+        """Store each trial's purpose with it: the findings its phase expects by design (PURPOSES) are then
+        counted by the doctor and the dashboard, not shown as problems."""
+        purpose = {"phase": phase, "expects": list(PURPOSES[phase]), "why": why}
+        for run_id in run_ids:
+            if run_id is not None:
+                self.store.update_run(run_id, summary={"purpose": purpose})
 
     def _measure(self, runs: Sequence[dict], search_seconds: float, n_workers: int) -> dict[str, float]:
         """measure_search on a search's runs, with their epochs' times (fit's epoch_time_s) from the store."""
@@ -202,17 +233,21 @@ class Steps:
         return StepResult("overfit", 2, STEP_TITLES[2], "fail", msg, ev)
 
     def lr_step(self, call: Call) -> StepResult:
-        from trainlab.checks import check_lr
+        from trainlab.checks import check_lr_widened
 
         step_s = call.evidence("overfit").get("step_s") or call.evidence("init").get("step_s_estimate") or 0.01
         # 4 discrete trials of s steps and a sweep of 2s steps, plus a validation per trial
         steps = int(min(100, max(50, call.seconds / (6.5 * step_s))))   # at least 50: a meaningful test
         t0 = time.time()
-        r = check_lr(self.task, self.hp, self.store, steps=steps, sweep_steps=max(20, 2 * steps), study=self.study)
+        # never stops a model that can learn: widened (more steps, a wider range) before it calls a failure
+        r = check_lr_widened(self.task, self.hp, self.store, steps=steps, sweep_steps=max(20, 2 * steps),
+                             study=self.study)
         seconds = time.time() - t0
+        attempts = r.settings.get("attempts") or [{}]
+        tried_steps = sum((a.get("steps") or steps) * (len(a.get("lrs") or ()) + 2) for a in attempts)
         ev = {"suggested_lr": r.suggested_lr, "discrete_lr": r.discrete_lr, "sweep_lr": r.sweep_lr,
               "agree": r.agree, "rule": r.rule, "table": r.table, "trial_steps": steps, "check_run": r.run_id,
-              "seconds": seconds, "step_s": seconds / (6 * steps + 2)}
+              "attempts": attempts, "seconds": seconds, "step_s": seconds / max(1, tried_steps)}
         verdict = r.verdict
         if r.suggested_lr is None:
             ev["suggested_lr"] = self.hp.lr
@@ -242,6 +277,9 @@ class Steps:
         base = search_base(self.hp, split_seed=FOLDS[0])
         space = {"lr": _grid_text(plan["lrs"]), "weight_decay": _grid_text(plan["wds"])}
         res = self._search(base, space, plan, plan["study"], call.deadline, checkpoints=False)
+        self._mark([r["run"] for r in res.leaderboard], "coarse",
+                   f"a {plan['epochs']}-epoch coarse-grid trial at a constant rate (rates half a decade and more "
+                   "around step 3's): short, undecayed and off the best rate by design")
         rows = [{"lr": r["params"].get("lr"), "weight_decay": r["params"].get("weight_decay"), "value": r["value"],
                  "status": r["status"], "epochs": r["epochs"], "run": r["run"]} for r in res.leaderboard]
         runs = [self.store.run(r["run"]) for r in rows if r["run"] is not None]
@@ -256,7 +294,7 @@ class Steps:
                   "counts": res.counts, **measured}
             return StepResult("coarse", 4, STEP_TITLES[4], "done", msg, ev)
         best = ranked[0]
-        msg = (f"best lr {best['lr']:.3g}, weight decay {best['weight_decay']:g}: val/acc {best['value']:.4f} after "
+        msg = (f"best lr {best['lr']:.3g}, weight decay {best['weight_decay']:g}: {self.metric[0]} {best['value']:.4f} after "
                f"{best['epochs']} epochs ({len(plan['lrs'])} rates x {len(plan['wds'])} weight decays, "
                f"{plan['epochs']} epochs" + (", successive halving" if plan["prune"] == "sha" else "") + ")")
         ev = {**plan, "rows": rows, "ranked": [r for r in ranked[:3]], "best": best, "search_seconds": res.seconds,
@@ -293,6 +331,8 @@ class Steps:
         space = {"lr": _grid_text(plan["lrs"]), "weight_decay": _grid_text(plan["wds"]),
                  "split_seed": _grid_text(list(FOLDS))}
         res = self._search(base, space, plan, plan["study"], call.deadline, checkpoints=False)
+        self._mark([r["run"] for r in res.leaderboard], "refine",
+                   "a constant rate by design: the final model adds the decay, placed from these curves")
         runs = [self.store.run(r["run"]) for r in res.leaderboard if r["run"] is not None]
         measured = self._measure(runs, res.seconds, plan.get("workers", 1))
         ranked, n_points = rank_candidates(res.leaderboard, {"width": plan["width"], "dropout": plan["dropout"],
@@ -312,14 +352,15 @@ class Steps:
         new_incumbent = best
         improved = None
         if incumbent is not None:
-            improved = _finite(incumbent["mean"]) is None or best["mean"] > incumbent["mean"]
+            better = (best["mean"] < incumbent["mean"]) if self.metric[1] == "min" else (best["mean"] > incumbent["mean"])
+            improved = _finite(incumbent["mean"]) is None or better
             if not improved:
                 new_incumbent = incumbent
         folds = ", ".join(f"{v:.4f}" for v in best["folds"].values() if v is not None)
         msg = (f"best lr {best['point']['lr']:.3g}, weight decay {best['point']['weight_decay']:g}"
                + (f", width {plan['width']}" if plan["width"] else "")
                + (f", dropout {plan['dropout']:g}" if plan["dropout"] else "")
-               + f": mean val/acc {best['mean']:.4f} +- {best['std']:.4f} over {len(best['folds'])} folds ({folds}); "
+               + f": mean {self.metric[0]} {best['mean']:.4f} +- {best['std']:.4f} over {len(best['folds'])} folds ({folds}); "
                f"{n_points} configs x {len(FOLDS)} folds, {plan['epochs']} epochs, constant lr"
                + (" (shortened to fit the budget)" if plan.get("short") else ""))
         if improved is not None:
@@ -340,8 +381,9 @@ class Steps:
             if run_id is None:
                 continue
             d = diagnose_run(self.store, run_id, self.task.num_classes)
-            per_run.append({"run": run_id, "fold": fold, "findings": [f.to_dict() for f in d.findings]})
-            for f in d.findings:
+            every = d.findings + d.expected   # what the purpose expects is still what step 6 acts on
+            per_run.append({"run": run_id, "fold": fold, "findings": [f.to_dict() for f in every]})
+            for f in every:
                 if f.name not in {x["name"] for x in findings}:
                     findings.append(f.to_dict())
         move = choose_move(findings, best["point"], DEFAULT_WIDTH.get(self.hp.model))
@@ -375,10 +417,24 @@ class Steps:
         ev["continue"] = go
         msg = (f"back to step 5: {why}" if go else why) + \
             f"; chosen so far: lr {incumbent['point']['lr']:.3g}, weight decay {incumbent['point']['weight_decay']:g}, " \
-            f"mean val/acc {_acc(incumbent['mean'])}"
+            f"mean {self.metric[0]} {_acc(incumbent['mean'])}"
         return StepResult(f"loop-{k}", 7, STEP_TITLES[7], "continue" if go else "stop", msg, ev)
 
     # ---- the final model
+    def _place_decay(self, incumbent: dict, fit_epochs: int) -> dict[str, Any]:
+        """The final schedule: from the chosen point's constant-rate curves in step 5 ("placed"), or the
+        longest cosine that fits ("fixed", the recipe's schedule before it placed the decay)."""
+        constant = int(incumbent["point"].get("epochs") or 0)
+        if self.final_schedule == "fixed":
+            return {"schedule": "cosine", "epochs": fit_epochs, "patience": max(5, fit_epochs // 2),
+                    "stall_epoch": None, "reason": f"fixed: the longest cosine that fits, {fit_epochs} epochs"}
+        stalls = []
+        for run_id in (incumbent.get("runs") or {}).values():
+            if run_id is not None:
+                vals = self.store.metrics(run_id, ["val/acc"]).get("val/acc", {}).get("value", [])
+                stalls.append(stall_epoch(vals))
+        return place_decay(stalls or [None], constant, fit_epochs)
+
     def final_step(self, call: Call, incumbent: dict) -> StepResult:
         from trainlab.ensemble import evaluate_ensemble, members_from_runs
 
@@ -390,16 +446,20 @@ class Steps:
             plan = {**size, "study": f"{self.study}/final", "trainings": size["members"], "prune": "none",
                     "workers": workers,
                     "point": incumbent["point"], "folds": list(range(size["members"]))}
+            plan["decay"] = self._place_decay(incumbent, size["epochs"])
+            plan["epochs"], plan["patience"] = plan["decay"]["epochs"], plan["decay"]["patience"]
             self.save_plan(call, plan)
         base = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"])
         res = self._search(base, {"split_seed": _grid_text(plan["folds"])}, plan, plan["study"],
                            call.deadline, checkpoints=True)
+        self._mark([r["run"] for r in res.leaderboard], "final", "the final model")
         members = []
         for r in sorted(res.leaderboard, key=lambda r: r["params"]["split_seed"]):
             run = self.store.run(r["run"]) if r["run"] is not None else None
             members.append({"run": r["run"], "fold": r["params"]["split_seed"], "val_acc": r["value"],
                             "status": r["status"], "epochs": r["epochs"],
                             "best_epoch": run["best_epoch"] if run else None,
+                            "reason": run["reason"] if run else None,
                             "checkpoint": run["checkpoint"] if run else None})
         usable = [m for m in members if m["checkpoint"]]
         if not usable:
@@ -411,19 +471,18 @@ class Steps:
         yaml_path = self.out / "final.yaml"
         self.out.mkdir(parents=True, exist_ok=True)
         header = (f"# trainlab recipe, study {self.study}: the final config (train it with: trainlab train {yaml_path.name})\n"
-                  f"# chosen on validation: mean val/acc {_acc(incumbent['mean'])} +- {_acc(incumbent['std'])} over folds "
+                  f"# chosen on validation: mean {self.metric[0]} {_acc(incumbent['mean'])} +- {_acc(incumbent['std'])} over folds "
                   f"{', '.join(sorted(incumbent['folds']))} (constant lr, {incumbent['point']['epochs']} epochs); "
-                  f"final model val/acc {val_mean:.4f}, test/acc {ens.ensemble_acc:.4f}\n")
+                  f"final model {self.metric[0]} {val_mean:.4f}, test/{ens.metric} {ens.ensemble_acc:.4f}\n")
         yaml_path.write_text(header + hp_final.to_yaml())
         kind = f"ensemble of {len(usable)} (one per validation fold)" if len(usable) > 1 else "one model"
-        cut = [m for m in usable if m["status"] == "stopped"]
-        if cut:
-            kind += (f" (cut at the budget after {min(m['epochs'] for m in cut)} of {plan['epochs']} epochs: "
-                     "the decay did not finish)")
-        msg = (f"{kind}: val/acc {val_mean:.4f}" + (f" +- {val_std:.4f}" if len(usable) > 1 else "")
-               + f", test/acc {ens.ensemble_acc:.4f}; lr {plan['point']['lr']:.3g}, weight decay "
-               f"{plan['point']['weight_decay']:g}, cosine over {plan['epochs']} epochs, patience {plan['patience']}")
-        ev = {**plan, "members": members, "val_acc": val_mean, "val_std": val_std, "test_acc": ens.ensemble_acc,
+        msg = (f"{kind}: {self.metric[0]} {val_mean:.4f}" + (f" +- {val_std:.4f}" if len(usable) > 1 else "")
+               + f", test/{ens.metric} {ens.ensemble_acc:.4f}; {_what_ran(usable, plan['epochs'])}; lr "
+               f"{plan['point']['lr']:.3g}, weight decay {plan['point']['weight_decay']:g}; planned: cosine over "
+               f"{plan['epochs']} epochs, patience {plan['patience']}"
+               + (f" ({plan['decay']['reason']})" if plan.get("decay") else ""))
+        ev = {**plan, "ran": _what_ran(usable, plan["epochs"]), "members": members, "val_acc": val_mean,
+              "val_std": val_std, "test_acc": ens.ensemble_acc,
               "test_loss": ens.ensemble_loss, "test_n": ens.n, "ensemble": len(usable) > 1, "config": hp_final.model_dump(mode="json"),
               "yaml": str(yaml_path), "cv": {"folds": incumbent["folds"], "mean": incumbent["mean"],
                                              "std": incumbent["std"]}, "search_seconds": res.seconds}

@@ -95,8 +95,8 @@ class OnStaleTrial:
         tries = len(trial.system_attrs.get("retry_history", []))
         self.retry(study, trial)
         what = "retried" if tries < self.max_retry else f"not retried again (max {self.max_retry} retry)"
-        for run in self.store.runs(study=study.study_name, status="running"):
-            if run["name"] == run_name(trial.number):
+        for run in self.store.runs(study=study.study_name):
+            if run["name"] == run_name(trial.number) and run["status"] in ("running", "lost"):
                 self.store.finish_run(run["id"], "failed", reason=f"worker lost: no heartbeat for "
                                       f"{self.grace_s} s (trial {trial.number}); {what}")
 

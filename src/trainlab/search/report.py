@@ -18,6 +18,7 @@ from trainlab.figures import FEW_TRIALS, plot_importance, plot_metric_vs_params,
 from trainlab.search.leaderboard import best_row, leaderboard, status_counts, study_meta
 from trainlab.search.space import parse_space
 from trainlab.search.storage import load_study, open_existing_storage
+from trainlab.store import Store
 
 __all__ = ["write_search_report", "importances"]
 
@@ -66,11 +67,18 @@ def _fmt(value) -> str:
 
 
 def write_search_report(study_name: str, out_dir: str | os.PathLike, db=None, storage=None) -> Path:
-    """Write DIR/index.html (and its PNG figures) for study `study_name`; returns the page's path."""
-    st = open_existing_storage(storage if storage is not None else db)
-    study = load_study(study_name, st)
-    meta = study_meta(study) or {}
-    rows = leaderboard(study_name, db if db is not None else storage, st)
+    """Write DIR/index.html (and its PNG figures) for study `study_name`; returns the page's path.
+
+    Reads only: the store and Optuna's storage are opened read-only (nothing created, migrated or switched
+    to WAL); a missing file or one that is not a trainlab store is a one-line ValueError."""
+    store = Store(db if db is not None else storage, read_only=True)
+    try:
+        st = open_existing_storage(storage if storage is not None else db, read_only=True)
+        study = load_study(study_name, st)
+        meta = study_meta(study) or {}
+        rows = leaderboard(study_name, db if db is not None else storage, st, store=store)
+    finally:
+        store.close()
     metric = meta.get("metric", "value")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ from trainlab.search.leaderboard import (
 from trainlab.search.optuna_glue import PRUNERS, STRATEGIES
 from trainlab.search.space import Space, parse_space
 from trainlab.search.storage import StudyLock, is_sqlite, load_study, open_storage
-from trainlab.search.workers import WorkerPlan, log, run_workers, update_bar, work
+from trainlab.search.workers import WorkerPlan, interrupts, log, run_workers, update_bar, work, workers_needed
 from trainlab.store import Store, hide_password, normalize_url
 
 __all__ = ["run_search", "default_study_name", "DEFAULT_TRIALS", "DEFAULT_HEARTBEAT_S", "GRACE_HEARTBEATS",
@@ -153,6 +153,17 @@ def run_search(hp: Config | None = None, space: Space | Mapping[str, str] | str 
         optuna.logging.set_verbosity(verbosity)
 
 
+def _task_metric(base: Config) -> Config:
+    """`base` with the metric its task is judged by (a regression task: val/loss, min), so the study's direction
+    is the one the trials' `fit` uses (`metrics.for_task`). Built-in tasks are classifiers: nothing to load."""
+    from trainlab.metrics import for_task
+    from trainlab.tasks import BUILTIN_TASKS, load_task
+
+    if base.early_stop_metric != "val/acc" or base.task in BUILTIN_TASKS:
+        return base
+    return for_task(base, load_task(base).task_metrics)[0]
+
+
 def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, prune, epochs, seed, runs_dir,
                 checkpoints, heartbeat_s, grace_s, quiet, deadline=None) -> SearchResult:
     started = time.perf_counter()
@@ -162,8 +173,10 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
         raise ConfigError(f"trials: must be an integer >= 1, got {trials!r}")
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers: must be an integer >= 1, got {workers!r}")
-    if not isinstance(heartbeat_s, int) or heartbeat_s < 1:
-        raise ConfigError(f"heartbeat_s: must be an integer >= 1 (seconds), got {heartbeat_s!r}")
+    if not isinstance(heartbeat_s, int) or not 1 <= heartbeat_s <= 86_400:
+        raise ConfigError(f"heartbeat_s: must be an integer in [1, 86400] (seconds), got {heartbeat_s!r}")
+    if seed is not None and (not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1):
+        raise ConfigError(f"seed: must be an integer in [0, 4294967295], got {seed!r}")
     db_url = normalize_url(db if db is not None else storage)
     storage_url = normalize_url(storage if storage is not None else db)
     if workers > 1 and is_sqlite(storage_url) and (":memory:" in storage_url or storage_url in ("sqlite://",
@@ -179,6 +192,7 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
         base = hp if hp is not None else Config()
         if epochs is not None:
             base = apply_overrides(base, {"epochs": epochs})
+        base = _task_metric(base)
         if isinstance(space, (str, os.PathLike)):
             from trainlab.search.space import load_space
 
@@ -187,6 +201,9 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
             space = parse_space(space, base)
         if strategy == "grid":
             space.grid()  # ConfigError naming a continuous parameter
+        from trainlab.preflight import load_checked_task
+
+        load_checked_task(base)  # pre-flight of the task's data and base model: one line, before a study exists
         study = study or default_study_name(base, space, strategy, prune)
         plan_meta = {"strategy": strategy, "prune": prune, "space": space.to_dict(),
                      "config": base.model_dump(mode="json"), "seed": base.seed if seed is None else seed,
@@ -208,6 +225,11 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
 
     ostudy = load_study(study, ostorage)
     before = finished(ostudy.get_trials(deepcopy=False))
+    capped = workers_needed(ostudy.get_trials(deepcopy=False), n, workers)
+    if capped < workers:
+        log(plan, f"{capped} worker{'s' if capped > 1 else ''}, not {workers}: "
+                  f"{'only ' if capped > 1 else ''}{capped} trial{'s' if capped > 1 else ''} left to run")
+        workers = plan.workers = capped
     bar = None
     if not quiet:
         from tqdm.auto import tqdm
@@ -218,11 +240,12 @@ def _run_search(hp, space, *, strategy, trials, workers, study, db, storage, pru
         bar = tqdm(total=n, initial=min(before, n), unit="trial", desc="trials", dynamic_ncols=True, leave=False)
     exitcodes: list[int] = []
     try:
-        if workers == 1:
-            work(plan, bar=bar, on_trial=(lambda: update_bar(bar, ostudy, n)) if bar is not None else None,
-                 check=False)
-        else:
-            exitcodes = run_workers(plan, workers, bar, ostudy, n)
+        with interrupts():  # SIGINT or SIGTERM: running trials stop (runs "stopped") and are queued again
+            if workers == 1:
+                work(plan, bar=bar, on_trial=(lambda: update_bar(bar, ostudy, n)) if bar is not None else None,
+                     check=False)
+            else:
+                exitcodes = run_workers(plan, workers, bar, ostudy, n)
     finally:
         if bar is not None:
             update_bar(bar, ostudy, n)

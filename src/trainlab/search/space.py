@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from trainlab.config import Config, ConfigError, make_config, read_yaml_mapping
+from trainlab.config import Config, ConfigError, make_config, read_yaml_mapping, short_repr
 
-__all__ = ["Param", "Space", "FUNCTIONS", "load_space", "parse_space", "parse_param"]
+__all__ = ["Param", "Space", "FUNCTIONS", "MAX_VALUES", "MAX_GRID", "load_space", "parse_space", "parse_param"]
 
+MAX_VALUES = 10_000     # values of one choice/grid/logspace
+MAX_GRID = 1_000_000    # points of a --strategy grid (Optuna's GridSampler lists every point up front)
 FUNCTIONS = ("loguniform", "uniform", "int", "choice", "grid", "logspace")
 _CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
 
@@ -94,8 +96,11 @@ class Space:
         """{name: values} for Optuna's GridSampler; ConfigError naming the first continuous parameter."""
         for p in self:
             if not p.discrete:
-                raise ConfigError(f"{p.name}: {p.text} cannot be gridded; with --strategy grid use "
+                raise ConfigError(f"{p.name}: {_shown(p.text)} cannot be gridded; with --strategy grid use "
                                   "grid(...), logspace(a, b, n) or choice(...)")
+        if self.grid_size() > MAX_GRID:
+            raise ConfigError(f"space: the grid has {self.grid_size()} points, more than {MAX_GRID}; "
+                              "use fewer values, or --strategy random")
         return {p.name: list(p.values) for p in self}
 
     def grid_size(self) -> int | None:
@@ -110,6 +115,11 @@ class Space:
     def to_dict(self) -> dict[str, str]:
         """{name: text}: parses back to an equal Space; stored with a study."""
         return {p.name: p.text for p in self}
+
+
+def _shown(text: str) -> str:
+    """A spec as messages show it: cut when long, so an error stays one readable line."""
+    return text if len(text) <= 100 else f"{text[:80]}... ({len(text)} characters)"
 
 
 def _number(token: str) -> Any:
@@ -174,7 +184,7 @@ def _check_value(name: str, text: str, value: Any, base: Config) -> None:
         if detail.startswith(f"{name}: "):
             detail = detail[len(name) + 2:]
         elif detail.startswith("config: "):  # a rule across fields: its "got" is the whole config, left out
-            detail = detail[len("config: "):].split(", got {")[0] + f" (with {name}={value!r})"
+            detail = detail[len("config: "):].split(", got {")[0] + f" (with {name}={short_repr(value)})"
         raise ConfigError(f"{name}: {text}: {detail}") from None
 
 
@@ -188,76 +198,80 @@ def parse_param(name: str, spec: Any, base: Config | None = None) -> Param:
     if name not in Config.model_fields:
         close = difflib.get_close_matches(name, Config.model_fields, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{name}: not a hyperparameter of Config{hint}")
+        raise ConfigError(f"{name!r}: not a hyperparameter of Config{hint}" if not name.isidentifier()
+                          else f"{name}: not a hyperparameter of Config{hint}")
     if not isinstance(spec, str):
-        raise ConfigError(f"{name}: expected a function such as loguniform(1e-4, 1e-1) or choice(a, b), got {spec!r}")
+        raise ConfigError(f"{name}: expected a function such as loguniform(1e-4, 1e-1) or choice(a, b), got {short_repr(spec)}")
     text = " ".join(spec.split())
+    shown = _shown(text)
     m = _CALL.match(spec)
     if not m:
-        raise ConfigError(f"{name}: cannot parse {text!r}; expected a function such as loguniform(1e-4, 1e-1) "
+        raise ConfigError(f"{name}: cannot parse {shown!r}; expected a function such as loguniform(1e-4, 1e-1) "
                           "or choice(a, b)")
     fn, args = m.group(1), [_number(a) for a in _split_args(m.group(2))]
     if fn not in FUNCTIONS:
         close = difflib.get_close_matches(fn, FUNCTIONS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{name}: unknown function {fn!r} in {text!r}; use one of {', '.join(FUNCTIONS)}{hint}")
+        raise ConfigError(f"{name}: unknown function {fn!r} in {shown!r}; use one of {', '.join(FUNCTIONS)}{hint}")
     is_int = _field_is_int(name)
 
     if fn in ("loguniform", "uniform"):
         if len(args) != 2 or not all(_is_number(a) for a in args):
-            raise ConfigError(f"{name}: {text}: expected {fn}(low, high) with two finite numbers")
+            raise ConfigError(f"{name}: {shown}: expected {fn}(low, high) with two finite numbers")
         low, high = float(args[0]), float(args[1])
         if is_int:
-            raise ConfigError(f"{name}: {text}: {name} is an integer; use int(low, high) or int(low, high, log)")
+            raise ConfigError(f"{name}: {shown}: {name} is an integer; use int(low, high) or int(low, high, log)")
         if low >= high:
-            raise ConfigError(f"{name}: {text}: low must be < high, got low {args[0]!r} >= high {args[1]!r}")
+            raise ConfigError(f"{name}: {shown}: low must be < high, got low {args[0]!r} >= high {args[1]!r}")
         if fn == "loguniform" and low <= 0:
-            raise ConfigError(f"{name}: {text}: a log scale needs low > 0, got {args[0]!r}")
+            raise ConfigError(f"{name}: {shown}: a log scale needs low > 0, got {args[0]!r}")
         param = Param(name, "float", text, low=low, high=high, log=fn == "loguniform")
         checks = [low, high]
     elif fn == "int":
         if len(args) not in (2, 3) or not all(isinstance(a, int) and not isinstance(a, bool) for a in args[:2]):
-            raise ConfigError(f"{name}: {text}: expected int(low, high) or int(low, high, log) with integer bounds")
+            raise ConfigError(f"{name}: {shown}: expected int(low, high) or int(low, high, log) with integer bounds")
         if len(args) == 3 and args[2] != "log":
-            raise ConfigError(f"{name}: {text}: the third argument of int() can only be log, got {args[2]!r}")
+            raise ConfigError(f"{name}: {shown}: the third argument of int() can only be log, got {args[2]!r}")
         low, high, log = args[0], args[1], len(args) == 3
         if low >= high:
-            raise ConfigError(f"{name}: {text}: low must be < high, got low {low!r} >= high {high!r}")
+            raise ConfigError(f"{name}: {shown}: low must be < high, got low {low!r} >= high {high!r}")
         if log and low <= 0:
-            raise ConfigError(f"{name}: {text}: a log scale needs low > 0, got {low!r}")
+            raise ConfigError(f"{name}: {shown}: a log scale needs low > 0, got {low!r}")
         param = Param(name, "int", text, low=low, high=high, log=log)
         checks = [low, high]
     elif fn == "logspace":
         if (len(args) != 3 or not all(_is_number(a) for a in args[:2])
                 or not isinstance(args[2], int) or isinstance(args[2], bool)):
-            raise ConfigError(f"{name}: {text}: expected logspace(low, high, n) with numbers low, high and an integer n")
+            raise ConfigError(f"{name}: {shown}: expected logspace(low, high, n) with numbers low, high and an integer n")
         low, high, n = float(args[0]), float(args[1]), args[2]
         if low <= 0:
-            raise ConfigError(f"{name}: {text}: a log scale needs low > 0, got {args[0]!r}")
+            raise ConfigError(f"{name}: {shown}: a log scale needs low > 0, got {args[0]!r}")
         if low >= high:
-            raise ConfigError(f"{name}: {text}: low must be < high, got low {args[0]!r} >= high {args[1]!r}")
-        if n < 2:
-            raise ConfigError(f"{name}: {text}: n must be >= 2, got {n!r}")
+            raise ConfigError(f"{name}: {shown}: low must be < high, got low {args[0]!r} >= high {args[1]!r}")
+        if not 2 <= n <= MAX_VALUES:
+            raise ConfigError(f"{name}: {shown}: n must be in [2, {MAX_VALUES}], got {n!r}")
         a, b = math.log10(low), math.log10(high)
         # Rounded to 6 significant digits so that logspace(1e-4, 1e-1, 4) is exactly 1e-4, 1e-3, 1e-2, 1e-1.
         values = tuple(float(f"{10 ** (a + (b - a) * i / (n - 1)):.6g}") for i in range(n))
         if is_int:
             values = tuple(int(round(v)) for v in values)
             if len(set(values)) != n:
-                raise ConfigError(f"{name}: {text}: rounds to repeated integers {list(values)}")
+                raise ConfigError(f"{name}: {shown}: rounds to repeated integers {list(values)}")
         param = Param(name, "values", text, values=values, log=True, grid=True)
         checks = list(values)
     else:  # choice, grid
         if not args:
-            raise ConfigError(f"{name}: {text}: {fn}() needs at least one value")
+            raise ConfigError(f"{name}: {shown}: {fn}() needs at least one value")
+        if len(args) > MAX_VALUES:
+            raise ConfigError(f"{name}: {shown}: {fn}() takes at most {MAX_VALUES} values, got {len(args)}")
         bad = [a for a in args if not (a is None or isinstance(a, (bool, str)) or _is_number(a))]
         if bad:
-            raise ConfigError(f"{name}: {text}: values must be numbers, strings, true/false or null, got {bad[0]!r}")
+            raise ConfigError(f"{name}: {shown}: values must be numbers, strings, true/false or null, got {bad[0]!r}")
         seen = set()
         for a in args:
             key = (type(a).__name__, a)
             if key in seen:
-                raise ConfigError(f"{name}: {text}: the value {a!r} is listed twice")
+                raise ConfigError(f"{name}: {shown}: the value {a!r} is listed twice")
             seen.add(key)
         numbers = [a for a in args if _is_number(a)]
         log = len(numbers) == len(args) and len(args) > 2 and all(a > 0 for a in args) and \
@@ -265,7 +279,7 @@ def parse_param(name: str, spec: Any, base: Config | None = None) -> Param:
         param = Param(name, "values", text, values=tuple(args), log=log, grid=fn == "grid")
         checks = list(args)
     for value in checks:
-        _check_value(name, text, value, base)
+        _check_value(name, shown, value, base)
     return param
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import signal
 import threading
 import warnings
 from typing import Any, Iterator
+from urllib.parse import unquote
 
 from trainlab.config import ConfigError
 from trainlab.store import (
@@ -21,6 +23,7 @@ from trainlab.store import (
     normalize_url,
     optuna_engine_kwargs,
     prepare_optuna_engine,
+    read_only_url,
     sqlite_file,
 )
 
@@ -35,16 +38,21 @@ def is_sqlite(url: str) -> bool:
 
 
 def open_storage(url: str | os.PathLike | None, *, heartbeat_s: int | None = None, grace_s: int | None = None,
-                 on_stale=None, check: bool = True):
+                 on_stale=None, check: bool = True, read_only: bool = False):
     """Optuna's RDBStorage on `url` (a path or SQLAlchemy URL; None: ./trainlab.db).
 
     SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE (see the module docstring). With `heartbeat_s`,
     running trials record a heartbeat and a trial silent for `grace_s` (default 3 intervals) is stale;
     `on_stale(study, frozen_trial)` runs for each stale trial that `fail_stale_trials` fails.
     `check=False` skips Optuna's schema-version check (about 0.3 s) when this process already made it.
+    `read_only`: opened through the store's read-only URL (`read_only_url`: a SQLite file as ``mode=ro``, never
+    created; PostgreSQL in read-only transactions), creating no table and leaving the journal mode alone;
+    ValueError (one line) when the database holds no Optuna tables.
     """
     import optuna
 
+    if read_only:
+        return _open_read_only(url)
     url = normalize_url(url)
     kwargs: dict[str, Any] = {}
     if heartbeat_s is not None:
@@ -62,6 +70,36 @@ def open_storage(url: str | os.PathLike | None, *, heartbeat_s: int | None = Non
             raise ValueError(f"storage: cannot open {hide_password(url)!r}: {detail}") from None
     prepare_optuna_engine(storage.engine)  # SQLite: the store's settings, every transaction BEGIN IMMEDIATE
     return storage
+
+
+def _open_read_only(url: str | os.PathLike | None):
+    import optuna
+
+    shown = hide_password(normalize_url(url))
+    ro = read_only_url(url)  # ValueError naming a missing SQLite file
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            # skip_table_creation: nothing is created; the version manager only reads when Optuna's tables exist
+            return optuna.storages.RDBStorage(ro, engine_kwargs=optuna_engine_kwargs(url), skip_table_creation=True,
+                                              skip_compatibility_check=True)
+        except ImportError as err:
+            raise ValueError(f"storage: cannot open {shown!r}: driver not installed ({err})") from None
+        except Exception as err:
+            causes = []  # Optuna wraps the driver's error ("An exception is raised during the commit")
+            while err is not None and len(causes) < 10:
+                causes.append(str(getattr(err, "orig", None) or err).strip())
+                err = err.__cause__ or err.__context__
+            if any("no such table" in c or "does not exist" in c for c in causes):
+                raise ValueError(f"storage: {shown!r} holds no search study (no Optuna tables)") from None
+            detail = (causes[-1] or causes[0]).splitlines()[0] if causes else "unknown error"
+            raise ValueError(f"storage: cannot open {shown!r}: {detail}") from None
+
+
+def _as_given(url: str) -> str:
+    """A read-only SQLite URI (`read_only_url`) shown as the file's URL the user gave."""
+    m = re.fullmatch(r"sqlite:///file:(.*)\?mode=ro&uri=true", url)
+    return f"sqlite:///{unquote(m.group(1))}" if m else url
 
 
 @contextlib.contextmanager
@@ -128,13 +166,14 @@ class StudyLock:
             self._advisory.close()
 
 
-def open_existing_storage(url: str | os.PathLike | None):
-    """open_storage for reading what is there: ConfigError, not a new empty file, when a SQLite file is missing."""
+def open_existing_storage(url: str | os.PathLike | None, read_only: bool = False):
+    """open_storage for reading what is there: ConfigError, not a new empty file, when a SQLite file is missing.
+    `read_only`: see `open_storage`."""
     url = normalize_url(url)
     database = sqlite_file(url)
     if database is not None and not os.path.isfile(database):
         raise ConfigError(f"study: no database file {database!r} (give --db or --storage)")
-    return open_storage(url)
+    return open_storage(url, read_only=read_only)
 
 
 def load_study(name: str, storage=None):
@@ -148,5 +187,5 @@ def load_study(name: str, storage=None):
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
         listed = f"; studies there: {', '.join(names[:10])}" if names else "; there are none"
-        where = hide_password(getattr(st, "url", "") or str(storage))
+        where = _as_given(hide_password(getattr(st, "url", "") or str(storage)))
         raise ConfigError(f"study: no study named {name!r} in {where}{listed}") from None

@@ -14,20 +14,30 @@ the k-th point of its shuffled grid, and the lock makes trial numbers and the gr
 
 How many workers and threads: `cpu_cores()` is what this process may run on; `default_workers()` the
 worker count a caller uses when the user names none (the recipe, its command line); `threads_per_worker`
-the torch threads each worker process gets.
+the torch threads each worker process gets; `workers_needed` caps the workers at the trials left.
+
+Stopping. SIGINT (Ctrl-C, or `kill -INT` to the parent alone) and SIGTERM (Slurm, Kubernetes, systemd) are
+handled alike, once (`interrupts()`): the parent sends SIGTERM to each worker, and a worker turns it into
+a KeyboardInterrupt, so fit() stops its trial (run `stopped`) and the trial is queued again; a worker that
+has not exited after STOP_GRACE_S (frozen, or stuck in native code) is killed, and the parent re-queues its
+trial and marks its run stopped. Workers start with SIGINT blocked (a terminal's Ctrl-C reaches the
+whole process group; a worker still importing would die with a traceback) and unblock it once their
+handlers are in place, before they claim a trial.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from trainlab.config import Config, apply_overrides, make_config
 from trainlab.search.leaderboard import budget_used, finished, run_name
@@ -36,10 +46,11 @@ from trainlab.search.space import Space, parse_space
 from trainlab.search.storage import StudyLock, open_storage
 from trainlab.store import Store, normalize_url
 
-__all__ = ["WorkerPlan", "MAX_DEFAULT_WORKERS", "cpu_cores", "default_workers", "threads_per_worker", "work",
-           "run_workers", "update_bar", "log"]
+__all__ = ["WorkerPlan", "MAX_DEFAULT_WORKERS", "STOP_GRACE_S", "cpu_cores", "default_workers", "threads_per_worker",
+           "workers_needed", "interrupts", "work", "run_workers", "update_bar", "log"]
 
 MAX_DEFAULT_WORKERS = 4   # default_workers(): one per core, at most this many
+STOP_GRACE_S = 10.0       # after SIGINT/SIGTERM, seconds a worker gets to stop its trial before it is killed
 
 
 def cpu_cores() -> int:
@@ -58,6 +69,46 @@ def default_workers() -> int:
 def threads_per_worker(workers: int) -> int:
     """Torch threads for each of `workers` processes side by side: the cores split between them (at least 1)."""
     return max(1, cpu_cores() // workers)
+
+
+def workers_needed(trials, budget: int, workers: int) -> int:
+    """Worker processes worth starting: `workers`, capped at the trials left to run (the budget not yet
+    taken, plus trials queued again), at least 1 (a stale trial may come back as a retry)."""
+    import optuna
+
+    waiting = sum(1 for t in trials if t.state == optuna.trial.TrialState.WAITING)
+    left = max(0, budget - budget_used(trials)) + waiting
+    return max(1, min(workers, left))
+
+
+@contextlib.contextmanager
+def interrupts() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread, once: a second signal while the first
+    is being handled (a trial being stopped and queued again) is ignored, so the stop is never cut short.
+    The handlers that were there are restored at the end (a Python handler, the recipe's, is called for
+    the first signal instead of raising here). Outside the main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if fired:
+            return
+        fired.append(signum)
+        before = previous.get(signum)
+        if callable(before) and before is not signal.default_int_handler:
+            before(signal.SIGINT, frame)  # e.g. the recipe's: it records the interrupt, then raises
+        raise KeyboardInterrupt
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 @dataclass
@@ -126,11 +177,15 @@ def _run_trial(plan: WorkerPlan, study, trial, space: Space, base: Config, store
     """Train one trial and tell Optuna; returns the run's status."""
     import optuna
 
-    from trainlab.tasks import load_task
+    from trainlab.preflight import load_checked_task
     from trainlab.train.loop import fit
 
     TrialState = optuna.trial.TrialState
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    try:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    except KeyboardInterrupt:
+        abandon(study, trial.number, store, plan.study, "interrupted before it started")
+        raise
     with _Heartbeat(storage, trial._trial_id, plan.heartbeat_s):
         try:
             params = space.suggest(trial)
@@ -142,9 +197,15 @@ def _run_trial(plan: WorkerPlan, study, trial, space: Space, base: Config, store
 
                 deadline = Deadline(plan.deadline)
                 callbacks.append(deadline)
-            result = fit(load_task(hp), hp, store=store, study=plan.study, name=run_name(trial.number),
+            # pre-flight of this trial's task and model (its width, batch size): a failure is this trial's,
+            # one line, before fit() creates a run
+            task = load_checked_task(hp)
+            result = fit(task, hp, store=store, study=plan.study, name=run_name(trial.number),
                          callbacks=callbacks, quiet=True, evaluate_test=False, runs_dir=plan.runs_dir,
                          checkpoints=plan.checkpoints)
+        except KeyboardInterrupt:  # before fit() got to its loop (which turns it into status "stopped")
+            abandon(study, trial.number, store, plan.study, "interrupted before training started")
+            raise
         except Exception as err:  # a bad combination or a crash in this trial: record it, go on
             reason = f"{type(err).__name__}: {err}".splitlines()[0][:300]
             trial.set_user_attr("status", "failed")
@@ -163,6 +224,8 @@ def _run_trial(plan: WorkerPlan, study, trial, space: Space, base: Config, store
     if result.status == "stopped":  # Ctrl-C: requeue the same point so that resuming runs it again
         tell(study, trial, state=TrialState.FAIL)
         requeue(study, trial.number)
+        store.update_run(result.run_id, reason=f"search interrupted at step {result.steps}; trial {trial.number} "
+                                               "queued again: re-run the same search to resume")
         raise KeyboardInterrupt
     if result.status == "completed" and result.best_metric is not None:
         tell(study, trial, result.best_metric)
@@ -175,6 +238,22 @@ def _run_trial(plan: WorkerPlan, study, trial, space: Space, base: Config, store
               f"{result.epochs} epochs (run {result.run_id})" + (f" [{result.reason}]" if result.reason
                                                                  and result.status != "completed" else ""), bar)
     return result.status
+
+
+def abandon(study, number: int, store: Store, study_name: str, why: str) -> bool:
+    """An interrupted trial that is still running: its run (if fit() created one) marked stopped, the trial
+    failed and queued again so that resuming runs the same point. Returns whether it was still running."""
+    import optuna
+
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or trial.state != optuna.trial.TrialState.RUNNING:
+        return False
+    for run in store.runs(study=study_name, status="running"):
+        if run["name"] == run_name(number):
+            store.finish_run(run["id"], "stopped", reason=f"search interrupted: {why}; trial {number} queued again")
+    tell(study, number, state=optuna.trial.TrialState.FAIL)
+    requeue(study, number)
+    return True
 
 
 def work(plan: WorkerPlan, bar=None, on_trial=None, check: bool = True) -> int:
@@ -225,17 +304,57 @@ def work(plan: WorkerPlan, bar=None, on_trial=None, check: bool = True) -> int:
 
 
 def _worker_main(plan: WorkerPlan) -> None:
-    """Entry point of a spawned worker process."""
+    """Entry point of a spawned worker process: SIGTERM (from the parent) and SIGINT stop its trial."""
     import optuna
     import torch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if plan.threads:
         torch.set_num_threads(plan.threads)
+    code = 0
     try:
-        work(plan)
+        with interrupts():
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent while it spawned
+            work(plan)
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
+    # Everything is stored and closed (work() closes the store); skip the interpreter's teardown of torch
+    # and Optuna, which takes seconds on a loaded machine, so that a stopped search ends promptly.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def stop_workers(plan: WorkerPlan, procs: list, ostudy, bar=None, grace_s: float | None = None) -> None:
+    """SIGTERM to every live worker (each stops its trial: run stopped, trial queued again); after `grace_s`
+    (default STOP_GRACE_S) the ones still alive are killed, and their running trials are stopped and queued
+    again from here."""
+    grace_s = STOP_GRACE_S if grace_s is None else grace_s
+    for p in procs:
+        if p.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+    killed = [p for p in procs if p.is_alive()]
+    for p in killed:
+        p.kill()
+        p.join()
+    if not killed:
+        return
+    host = socket.gethostname()
+    pids = {f"{host}:{p.pid}" for p in killed}
+    store = Store(plan.db)
+    try:
+        for t in ostudy.get_trials(deepcopy=False):
+            if t.user_attrs.get("worker") in pids and abandon(ostudy, t.number, store, plan.study,
+                                                               f"worker {t.user_attrs['worker']} killed after "
+                                                               f"{grace_s:g} s"):
+                log(plan, f"trial {t.number}: worker {t.user_attrs['worker']} did not stop within {grace_s:g} s: "
+                          "killed; the trial is queued again", bar)
+    finally:
+        store.close()
 
 
 def update_bar(bar, ostudy, n: int) -> None:
@@ -251,20 +370,26 @@ def run_workers(plan: WorkerPlan, workers: int, bar, ostudy, n: int) -> list[int
     ctx = multiprocessing.get_context("spawn")
     threads = threads_per_worker(workers)
     procs = []
-    for i in range(workers):
-        p = ctx.Process(target=_worker_main, args=(WorkerPlan(**{**asdict(plan), "worker": i, "threads": threads}),),
-                        name=f"trainlab-search-worker-{i}")
-        p.start()
-        procs.append(p)
     try:
+        # Children inherit a blocked SIGINT across exec: a Ctrl-C while a worker still imports does not kill
+        # it with a traceback (it waits until the worker's handlers are in place), and one that reaches
+        # the parent meanwhile is held, not lost: it is delivered when the mask is lifted, here.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for i in range(workers):
+                p = ctx.Process(target=_worker_main, name=f"trainlab-search-worker-{i}",
+                                args=(WorkerPlan(**{**asdict(plan), "worker": i, "threads": threads}),))
+                p.start()
+                procs.append(p)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         while any(p.is_alive() for p in procs):
             for p in procs:
                 p.join(timeout=1.0)
                 if bar is not None:
                     update_bar(bar, ostudy, n)
     except KeyboardInterrupt:
-        for p in procs:  # each worker got the SIGINT too: it requeues its trial and exits
-            p.join(timeout=30)
+        stop_workers(plan, procs, ostudy, bar)
         raise
     for i, p in enumerate(procs):
         if p.exitcode:

@@ -15,10 +15,12 @@ from sqlalchemy.engine import Connection, Engine
 from trainlab.store.engine import write_engine
 from trainlab.store.locks import xact_lock
 
-__all__ = ["RUN_STATUSES", "METRIC_BLOCK", "metadata", "tl_studies", "tl_runs", "tl_metrics", "tl_metric_blocks",
+__all__ = ["RUN_STATUSES", "STORED_STATUSES", "ADDED_RUN_COLUMNS", "missing_columns", "METRIC_BLOCK", "metadata", "tl_studies", "tl_runs", "tl_metrics", "tl_metric_blocks",
            "missing_tables", "create_tables", "METRIC_COLUMNS", "insert_metrics", "blocks_of_rows", "rebuild_blocks"]
 
-RUN_STATUSES = ("running", "completed", "stopped", "diverged", "failed", "pruned")
+STORED_STATUSES = ("running", "completed", "stopped", "diverged", "failed", "pruned")
+# every status a run shows: the stored ones, and "lost" (a running run whose process is gone, see `liveness`)
+RUN_STATUSES = (*STORED_STATUSES, "lost")
 _INSERT_CHUNK_ROWS = 500  # rows per INSERT statement: few statements, bounded memory
 _SCHEMA_LOCK = 7061726  # PostgreSQL advisory lock held while creating tables: two workers must not both CREATE
 
@@ -52,7 +54,14 @@ tl_runs = sa.Table(
     sa.Column("seed", sa.BigInteger, nullable=True),
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("summary", sa.JSON, nullable=False),
+    # liveness (`liveness`): the process holding a running run, and when it last said so
+    sa.Column("pid", sa.Integer, nullable=True),
+    sa.Column("node", sa.String(255), nullable=True),       # host name, boot id, pid namespace
+    sa.Column("heartbeat", sa.String(40), nullable=True),   # UTC ISO time, like `updated`
 )
+
+# columns added to tl_runs after stores were first written: (name, SQL type), added by `create_tables`
+ADDED_RUN_COLUMNS = (("pid", "INTEGER"), ("node", "VARCHAR(255)"), ("heartbeat", "VARCHAR(40)"))
 
 tl_metrics = sa.Table(
     "tl_metrics",
@@ -97,13 +106,25 @@ def missing_tables(engine: Engine) -> set[str]:
         return {t.name for t in metadata.sorted_tables if not inspector.has_table(t.name)}
 
 
+def missing_columns(engine: Engine) -> set[str]:
+    """The columns of ADDED_RUN_COLUMNS that an existing tl_runs lacks (none when there is no tl_runs)."""
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(tl_runs.name):
+            return set()
+        have = {c["name"] for c in inspector.get_columns(tl_runs.name)}
+    return {name for name, _ in ADDED_RUN_COLUMNS if name not in have}
+
+
 def create_tables(engine: Engine) -> bool:
-    """Create the missing tables, in one write transaction; a store written before the summary blocks
-    existed gets them, filled from its rows. Returns whether tl_metric_blocks is there afterwards:
-    False for an older store this connection may not write (read, then, without blocks).
+    """Create the missing tables and add the missing tl_runs columns, in one write transaction; a store written
+    before the summary blocks existed gets them, filled from its rows, and one written before liveness gets
+    its columns, each running run's heartbeat filled with its last write (`updated`), so a run that died
+    long ago shows as lost. Returns whether tl_metric_blocks is there afterwards: False for an older store
+    this connection may not write (read, then, without blocks).
     Raises sqlalchemy's DBAPIError when a table other than the blocks is missing and cannot be made."""
-    before = missing_tables(engine)
-    if not before:
+    before, columns = missing_tables(engine), missing_columns(engine)
+    if not before and not columns:
         return True
     try:
         with write_engine(engine).begin() as conn:
@@ -114,10 +135,17 @@ def create_tables(engine: Engine) -> bool:
             if backfill:
                 conn.execute(tl_metric_blocks.insert().from_select([c.name for c in tl_metric_blocks.c],
                                                                    blocks_of_rows()))
+            have = {c["name"] for c in sa.inspect(conn).get_columns(tl_runs.name)}
+            for name, sql_type in ADDED_RUN_COLUMNS:
+                if name not in have:  # another process may have added it while we waited for the lock
+                    conn.exec_driver_sql(f"ALTER TABLE tl_runs ADD COLUMN {name} {sql_type}")
+            if "heartbeat" not in have:
+                conn.execute(tl_runs.update().where(tl_runs.c.status == "running")
+                             .values(heartbeat=tl_runs.c.updated))
     except sa.exc.DBAPIError:
-        if before != {tl_metric_blocks.name}:
+        if before - {tl_metric_blocks.name}:
             raise
-        return False  # a read-only connection to an older store
+        return tl_metric_blocks.name not in before  # a read-only connection to an older store
     return True
 
 

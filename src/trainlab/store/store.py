@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -39,10 +39,15 @@ from sqlalchemy.engine import Connection
 
 from trainlab.store.buckets import buckets_of_series
 from trainlab.store.engine import hide_password, is_in_memory, make_engine, normalize_url, read_only_url, write_engine
+from trainlab.store.errors import classify
+from trainlab.store.liveness import LOST_AFTER_S, RunBusy, age_s, derived_status, this_node
 from trainlab.store.schema import (
+    ADDED_RUN_COLUMNS,
     RUN_STATUSES,
+    STORED_STATUSES,
     create_tables,
     insert_metrics,
+    missing_columns,
     missing_tables,
     rebuild_blocks,
     tl_metric_blocks,
@@ -84,10 +89,12 @@ class Store:
     'running'
     """
 
-    def __init__(self, db: str | os.PathLike | None = None, *, read_only: bool = False):
+    def __init__(self, db: str | os.PathLike | None = None, *, read_only: bool = False,
+                 lost_after_s: float = LOST_AFTER_S):
         self.url = read_only_url(db) if read_only else normalize_url(db)
         self.read_only = read_only
-        self._shown_url = hide_password(self.url)
+        self.lost_after_s = float(lost_after_s)  # a running run silent this long shows as "lost" (`liveness`)
+        self._shown_url = hide_password(normalize_url(db))  # the URL as the user gave it, not its read-only form
         self._engine = make_engine(self.url, read_only=read_only)
         # Same pool and listeners; connections from it begin with BEGIN IMMEDIATE on SQLite.
         self._write_engine = write_engine(self._engine)
@@ -102,15 +109,21 @@ class Store:
         """Check the tables (read-only) or create the missing ones; whether the summary blocks are there."""
         try:
             if not self.read_only:
-                return create_tables(self._engine)
-            missing = missing_tables(self._engine)
-        except sa.exc.OperationalError as err:
-            detail = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
-            raise ValueError(f"db: cannot open {self._shown_url!r}: {detail}") from None
-        if missing - {tl_metric_blocks.name}:
-            raise ValueError(f"db: {self._shown_url!r} holds no trainlab store (missing table "
-                             f"{', '.join(sorted(missing))}; train something first, or pass --db)")
-        return not missing  # an older store is read without its summary blocks (plots read every row)
+                blocks = create_tables(self._engine)
+            else:
+                missing = missing_tables(self._engine)
+                if missing - {tl_metric_blocks.name}:
+                    raise ValueError(f"db: {self._shown_url!r} holds no trainlab store (missing table "
+                                     f"{', '.join(sorted(missing))}; train something first, or pass --db)")
+                blocks = not missing  # an older store is read without its summary blocks (plots read every row)
+            # an older store that this connection may not migrate is read without the liveness columns
+            self._lacks = missing_columns(self._engine)
+        except sa.exc.DBAPIError as err:
+            fault = classify(err, self._shown_url, "cannot open")
+            if fault is None:
+                raise
+            raise fault from None
+        return blocks
 
     @property
     def in_memory(self) -> bool:
@@ -127,15 +140,28 @@ class Store:
     def _read(self) -> Iterator[Connection]:
         """A read transaction: one consistent snapshot, never the write lock."""
         self._check_fork()
-        with self._engine.connect() as conn:
-            yield conn
+        with self._faults():
+            with self._engine.connect() as conn:
+                yield conn
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A write transaction: BEGIN IMMEDIATE on SQLite, committed on exit."""
         self._check_fork()
-        with self._write_engine.begin() as conn:
-            yield conn
+        with self._faults(translate=not self.read_only):  # a read-only store's write is the caller's bug
+            with self._write_engine.begin() as conn:
+                yield conn
+
+    @contextmanager
+    def _faults(self, translate: bool = True) -> Iterator[None]:
+        """A database that cannot be reached or read raises a StoreFault naming this store (`errors`)."""
+        try:
+            yield
+        except sa.exc.DBAPIError as err:
+            fault = classify(err, self._shown_url) if translate else None
+            if fault is None:
+                raise
+            raise fault from None
 
     def close(self) -> None:
         """Close every pooled connection. The Store reconnects if used again."""
@@ -194,9 +220,19 @@ class Store:
         )
         if kind is not None:
             query = query.where(tl_runs.c.kind == kind)
+        live = [c for c in (tl_runs.c.heartbeat, tl_runs.c.node, tl_runs.c.pid) if c.name not in self._lacks]
+        running = sa.select(tl_runs.c.study_id, tl_runs.c.status, tl_runs.c.updated, *live).where(
+            tl_runs.c.study_id.is_not(None), tl_runs.c.status == "running")
+        if kind is not None:
+            running = running.where(tl_runs.c.kind == kind)
         with self._read() as conn:
             studies = conn.execute(sa.select(tl_studies).order_by(tl_studies.c.id)).mappings().all()
             groups = conn.execute(query).all()
+            stamp = now()
+            lost: dict[int, int] = {}
+            for row in conn.execute(running).mappings():
+                if self._shown_status(row, stamp) == "lost":
+                    lost[row["study_id"]] = lost.get(row["study_id"], 0) + 1
         out = {
             s["id"]: {
                 "id": s["id"],
@@ -214,7 +250,11 @@ class Store:
             if row is None:  # a study created after our first SELECT
                 continue
             row["runs"] += count
-            row["status"][status] = count
+            if status == "running" and lost.get(study_id):
+                count -= lost[study_id]
+                row["status"]["lost"] = lost[study_id]
+            if count:
+                row["status"][status] = count
             if best is not None and (row["best_metric"] is None or best > row["best_metric"]):
                 row["best_metric"] = best
             if updated is not None and updated > row["last_activity"]:
@@ -245,20 +285,64 @@ class Store:
         if not kind:
             raise ValueError("kind: a run needs a non-empty kind, such as 'train'")
         values = {
+            **self._holder(),
             "name": name,
             "kind": kind,
             "hparams": as_json_dict("hparams", hparams),
             "seed": as_int("seed", seed, nullable=True),
-            "host": as_str("host", host, nullable=True) or socket.gethostname(),
             "status": "running",
             "summary": {},
             "epochs": 0,
         }
         study = as_str("study", study, nullable=True)
+        values["host"] = as_str("host", host, nullable=True) or socket.gethostname()
         with self._write() as conn:
             stamp = now()
             values["study_id"] = self._study_id_in(conn, study) if study is not None else None
+            if "heartbeat" in values:
+                values["heartbeat"] = stamp
             return conn.execute(tl_runs.insert().values(created=stamp, updated=stamp, **values)).inserted_primary_key[0]
+
+    def _holder(self) -> dict[str, Any]:
+        """The liveness columns naming this process as a run's holder (none in a store that lacks them)."""
+        if self._lacks:
+            return {}
+        return {"host": socket.gethostname(), "pid": os.getpid(), "node": this_node(), "heartbeat": now()}
+
+    def claim_run(self, run_id: int, *, refuse: Sequence[str] = ()) -> None:
+        """Take run `run_id` over for this process (a resume): its status becomes "running", with this
+        process as its holder and a fresh heartbeat, in one write transaction.
+
+        Raises RunBusy (naming the host and pid) when another process holds it and is not lost (see
+        `liveness`), ValueError when its status is one of `refuse` (nothing to resume), RunNotFound.
+        Of two processes claiming one run at once, exactly one wins."""
+        with self._write() as conn:
+            row = conn.execute(sa.select(tl_runs).where(tl_runs.c.id == run_id).with_for_update()).first()
+            if row is None:
+                raise RunNotFound(run_id, self._shown_url)
+            row = row._mapping
+            if row["status"] in refuse:
+                raise ValueError(f"resume: run {run_id} is {row['status']}: nothing to resume")
+            if not self._lacks and row["status"] == "running":
+                mine = row["pid"] == os.getpid() and row["node"] == this_node()
+                stamp = now()
+                shown = derived_status("running", row["heartbeat"], row["node"], row["pid"], now=stamp,
+                                       lost_after_s=self.lost_after_s)
+                if shown == "running" and not mine:
+                    raise RunBusy(run_id, row["host"], row["pid"], age_s(row["heartbeat"], stamp))
+            conn.execute(tl_runs.update().where(tl_runs.c.id == run_id)
+                         .values(status="running", reason=None, finished=None, updated=now(), **self._holder()))
+
+    def beat(self, run_id: int) -> bool:
+        """Write this process's heartbeat on run `run_id`; False when it no longer holds the run (another
+        process resumed it, or it ended). Does not move `updated`: no data changed."""
+        if self._lacks:
+            return True
+        c = tl_runs.c
+        with self._write() as conn:
+            done = conn.execute(tl_runs.update().where(c.id == run_id, c.pid == os.getpid(), c.node == this_node(),
+                                                       c.status == "running").values(heartbeat=now()))
+        return done.rowcount > 0
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         """Set some of status, reason, best_metric, best_epoch, epochs, checkpoint, summary, finished.
@@ -282,21 +366,33 @@ class Store:
 
     def finish_run(self, run_id: int, status: str, reason: str | None = None, **fields: Any) -> None:
         """End a run: its final status (not "running"), why, and any update_run fields; sets finished to now."""
-        check_status(status, RUN_STATUSES[1:])
+        check_status(status, STORED_STATUSES[1:])
         if reason is not None:
             fields["reason"] = reason
         fields.setdefault("finished", datetime.now(timezone.utc))
         self.update_run(run_id, status=status, **fields)
 
     def _run_query(self) -> sa.Select:
-        return sa.select(tl_runs, tl_studies.c.name.label("study")).select_from(
+        columns = [c for c in tl_runs.c if c.name not in self._lacks]
+        return sa.select(*columns, tl_studies.c.name.label("study")).select_from(
             tl_runs.outerjoin(tl_studies, tl_runs.c.study_id == tl_studies.c.id)
         )
 
-    @staticmethod
-    def _run_dict(row: Any) -> dict:
+    def _shown_status(self, row: Mapping[str, Any], stamp: str) -> str:
+        """The status to show (`liveness.derived_status`): a running run whose process is gone is "lost"."""
+        return derived_status(row["status"], row.get("heartbeat") or row.get("updated"), row.get("node"),
+                              row.get("pid"), now=stamp, lost_after_s=self.lost_after_s)
+
+    def _run_dict(self, row: Any, stamp: str) -> dict:
         out = dict(row._mapping)
         out["summary"] = out["summary"] or {}
+        for name, _ in ADDED_RUN_COLUMNS:
+            out.setdefault(name, None)
+        out["status"] = self._shown_status(out, stamp)
+        if out["status"] == "lost" and not out["reason"]:
+            beat = out["heartbeat"] or out["updated"]
+            out["reason"] = (f"no heartbeat since {beat} from pid {out['pid']} on host {out['host']}: its process "
+                             f"is gone; resume with: trainlab train --resume {out['id']}")
         return out
 
     def run(self, run_id: int) -> dict:
@@ -305,19 +401,23 @@ class Store:
             row = conn.execute(self._run_query().where(tl_runs.c.id == run_id)).first()
         if row is None:
             raise RunNotFound(run_id, self._shown_url)
-        return self._run_dict(row)
+        return self._run_dict(row, now())
 
     def runs(self, *, study: str | None = None, kind: str | None = "train", status: str | None = None) -> list[dict]:
-        """Runs ordered by id, filtered by study name, kind and status (None: any)."""
+        """Runs ordered by id, filtered by study name, kind and status (None: any; "lost" and "running" as
+        shown, see `liveness`)."""
         query = self._run_query().order_by(tl_runs.c.id)
         if study is not None:
             query = query.where(tl_studies.c.name == study)
         if kind is not None:
             query = query.where(tl_runs.c.kind == kind)
         if status is not None:
-            query = query.where(tl_runs.c.status == check_status(status))
+            stored = "running" if check_status(status, RUN_STATUSES) == "lost" else status
+            query = query.where(tl_runs.c.status == stored)
+        stamp = now()
         with self._read() as conn:
-            return [self._run_dict(row) for row in conn.execute(query)]
+            found = [self._run_dict(row, stamp) for row in conn.execute(query)]
+        return found if status is None else [r for r in found if r["status"] == status]
 
     def _require_run(self, conn: Connection, run_id: int) -> None:
         if conn.scalar(sa.select(tl_runs.c.id).where(tl_runs.c.id == run_id)) is None:
@@ -325,7 +425,8 @@ class Store:
 
     # ----------------------------------------------------------------- metrics
 
-    def log_metrics(self, run_id: int, rows: Iterable[tuple[int, int | None, str, float]], **run_fields: Any) -> None:
+    def log_metrics(self, run_id: int, rows: Iterable[tuple[int, int | None, str, float]], *, beat: bool = False,
+                    **run_fields: Any) -> None:
         """Append (step, epoch, key, value) rows to a run in one write transaction.
 
         Rows go in as one driver executemany on SQLite, INSERTs of a few hundred rows elsewhere. A NaN value is
@@ -336,6 +437,8 @@ class Store:
         changes = run_values(run_fields)
         if "summary" in changes:
             raise ValueError("log_metrics: summary is merged by update_run, not set here")
+        if beat and not self._lacks:  # the heartbeat travels with the rows (`liveness`)
+            changes["heartbeat"] = now()
         values = []  # (run_id, step, epoch, key, value), in METRIC_COLUMNS order
         for row in rows:
             try:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from trainlab.store.schema import RUN_STATUSES
+from trainlab.store.schema import STORED_STATUSES
 
 __all__ = ["UPDATABLE", "now", "as_time", "as_int", "as_float", "as_json_dict", "as_str", "check_status", "run_values"]
 
@@ -85,7 +85,7 @@ def as_str(field: str, value: Any, *, nullable: bool) -> str | None:
     return value
 
 
-def check_status(status: Any, allowed: Sequence[str] = RUN_STATUSES) -> str:
+def check_status(status: Any, allowed: Sequence[str] = STORED_STATUSES) -> str:
     if status not in allowed:
         raise ValueError(f"status must be one of {', '.join(allowed)}; got {status!r}")
     return status

@@ -1,7 +1,7 @@
 """Weight averaging inside the loop: an exponential moving average of the weights (EMA, Polyak
 averaging) and snapshots at the end of each cycle of the cyclic cosine schedule (snapshot ensembles).
 
-Both are fit callbacks, and `fit()` builds them from the hyperparameters with `callbacks_for(hp, store)`:
+Both are fit callbacks, and `fit()` builds them from the hyperparameters with `callbacks_for(hp)`:
 
 - `ema: 0.999` adds `EMA`: an averaged copy of the weights (`torch.optim.swa_utils.AveragedModel`),
   updated after every optimizer step and validated every epoch as `val/acc_ema` and `val/loss_ema`
@@ -29,23 +29,20 @@ weights under `["callbacks"]["EMA"]["model"]` (read them with `checkpoint_weight
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from trainlab.checkpoint import save_checkpoint
+from trainlab.checkpoint import plain_state_dict, save_checkpoint
 from trainlab.config import Config, ConfigError
-from trainlab.schedules import cycle_ends
+from trainlab.train.callbacks import LoopState
 from trainlab.train.early_stopping import EarlyStopping
-from trainlab.train.evaluate import dataset_tensors, evaluate
-from trainlab.train.plan import lr_schedule
-
-if TYPE_CHECKING:
-    from trainlab.store import Store
-    from trainlab.train.callbacks import LoopState
+from trainlab.train.data import Feed
+from trainlab.train.evaluate import dataset_tensors, eval_data, evaluate
+from trainlab.train.plan import RunPlan
 
 __all__ = ["EMA", "Snapshots", "EMA_METRICS", "BN_EXAMPLES", "callbacks_for", "ema_decay", "ema_update_",
            "recompute_bn", "snapshot_steps", "checkpoint_weights"]
@@ -97,11 +94,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
 class EMA:
     """Exponential moving average of the weights, updated every optimizer step.
 
-    `on_step_end` folds the model into the average (the first update copies it); `on_epoch_end`
-    recomputes the averaged model's BatchNorm statistics and adds `val/acc_ema` and `val/loss_ema`
-    to the epoch's metrics. With `select=(metric, mode, min_delta)`
-    (fit passes it when `early_stop_metric` is an EMA metric) it keeps the averaged weights of the best
-    epoch and `on_fit_end` puts them into the model, so `fit()` returns and tests them.
+    `on_step_end` folds the model into the average (the first update copies it); `epoch_metrics`
+    recomputes the averaged model's BatchNorm statistics and returns `val/acc_ema` and `val/loss_ema`,
+    which the loop adds to the epoch's metrics. With `select=(metric, mode, min_delta)`
+    (fit passes it when `early_stop_metric` is an EMA metric) `on_epoch_end` keeps the averaged weights of
+    the best epoch and `on_fit_end` puts them into the model, so `fit()` returns and tests them.
     `state_dict()` holds the averaged weights, the update count and that best copy, so exact resume
     continues the same average.
 
@@ -119,6 +116,7 @@ class EMA:
         self._decay_now = decay
         self._val: tuple[torch.Tensor, torch.Tensor] | None = None
         self._bn_inputs: torch.Tensor | None = None
+        self._measured: dict[str, float] = {}  # this epoch's metrics of the averaged weights
 
     @property
     def updates(self) -> int:
@@ -150,21 +148,30 @@ class EMA:
         self._decay_now = ema_decay(self.decay, self.updates, self.warmup)
         self.averaged.update_parameters(model)
 
-    def on_epoch_end(self, state: LoopState) -> None:
+    def epoch_metrics(self, state: LoopState) -> dict[str, float]:
+        """{"val/acc_ema", "val/loss_ema"}: the averaged weights on the validation split, with BatchNorm
+        statistics recomputed for them; {} before the first optimizer step."""
+        self._measured = {}
         if self.averaged is None:  # no optimizer step yet
-            return
-        if self._val is None:
-            self._val = dataset_tensors(state.task.val, state.device)
+            return {}
+        feed = Feed.for_task(state.task, state.hp, state.device)
+        if self._val is None:  # in-memory tensors on the device, or the dataset read in batches (data.Feed)
+            self._val = eval_data(state.task.val, state.device, feed)
         if _has_batchnorm(self.averaged.module):
             if self._bn_inputs is None:
-                self._bn_inputs = _bn_inputs(state.task.train, state.hp.seed, state.device)
+                self._bn_inputs = _bn_inputs(state.task.train, state.hp.seed, state.device, feed)
             recompute_bn(self.averaged.module, self._bn_inputs)
+        metrics = state.task.task_metrics.metrics  # acc; or the task's own (a regression: mse, mae)
         val = evaluate(self.averaged.module, state.task.val, loss_fn=state.task.loss, device=state.device,
-                       data=self._val)
-        state.metrics["val/acc_ema"], state.metrics["val/loss_ema"] = val["acc"], val["loss"]
-        if self.tracker is not None:
+                       data=self._val, metrics=metrics, feed=feed)
+        self._measured = {f"val/{m.name}_ema": val[m.name] for m in metrics}
+        self._measured["val/loss_ema"] = val["loss"]
+        return dict(self._measured)
+
+    def on_epoch_end(self, state: LoopState) -> None:
+        if self.tracker is not None and self.tracker.metric in self._measured:
             # The same rule, on the same values, as the loop's EarlyStopping: both pick the same epoch.
-            if self.tracker.update(state.metrics[self.tracker.metric], state.epoch + 1).improved:
+            if self.tracker.update(self._measured[self.tracker.metric], state.epoch + 1).improved:
                 self.best = {k: v.detach().clone() for k, v in self.averaged.module.state_dict().items()}
 
     def on_fit_end(self, state: LoopState) -> None:
@@ -195,71 +202,70 @@ class EMA:
             self.tracker.load_state_dict(state["tracker"])
 
 
-def _bn_inputs(train: Dataset, seed: int, device: torch.device) -> torch.Tensor:
+def _bn_inputs(train: Dataset, seed: int, device: torch.device, feed: Feed | None = None) -> torch.Tensor:
     """A fixed random subset of at most BN_EXAMPLES training inputs (the same for a given seed)."""
     n = len(train)
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:BN_EXAMPLES].sort().values
     if isinstance(train, TensorDataset):
         return train.tensors[0][idx].to(device)
-    return dataset_tensors(Subset(train, idx.tolist()), device)[0]
+    return dataset_tensors(Subset(train, idx.tolist()), device, feed)[0]
 
 
 def snapshot_steps(hp: Config, steps_per_epoch: int, world_size: int = 1) -> list[int]:
     """The steps (0-based index of an update, as `schedules.cycle_ends` counts) that end a cosine cycle
-    of `hp`'s cyclic_cosine schedule: where `Snapshots` saves. A cycle cut off by the end of the run
-    is left out.
+    of `hp`'s cyclic_cosine schedule with `steps_per_epoch` updates per epoch: where `Snapshots` saves
+    (`RunPlan.cycle_ends`). A cycle cut off by the end of the run is left out.
 
     >>> snapshot_steps(Config(schedule="cyclic_cosine", cycles=3, epochs=6), steps_per_epoch=10)
     [19, 39, 59]
     """
-    _, total, warmup = lr_schedule(hp, steps_per_epoch, world_size)  # lr scaling may add warmup
-    # The period exactly as lr_schedule sets it (a test checks that the learning rate restarts here).
-    period = (round(hp.restart_period_epochs * steps_per_epoch) if hp.restart_period_epochs
-              else max(1, (total - warmup) // hp.cycles))
-    return cycle_ends(total, warmup_steps=warmup, period=period, period_mult=hp.restart_mult)
+    # As many examples as make exactly `steps_per_epoch` updates per epoch on each of `world_size` processes.
+    examples = steps_per_epoch * hp.accum_steps * hp.batch_size * world_size
+    return list(RunPlan.resolve(hp, examples, world_size).cycle_ends)
 
 
 class Snapshots:
     """Save the weights at the last update of each cosine cycle as `<run dir>/snapshot-<k>.pt` (k from 1).
 
     Each file is a checkpoint with "model", "step" (the update's 0-based index), "cycle" and
-    "hparams"; the run's summary gets `{"snapshots": [{"cycle", "step", "path"}, ...]}` after each save.
-    Needs a store and a run directory (fit(store=..., checkpoints=True)); under data parallelism only
-    rank 0 saves.
+    "hparams". `taken` lists them (`[{"cycle", "step", "path"}, ...]`) and `summary()` hands them to the
+    loop, which stores them in the run's summary under "snapshots" at the epoch's end. The cycle ends are
+    the run plan's (`state.plan.cycle_ends`). Needs a store and a run directory (fit(store=...,
+    checkpoints=True)); under data parallelism only rank 0 saves.
     """
 
-    def __init__(self, store: Store | None = None):
-        self.store = store
+    def __init__(self):
         self.taken: list[dict[str, Any]] = []
         self._ends: dict[int, int] | None = None  # step -> cycle number
 
     def on_step_end(self, state: LoopState) -> None:
-        if state.run_dir is None and _writing_rank():
+        if state.run_dir is None and state.rank == 0:
             raise ConfigError("snapshots: saving snapshots needs a store and checkpoints (a run directory), "
                               "got a run without one")
         if state.run_dir is None:  # a data-parallel rank other than 0: rank 0 saves
             return
         if self._ends is None:
-            ends = snapshot_steps(state.hp, state.steps_per_epoch, _world_size())
-            self._ends = {s: k for k, s in enumerate(ends, start=1)}
+            self._ends = {s: k for k, s in enumerate(state.plan.cycle_ends, start=1)}
         done = state.step - 1  # index of the update that just ran
         cycle = self._ends.get(done)
         if cycle is None:
             return
-        path = save_checkpoint({"model": _unwrap(state.model).state_dict(), "step": done, "cycle": cycle,
+        path = save_checkpoint({"model": plain_state_dict(_unwrap(state.model).state_dict()), "step": done, "cycle": cycle,
                                 "epoch": state.epoch + 1, "hparams": state.hp.model_dump(mode="json")},
                                state.run_dir / f"snapshot-{cycle}.pt")
         # Resuming may pass a cycle end again (after a crash between this save and the next last.pt).
         self.taken = [t for t in self.taken if t["cycle"] != cycle] + [
             {"cycle": cycle, "step": done, "path": str(path)}]
-        if self.store is not None and state.run_id is not None:
-            self.store.update_run(state.run_id, summary={"snapshots": self.taken})
 
     def on_epoch_end(self, state: LoopState) -> None:
         return None
 
     def on_fit_end(self, state: LoopState) -> None:
         return None
+
+    def summary(self) -> dict[str, Any]:
+        """{"snapshots": [...]} once one is taken: what the run's summary lists."""
+        return {"snapshots": [dict(t) for t in self.taken]} if self.taken else {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"taken": [dict(t) for t in self.taken]}
@@ -268,25 +274,14 @@ class Snapshots:
         self.taken = [dict(t) for t in state.get("taken", [])]
 
 
-def _world_size() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _writing_rank() -> bool:
-    """True unless this process is a data-parallel rank other than 0 (which writes no files)."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized() and dist.get_rank() > 0)
-
-
-def callbacks_for(hp: Config, store: Store | None = None) -> list:
+def callbacks_for(hp: Config) -> list:
     """The averaging callbacks `hp` asks for (`ema`, `snapshots`); fit() runs them before the user's."""
     out: list = []
     if hp.ema is not None:
         select = (hp.early_stop_metric, hp.mode, hp.min_delta) if hp.early_stop_metric in EMA_METRICS else None
         out.append(EMA(hp.ema, hp.ema_warmup, select=select))
     if hp.snapshots:
-        out.append(Snapshots(store))
+        out.append(Snapshots())
     return out
 
 

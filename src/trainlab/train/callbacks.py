@@ -1,6 +1,13 @@
 """What `fit()` tells its callbacks and what they may answer: `LoopState`, `Stop`, the `Callback`
 protocol, and `Deadline`, a callback that stops the run at the first step past a wall-clock time.
 
+Callbacks return decisions; only the loop acts. Besides the three hooks of `Callback`, a callback may have:
+
+- `epoch_metrics(state) -> dict[str, float]`: metrics it measures at each epoch's end (the EMA's validation
+  of its averaged weights); the loop adds them to `state.metrics` before any `on_epoch_end` runs;
+- `summary() -> dict`: what it wants in the run's summary (the snapshots taken); the loop stores it;
+- `state_dict()` / `load_state_dict(d)`: its state, kept in the run's checkpoints for exact resume.
+
 Deadline:
 
 The recipe gives every step a share of its time budget; searches pass the deadline to their worker
@@ -23,6 +30,7 @@ from torch import nn
 
 from trainlab.config import Config
 from trainlab.tasks import Task
+from trainlab.train.plan import RunPlan
 
 __all__ = ["Stop", "LoopState", "Callback", "Deadline", "BUDGET_REACHED"]
 
@@ -55,6 +63,7 @@ class LoopState:
     metrics: dict[str, float] = field(default_factory=dict)
     rank: int = 0        # under torchrun: this process's rank (only rank 0 writes; run_dir is None elsewhere)
     world_size: int = 1
+    plan: RunPlan | None = None  # the run's length and learning rate, resolved once (fit always sets it)
 
 
 class Callback(Protocol):

@@ -38,7 +38,7 @@ def fit_in_launch(task, hp, store, *, resume: int | None = None, quiet: bool = F
     try:
         if dist.ddp and resume is None:
             found = restarted_run(dist, store, runs_dir)
-            if found is not None and found["status"] not in ("running", "failed"):
+            if found is not None and found["status"] not in ("running", "lost", "failed"):
                 if dist.main:
                     print(f"run {found['id']} already ended: {found['status']}", file=sys.stderr)
                 return AlreadyEnded(found["id"], found["status"])

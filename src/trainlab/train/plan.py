@@ -40,13 +40,15 @@ class RunPlan:
     cycle_ends: tuple[int, ...]    # cyclic_cosine: 0-based updates that end a cycle (snapshots save there)
     base_lr: float
     factor: Callable[[int], float] = field(repr=False, compare=False)
+    execution: Any = field(default=None, compare=False)  # precision.Execution: how the model computes, or None
 
     @classmethod
     def resolve(cls, hp: Config, examples: int, world_size: int = 1, *,
-                factor: Callable[[int], float] | None = None) -> RunPlan:
+                factor: Callable[[int], float] | None = None, execution: Any = None) -> RunPlan:
         """The plan for `hp` on `examples` training examples over `world_size` processes.
 
-        `factor` replaces the schedule `hp` names (the learning-rate test's exponential sweep).
+        `factor` replaces the schedule `hp` names (the learning-rate test's exponential sweep). `execution`
+        (a `precision.Execution`) is printed and stored with the plan.
         """
         if examples < 1:
             raise ConfigError(f"task: the training set is empty, got {examples} examples")
@@ -61,7 +63,7 @@ class RunPlan:
                    epochs=math.ceil(total / updates), warmup_updates=warmup,
                    scaling=scale_lr(hp, world_size, updates), schedule="custom" if factor else hp.schedule,
                    cycle_period=period if hp.schedule == "cyclic_cosine" else None, cycle_ends=ends,
-                   base_lr=hp.lr, factor=factor or scheduled)
+                   base_lr=hp.lr, factor=factor or scheduled, execution=execution)
 
     @property
     def global_batch(self) -> int:
@@ -77,18 +79,23 @@ class RunPlan:
                 "micro_batches_per_epoch": self.micro_batches_per_epoch, "accum_steps": self.accum_steps,
                 "total_updates": self.total_updates, "epochs": self.epochs, "warmup_updates": self.warmup_updates,
                 "schedule": self.schedule, "cycle_period": self.cycle_period, "cycle_ends": list(self.cycle_ends)}
-        return {**self.scaling.summary(), "plan": plan}
+        out = {**self.scaling.summary(), "plan": plan}
+        if self.execution is not None:
+            out["execution"] = self.execution.summary()
+        return out
 
-    def describe(self, hp: Config, who: str, task_name: str) -> list[str]:
+    def describe(self, hp: Config, who: str, task_name: str, model_name: str | None = None) -> list[str]:
         """The lines printed when the run starts: the schedule and the resolved lr at a few steps."""
         total, warmup = self.total_updates, self.warmup_updates
         points = sorted({0, warmup, total // 4, total // 2, 3 * total // 4, total - 1})
-        lines = [f"{who}: {task_name}/{hp.model}, {hp.optimizer} lr {hp.lr:g}, {self.schedule} schedule over {total} "
+        lines = [f"{who}: {task_name}/{model_name or hp.model}, {hp.optimizer} lr {hp.lr:g}, {self.schedule} schedule over {total} "
                  f"optimizer updates ({self.updates_per_epoch} per epoch, batch {hp.batch_size}); "
                  f"warmup {warmup} updates",
                  "  lr at step " + ", ".join(f"{s}: {self.lr(s):.3g}" for s in points)]
         if self.world_size > 1 or hp.lr_scaling != "none" or hp.accum_steps > 1:
             lines.append(f"  {self.scaling.describe()}")
+        if self.execution is not None:
+            lines.append(self.execution.describe())
         return lines
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainlab.checkpoint import load_checkpoint
+from trainlab.checkpoint import load_checkpoint, state_for
 from trainlab.config import ConfigError
 from trainlab.models import stage_names
 
@@ -139,7 +139,7 @@ def load_weights(model: nn.Module, weights: str | Path | dict[str, torch.Tensor]
     """
     label = repr(str(weights)) if not isinstance(weights, dict) else "the state_dict"
     sd = read_state_dict(weights) if not isinstance(weights, dict) else weights
-    sd = _strip_prefix(sd, model.state_dict())
+    sd = _strip_prefix(state_for(model, sd), model.state_dict())  # torch.compile's `_orig_mod.` too
     if fit_head:
         key = f"{head_linear(model)}.weight"
         if key in sd and sd[key].ndim == 2:

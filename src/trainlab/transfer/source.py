@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from trainlab.checkpoint import plain_module
 from trainlab.config import Config, ConfigError, apply_overrides, make_config
 from trainlab.models import MODELS, build_model
 from trainlab.store import Store
@@ -101,7 +102,7 @@ def load_source(source: int | str | Path, *, store: Store | None = None, arch: s
                               "train it with a store and checkpoints")
         src_hp = make_config(run["hparams"])
         try:
-            model = load_task(src_hp).build_model()
+            model = plain_module(load_task(src_hp).build_model())  # a task may return torch.compile(model)
         except ConfigError as err:
             raise ConfigError(f"source: run {run['id']}'s model cannot be rebuilt from its hyperparameters: {err}") from None
         load_weights(model, run["checkpoint"])
