@@ -164,5 +164,10 @@ def test_cheap_commands_run(tmp_path):
     config = _trainlab(shlex.split(RUN_END_TO_END[1])[1:], tmp_path)
     assert config.returncode == 0, config.stderr
     assert re.search(r"^lr: ", config.stdout, re.M) and re.search(r"^task: mnist1d", config.stdout, re.M)
+    missing = _trainlab(shlex.split(RUN_END_TO_END[2])[1:], tmp_path)  # read-only: no store is created
+    assert missing.returncode == 2 and "no store at" in missing.stderr and missing.stderr.count("\n") == 1
+    from trainlab.store import Store
+
+    Store(str(tmp_path / "trainlab.db"))  # an empty store, as the first `trainlab train` leaves one
     runs = _trainlab(shlex.split(RUN_END_TO_END[2])[1:], tmp_path)
-    assert runs.returncode == 0, runs.stderr
+    assert runs.returncode == 0 and runs.stdout == "" and "no train runs" in runs.stderr, runs.stderr

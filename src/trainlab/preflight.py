@@ -28,12 +28,13 @@ from __future__ import annotations
 import math
 import os
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, Subset, TensorDataset, default_collate
+from torch.utils.data import Dataset, IterableDataset, Subset, TensorDataset, default_collate
 
 from trainlab.config import Config, ConfigError
 from trainlab.tasks import Task, build_task, with_val_split
@@ -82,27 +83,38 @@ def _preflight(task: Task, hp: Config, model: nn.Module | None) -> None:
         return PreflightError(f"task {name}: {problem}")
 
     classes = task.num_classes
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+    regression = getattr(task, "kind", "classification") == "regression"  # no classes: num_classes may be 0
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < (0 if regression else 1):
         raise fail(f"num_classes must be a positive integer, got {classes!r}")
     splits = [(s, getattr(task, s)) for s in ("train", "val", "test") if getattr(task, s, None) is not None]
     for split, data in splits:
         try:
             n = len(data)
         except TypeError:
+            if isinstance(data, IterableDataset):  # a stream: read through the task's Feed by the loop
+                continue
             raise fail(f"the {split} split has no length ({type(data).__name__} must be a map-style Dataset)") from None
         if n == 0:
             raise fail(f"the {split} split is empty (0 examples)")
+    # Examples that are not (input, label) pairs (dicts, named fields: Task(input_key=...)) and streams are read
+    # through the task's Feed: the loop's `train.data.check_data` checks those, before anything is stored.
+    splits = [(s, d) for s, d in splits if _pairs(task, d)]
     classify = _classifies(task.loss)
     ignore = _ignore_index(task.loss)
     batch = min(_BATCH, hp.batch_size)
+    first = None
     for split, data in splits:  # in-memory tensors: every example; another Dataset: its first batch
-        x, y = _tensors(data) or _first_batch(data, split, batch, fail)
+        found = _tensors(data) or _first_batch(data, split, batch, fail)
+        if found is None:
+            continue
+        x, y = found
         _check_inputs(x, split, fail)
         if classify:
             _check_labels(y, split, classes, ignore, fail)
         elif torch.is_tensor(y) and y.is_floating_point() and not torch.isfinite(y).all():
             raise fail(f"the {split} split's labels hold NaN or Inf")
-    x, y = _first_batch(task.train, "train", batch, fail)
+        if split == "train":
+            first = _first_batch(data, split, batch, fail)
 
     if model is None:
         _check_memory(task, hp, fail)
@@ -110,7 +122,8 @@ def _preflight(task: Task, hp: Config, model: nn.Module | None) -> None:
             model = task.build_model()
         except Exception as err:
             raise fail(f"building the model raised {_error_text(err)}{_where(err)}") from None
-    _forward(task, model, x, y, classes, classify, fail)
+    if first is not None:
+        _forward(task, model, *first, classes, classify, fail)
 
 
 def _name(task: Task, hp: Config) -> str:
@@ -213,7 +226,17 @@ def _check_labels(y: torch.Tensor, split: str, classes: int, ignore: int, fail) 
                    f"{'s' if count > 1 else ''} out of range in all): labels must be class indices in [0, {classes})")
 
 
-def _first_batch(data: Dataset, split: str, k: int, fail) -> tuple[Any, Any]:
+def _pairs(task: Task, data: Any) -> bool:
+    """Whether the split's examples are read here as (input, label) pairs: a map-style dataset, and the task
+    names no fields (`input_key` / `target_key`)."""
+    if isinstance(data, IterableDataset):
+        return False
+    return getattr(task, "input_key", None) is None and getattr(task, "target_key", None) is None
+
+
+def _first_batch(data: Dataset, split: str, k: int, fail) -> tuple[Any, Any] | None:
+    """The first `k` examples as one batch; None when they are not (input, label) pairs (a dict, more fields:
+    the task's Feed reads those, and the loop checks them)."""
     k = max(1, min(k, len(data)))
     tensors = _tensors(data)
     if tensors is not None:
@@ -224,6 +247,8 @@ def _first_batch(data: Dataset, split: str, k: int, fail) -> tuple[Any, Any]:
             example = data[i]
         except Exception as err:
             raise fail(f"reading {split} example {i} raised {_error_text(err)}{_where(err)}") from None
+        if isinstance(example, Mapping) or (isinstance(example, (tuple, list)) and len(example) > 2):
+            return None
         if not isinstance(example, (tuple, list)) or len(example) != 2:
             got = f"a {type(example).__name__} of {len(example)}" if isinstance(example, (tuple, list)) \
                 else f"a {type(example).__name__}"

@@ -17,14 +17,17 @@ RUN_KINDS = ("train", "check", "step")  # what trainlab itself records; a user's
 # --- train --------------------------------------------------------------------------------------
 
 def _import_torch(quiet: bool) -> float:
-    """Import torch now, timed: the largest part of a training command's time to its first step."""
+    """Import torch now, timed: the largest part of a training command's time to its first step. Said with
+    the run's first-step line (`train.startup`), not now: an error before the run stays one line."""
     already = "torch" in sys.modules
     t0 = time.perf_counter()
-    import torch
+    import torch  # noqa: F401
 
     seconds = 0.0 if already else time.perf_counter() - t0
-    if not quiet and not already:
-        print(f"torch {torch.__version__} imported in {seconds:.1f} s", file=sys.stderr)
+    if not already:
+        from trainlab.train import startup
+
+        startup.TORCH_IMPORT_S = seconds
     return seconds
 
 

@@ -20,7 +20,10 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["Startup"]
+__all__ = ["Startup", "TORCH_IMPORT_S"]
+
+# Set by `trainlab train` when it imported torch itself (seconds): the next first-step line says it, once.
+TORCH_IMPORT_S: float | None = None
 
 
 class Startup:
@@ -65,9 +68,13 @@ class Startup:
         t = self.times
         t["later_step_s"] = (time.perf_counter() - self.first_end) / (step - self.first_at)
         if not quiet:
+            global TORCH_IMPORT_S
+            torch_line = f"torch {torch.__version__} imported in {TORCH_IMPORT_S:.1f} s; " \
+                if TORCH_IMPORT_S is not None else ""
+            TORCH_IMPORT_S = None
             dynamo = (f", of which {self.dynamo_s:.2f} s building the optimizer (torch imports torch._dynamo "
                       "with the first one)") if self.dynamo_s > 0.05 else ""
-            print(f"  first step {t['setup_s'] + t['first_step_s']:.2f} s after fit() began: setup {t['setup_s']:.2f} s"
+            print(f"  {torch_line}first step {t['setup_s'] + t['first_step_s']:.2f} s after fit() began: setup {t['setup_s']:.2f} s"
                   f"{dynamo}; the step itself {t['first_step_s'] * 1e3:.0f} ms (later steps "
                   f"{t['later_step_s'] * 1e3:.1f} ms)", file=sys.stderr)
 
