@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from trainlab.cli import build_parser
+from trainlab.cli import parse
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -70,15 +70,27 @@ def test_commands_are_found():
     assert not set(SKIP) - {cmd for _, cmd in cmds}, "SKIP names a command no page shows any more"
 
 
+def _argv(command: str) -> list[str]:
+    """The arguments of a shown `trainlab ...` line, up to its first shell operator (`| jq`, `> out.json`)."""
+    lex = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lex.whitespace_split, lex.commenters = True, "#"
+    words = []
+    for word in lex:
+        if word and set(word) <= set("|&;<>()"):
+            break
+        words.append(word)
+    return words[1:]
+
+
 @pytest.mark.parametrize("page,command", all_commands())
 def test_shown_command_parses(page, command):
     if command in SKIP:
         pytest.skip(SKIP[command])
-    argv = shlex.split(command, comments=True)[1:]
+    argv = _argv(command)
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            args = build_parser().parse_args(argv)
+            args = parse(argv)  # as main() reads them: global options anywhere, positionals after options
     except SystemExit:
         pytest.fail(f"{page}: `{command}` is refused by trainlab's parser: {err.getvalue().strip()}")
     assert callable(args.fn)
@@ -152,5 +164,10 @@ def test_cheap_commands_run(tmp_path):
     config = _trainlab(shlex.split(RUN_END_TO_END[1])[1:], tmp_path)
     assert config.returncode == 0, config.stderr
     assert re.search(r"^lr: ", config.stdout, re.M) and re.search(r"^task: mnist1d", config.stdout, re.M)
+    missing = _trainlab(shlex.split(RUN_END_TO_END[2])[1:], tmp_path)  # read-only: no store is created
+    assert missing.returncode == 2 and "no store at" in missing.stderr and missing.stderr.count("\n") == 1
+    from trainlab.store import Store
+
+    Store(str(tmp_path / "trainlab.db"))  # an empty store, as the first `trainlab train` leaves one
     runs = _trainlab(shlex.split(RUN_END_TO_END[2])[1:], tmp_path)
-    assert runs.returncode == 0, runs.stderr
+    assert runs.returncode == 0 and runs.stdout == "" and "no train runs" in runs.stderr, runs.stderr

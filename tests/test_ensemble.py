@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from trainlab.cli import main
 from trainlab.config import Config
 from trainlab.ensemble import (Member, average_probabilities, evaluate_ensemble, members_from_runs,
-                               members_from_snapshots, top_runs, train_members)
+                               members_from_snapshots, top_runs, train_members, best_runs)
 from trainlab.store import Store
 from trainlab.tasks import Task, load_task
 from trainlab.train import fit, predict
@@ -154,10 +154,36 @@ def test_top_runs_of_a_study(trained):
     store, results = trained["store"], trained["members"]
     ranked = sorted(results, key=lambda r: (-r.best_metric, r.run_id))
     assert top_runs(store, "seeds", 2) == [r.run_id for r in ranked[:2]]
-    with pytest.raises(ValueError, match=r"^ensemble: study 'seeds' has 3 runs with a best checkpoint, asked for 4"):
+    with pytest.raises(ValueError, match=r"^ensemble: study 'seeds' has 3 comparable runs with a best checkpoint "
+                                         r"\(task 'mnist1d'\), asked for 4"):
         top_runs(store, "seeds", 4)
-    with pytest.raises(ValueError, match=r"select on different metrics \(val/acc, val/acc_ema\)"):
-        top_runs(store, None, 2)
+    # the store mixes runs selected on val/acc and one on val/acc_ema: the most recent run's kind is taken
+    ids, note = best_runs(store, None, 2)
+    assert trained["ema"].run_id not in ids and "selected on val/acc_ema) 1 runs" in note
+
+
+def test_best_runs_pick_within_one_task(tmp_path):
+    """best:K on a store holding several tasks: members of one task (the latest, or --task), one split."""
+    store = Store(str(tmp_path / "m.db"))
+
+    def run(task, best, kind="train", **hp):
+        rid = store.create_run(name=f"{task}-{best}", hparams={"task": task, **hp}, kind=kind)
+        store.finish_run(rid, "completed", best_metric=best, best_epoch=1, epochs=1, checkpoint=f"/x/{rid}/best.pt")
+        return rid
+
+    other_split = run("mnist1d", 0.99, split_seed=1)
+    m = [run("mnist1d", v) for v in (0.5, 0.7, 0.6)]
+    check = run("mnist1d", 0.98, kind="check")
+    d = [run("digits", v) for v in (0.9, 0.95)]
+    ids, note = best_runs(store, None, 2)
+    assert ids == [d[1], d[0]] and note.startswith("task 'digits' (the most recent; also in the store: mnist1d")
+    ids, _ = best_runs(store, None, 2, task="mnist1d")
+    assert ids == [m[1], m[2]] and other_split not in ids and check not in ids
+    with pytest.raises(ValueError, match=r"^--task: the store has no runs with a best checkpoint on task 'cifar'; "
+                                         r"tasks: mnist1d, digits$"):
+        best_runs(store, None, 1, task="cifar")
+    with pytest.raises(ValueError, match=r"^ensemble: the store has 2 comparable runs .*asked for 3$"):
+        best_runs(store, None, 3)
 
 
 # --- command line --------------------------------------------------------------------------------------
@@ -172,7 +198,7 @@ def test_cli_ensemble_runs_study_and_snapshots(trained, capsys, monkeypatch):
                                                                   "test").ensemble_acc)
     assert main(["ensemble", "--study", "seeds", "--top", "2", "--db", db]) == 0
     text = capsys.readouterr().out
-    assert "top 2 runs of study 'seeds': val split, 400 examples" in text
+    assert "top 2 runs of study 'seeds', task 'mnist1d': val split, 400 examples" in text
     assert "members' mean" in text and "ensemble of 2" in text
     snap = trained["snap"].run_id
     assert main(["ensemble", "--snapshots", str(snap), "--last", "2", "--json", "--db", db]) == 0

@@ -32,7 +32,7 @@ from trainlab.train.data import Feed
 from trainlab.train.evaluate import dataset_tensors, predict
 from trainlab.train.loop import FitResult, fit, resolve_device
 
-__all__ = ["Member", "EnsembleResult", "average_probabilities", "evaluate_ensemble", "members_from_runs",
+__all__ = ["Member", "EnsembleResult", "average_probabilities", "best_runs", "evaluate_ensemble", "members_from_runs",
            "members_from_snapshots", "top_runs", "train_members", "SPLITS"]
 
 SPLITS = ("val", "test")
@@ -198,25 +198,59 @@ def members_from_snapshots(store: Store, run_id: int, last: int | None = None,
     return members
 
 
-def top_runs(store: Store, study: str | None, k: int | None = None) -> list[int]:
-    """The `k` runs (None: all) of `study` (None: the whole store) with the best `best_metric`, in each
-    run's direction, among runs with a best checkpoint. Raises ValueError when they select on
-    different metrics or fewer than k qualify."""
+def _data(hp: Config) -> tuple:
+    """What makes runs comparable members: the same task and validation split, selected on the same metric."""
+    return (hp.task, hp.val_fraction, hp.split_seed, hp.early_stop_metric, hp.mode)
+
+
+def best_runs(store: Store, study: str | None, k: int | None = None, task: str | None = None) -> tuple[list[int], str]:
+    """(ids, what was chosen): the `k` runs (None: all) with the best `best_metric` among the runs of `study`
+    (None: the store's training runs) with a best checkpoint, in the metric's direction, within one task.
+
+    Runs of different tasks (or validation splits, or selection metrics) are not comparable members: with
+    `task` the runs of that task are taken; otherwise those of the task trained most recently, and the
+    returned text names it and the others. Raises ValueError when fewer than k qualify.
+
+    >>> best_runs(store, None, 3)    # a store with runs on mnist1d and digits, digits trained last
+    ([12, 9, 14], "task 'digits' (the most recent; also in the store: mnist1d 8 runs; choose with --task)")
+    """
     if k is not None and k < 1:
         raise ValueError(f"--top: must be at least 1, got {k}")
     where = f"study {study!r}" if study is not None else "the store"
-    runs = [r for r in store.runs(study=study, kind=None) if r.get("checkpoint") and r.get("best_metric") is not None]
-    if not runs or (k is not None and len(runs) < k):
-        raise ValueError(f"ensemble: {where} has {len(runs)} runs with a best checkpoint, "
-                         f"{'asked for' if k else 'needs at least'} {k or 1}")
-    hps = [make_config(r["hparams"]) for r in runs]
-    metrics = {hp.early_stop_metric for hp in hps}
-    if len(metrics) > 1:
-        raise ValueError(f"ensemble: the runs of {where} select on different metrics "
-                         f"({', '.join(sorted(metrics))}); list them with --runs")
-    sign = -1.0 if hps[0].mode == "max" else 1.0
-    ranked = sorted(runs, key=lambda r: (sign * r["best_metric"], r["id"]))
-    return [r["id"] for r in ranked[:k]]
+    runs = [r for r in store.runs(study=study, kind=None if study is not None else "train")
+            if r.get("checkpoint") and r.get("best_metric") is not None]
+    pairs = [(r, make_config(r["hparams"])) for r in runs]
+    tasks = dict.fromkeys(hp.task for _, hp in pairs)
+    if task is not None:
+        if task not in tasks:
+            raise ValueError(f"--task: {where} has no runs with a best checkpoint on task {task!r}; "
+                             f"tasks: {', '.join(tasks) or 'none'}")
+        pairs = [(r, hp) for r, hp in pairs if hp.task == task]
+    groups: dict[tuple, list] = {}
+    for r, hp in pairs:
+        groups.setdefault(_data(hp), []).append((r, hp))
+    note = ""
+    if len(groups) > 1:  # the group of the most recent run
+        latest = max(pairs, key=lambda p: p[0]["id"])[1]
+        chosen = groups[_data(latest)]
+        others = [f"{key[0]}" + ("" if key[0] != latest.task else f" (split {key[1]}/{key[2]}, selected on {key[3]})")
+                  + f" {len(g)} runs" for key, g in groups.items() if key != _data(latest)]
+        note = (f"task {latest.task!r} (the most recent; also in {where}: {', '.join(others)}; "
+                "choose with --task)")
+        pairs = chosen
+    elif pairs:
+        note = f"task {pairs[0][1].task!r}"
+    if not pairs or (k is not None and len(pairs) < k):
+        raise ValueError(f"ensemble: {where} has {len(pairs)} comparable runs with a best checkpoint"
+                         + (f" ({note})" if note else "") + f", {'asked for' if k else 'needs at least'} {k or 1}")
+    sign = -1.0 if pairs[0][1].mode == "max" else 1.0
+    ranked = sorted((r for r, _ in pairs), key=lambda r: (sign * r["best_metric"], r["id"]))
+    return [r["id"] for r in ranked[:k]], note
+
+
+def top_runs(store: Store, study: str | None, k: int | None = None, task: str | None = None) -> list[int]:
+    """The ids of `best_runs`: the k best comparable runs of `study` (None: the store), within one task."""
+    return best_runs(store, study, k, task)[0]
 
 
 def train_members(hp: Config, k: int | None = None, store: Store | None = None, *, split: str = "val",

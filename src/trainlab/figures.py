@@ -59,11 +59,15 @@ def plot_run(store: Store, run_id: int, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_schedule(lrs, path: str | Path, title: str = "") -> Path:
+def plot_schedule(lrs, path: str | Path, title: str = "", steps_per_epoch: int | None = None) -> Path:
+    """The learning rate at each optimizer update; with `steps_per_epoch`, epochs on a top axis."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(np.arange(len(lrs)), lrs)
     ax.set(xlabel="step (optimizer updates)", ylabel="learning rate", title=title)
+    if steps_per_epoch:
+        top = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
+        top.set_xlabel("epoch")
     return _save(fig, path)
 
 
@@ -90,6 +94,12 @@ def _param_axis(ax, param: dict, axis: str, rows: list[dict]) -> list:
 
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
         target = ax.xaxis if axis == "x" else ax.yaxis
+        values = [float(v) for v in raw if isinstance(v, (int, float)) and v and v > 0]
+        decades = np.log10(max(values) / min(values)) if values else 3.0
+        # within about a decade a log axis has one labelled tick or none: label 1-2-5 (or 1-3) too
+        subs = (tuple(float(k) for k in range(1, 10)) if decades <= 0.7 else (1.0, 2.0, 5.0) if decades <= 1.5
+                else (1.0, 3.0) if decades <= 2.5 else (1.0,))
+        target.set_major_locator(ticker.LogLocator(base=10, subs=subs))
         target.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         target.set_minor_formatter(ticker.NullFormatter())
     return [np.nan if v is None else float(v) for v in raw]
@@ -149,7 +159,8 @@ def plot_search_layout(rows: list[dict], x: dict, y: dict, metric: str, path: st
     side.set_xlabel(metric)
     from matplotlib.ticker import MaxNLocator
 
-    side.xaxis.set_major_locator(MaxNLocator(2))
+    side.xaxis.set_major_locator(MaxNLocator(3))  # a narrow panel: few ticks, upright labels would collide
+    side.tick_params(axis="x", labelrotation=90, labelsize=8)
     plt.setp(top.get_xticklabels(), visible=False)
     plt.setp(side.get_yticklabels(), visible=False)
     nx = len({xs[i] for i in ok})
@@ -163,17 +174,30 @@ def plot_search_layout(rows: list[dict], x: dict, y: dict, metric: str, path: st
     return path
 
 
-def plot_importance(importances: dict[str, float], path: str | Path, title: str = "parameter importance") -> Path:
-    """Horizontal bars, most important on top."""
+FEW_TRIALS = 20  # below this many completed trials an importance estimate is a rough guess (it moves from search to search)
+
+
+def plot_importance(importances: dict[str, float], path: str | Path, title: str = "parameter importance",
+                    n_trials: int | None = None) -> Path:
+    """Horizontal bars, most important on top; with `n_trials` < FEW_TRIALS the figure says it rests on few."""
     plt = _plt()
     items = sorted(importances.items(), key=lambda kv: kv[1])
-    fig, ax = plt.subplots(figsize=(6, 0.5 * len(items) + 1.2))
-    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
+    few = n_trials is not None and n_trials < FEW_TRIALS
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(items) + 1.2 + (0.4 if few else 0)))
+    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:gray" if few else "tab:blue")
     for i, (_, v) in enumerate(items):
         ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
-    ax.set(xlabel="importance (sums to 1)", title=title)
+    ax.set(xlabel="importance (sums to 1)")
+    ax.set_title(title + (f" from {n_trials} completed trials" if n_trials is not None else ""), fontsize=11)
+    if few:
+        fig.text(0.5, 0.01, f"only {n_trials} completed trials (fewer than {FEW_TRIALS}): a rough guess, "
+                 "which another search may well reorder", ha="center", va="bottom", fontsize=8, color="tab:red")
     ax.set_xlim(0, max([v for _, v in items] + [0.01]) * 1.2)
-    return _save(fig, path)
+    fig.tight_layout(rect=(0, 0.07 if few else 0, 1, 1))
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def plot_lr_test(path: str | Path, *, trials: list[dict] | None = None, sweep: dict | None = None,
@@ -188,9 +212,11 @@ def plot_lr_test(path: str | Path, *, trials: list[dict] | None = None, sweep: d
     plt = _plt()
     trials = trials or []
     panels = 2 if any(t.get("losses") for t in trials) else 1
-    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 6.2), squeeze=False)
     ax = axes[0][0]
     ys: list[float] = []
+    starts = [t["losses"][0] for t in trials if t.get("losses") and np.isfinite(t["losses"][0])]
+    start = max(starts) if starts else None  # the loss before training: where the useful range ends above
     if sweep is not None and sweep.get("lrs"):
         lrs, raw, smooth = (np.asarray(sweep[k], dtype=float) for k in ("lrs", "raw", "smoothed"))
         skip, cut = sweep.get("skip", 0), sweep.get("cut", len(lrs))
@@ -207,6 +233,8 @@ def plot_lr_test(path: str | Path, *, trials: list[dict] | None = None, sweep: d
             ax.axvline(sweep["suggested_lr"], color="tab:blue", ls="--", lw=1.2,
                        label=f"sweep's suggestion {sweep['suggested_lr']:.2g} (minimum / 10)")
         ys += [v for v in smooth[skip:cut] if np.isfinite(v)]
+        first = next((v for v in smooth[skip:cut] if np.isfinite(v)), None)
+        start = first if start is None or first is None else max(start, first)
     shown = set()
     for t in trials:
         end = t.get("end")
@@ -221,11 +249,10 @@ def plot_lr_test(path: str | Path, *, trials: list[dict] | None = None, sweep: d
     if suggested is not None:
         ax.axvline(suggested, color="tab:red", lw=2, label=f"suggested lr {suggested:.2g} (not applied)")
     if ys:
-        lo, hi = min(ys), max(ys)
-        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.25 * (hi - lo + 1e-9))
+        _useful_ylim(ax, ys, start)
     ax.set_xscale("log")
     ax.set(xlabel="learning rate (log scale)", ylabel="training loss", title="loss against learning rate")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     if panels == 2:
         ax = axes[0][1]
         colors = plt.cm.viridis(np.linspace(0, 0.9, len(trials)))
@@ -244,6 +271,22 @@ def plot_lr_test(path: str | Path, *, trials: list[dict] | None = None, sweep: d
         ax.legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def _useful_ylim(ax, ys: list[float], start: float | None) -> None:
+    """The y range of a loss-against-lr plot: from the lowest loss to a little above the starting loss.
+
+    A blow-up at the high rates (the loss rising to many times its start) would otherwise take the whole
+    axis and squeeze the part that matters, the dip, into a sliver; the cut is said on the plot.
+    """
+    lo, hi = min(ys), max(ys)
+    ref = start if start is not None and np.isfinite(start) else hi
+    top = min(hi, ref + 0.5 * max(ref - lo, 0.05 * abs(ref)))
+    span = (top - lo) or 1e-9
+    ax.set_ylim(lo - 0.1 * span, top + 0.2 * span)
+    if hi > top + 0.2 * span:
+        ax.annotate(f"y axis cut at {top + 0.2 * span:.3g}: the loss rises to {hi:.3g} at the high rates",
+                    xy=(0.99, 0.98), xycoords="axes fraction", ha="right", va="top", fontsize=7, color="0.35")
 
 
 def plot_ratios(store: Store, run_id: int, path: str | Path, band: tuple[float, float] = (1e-4, 1e-2)) -> Path:

@@ -92,6 +92,8 @@ def _preflight(task: Task, hp: Config, model: nn.Module | None) -> None:
         try:
             n = len(data)
         except TypeError:
+            if isinstance(data, IterableDataset):  # a stream: read through the task's Feed by the loop
+                continue
             raise fail(f"the {split} split has no length ({type(data).__name__} must be a map-style Dataset)") from None
         if n == 0:
             raise fail(f"the {split} split is empty (0 examples)")

@@ -15,12 +15,16 @@ a factor with :func:`apply_lr`::
         ...  # forward, backward, optimizer.step()
 """
 
+from __future__ import annotations
+
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # only a type: `trainlab schedule` must not import torch
+    import torch
 
-__all__ = ["KINDS", "apply_lr", "cycle_ends", "exponential_ramp", "make_schedule"]
+__all__ = ["KINDS", "CONFIG_FIELDS", "apply_lr", "cycle_ends", "exponential_ramp", "from_config", "make_schedule"]
 
 KINDS = ("constant", "step", "multistep", "cosine", "linear", "inverse_sqrt", "cyclic_cosine")
 
@@ -192,6 +196,40 @@ def exponential_ramp(total_steps: int, start_factor: float) -> Callable[[int], f
         return math.exp(log_start * (1 - step / (total_steps - 1)))
 
     return factor
+
+
+CONFIG_FIELDS = ("schedule", "warmup_steps", "warmup_epochs", "min_lr_factor", "step_size_epochs", "milestones_epochs",
+                 "gamma", "cycles", "restart_period_epochs", "restart_mult")  # the config's names for a schedule
+
+
+def from_config(hp: Any, steps_per_epoch: int, total_steps: int, warmup_steps: int) -> tuple[Callable[[int], float], int]:
+    """(factor, cycle period in updates) of the schedule a config names (`hp.schedule`, `hp.min_lr_factor`, ...,
+    the names in CONFIG_FIELDS), its epochs converted to optimizer updates at `steps_per_epoch`.
+
+    Milestones count epochs from the start of the run (those that fall inside the warmup are dropped).
+    ``cyclic_cosine`` without ``restart_period_epochs`` makes ``cycles`` equal cycles; when they do not
+    divide the run, the last cycle's final rate is held over the few steps left instead of starting a
+    new cycle at full rate just before the end. The training loop and `trainlab schedule` both use this.
+
+    >>> from trainlab.config import Config
+    >>> f, _ = from_config(Config(schedule="multistep", milestones_epochs=[1, 2], gamma=0.5), 10, 30, 0)
+    >>> [f(s) for s in (9, 10, 20)]
+    [1.0, 0.5, 0.25]
+    """
+    main = total_steps - warmup_steps
+    period = (round(hp.restart_period_epochs * steps_per_epoch) if hp.restart_period_epochs
+              else max(1, main // hp.cycles))
+    factor = make_schedule(
+        hp.schedule, total_steps, warmup_steps=warmup_steps, min_factor=hp.min_lr_factor,
+        step_size=max(1, round(hp.step_size_epochs * steps_per_epoch)),
+        milestones=[s for s in (round(m * steps_per_epoch) - warmup_steps for m in hp.milestones_epochs) if s >= 0],
+        gamma=hp.gamma, period=period, period_mult=hp.restart_mult,
+    )
+    if hp.schedule == "cyclic_cosine" and not hp.restart_period_epochs and main % period:
+        last = warmup_steps + hp.cycles * period - 1
+        held = factor
+        factor = lambda step: held(min(step, last))  # noqa: E731
+    return factor, period
 
 
 def apply_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

@@ -67,19 +67,33 @@ def test_diverged_run_exits_1(tmp_path, monkeypatch, capsys):
 
 
 def test_schedule_command(tmp_path, capsys):
-    assert main(["schedule", "cosine", "--lr", "0.1", "--steps", "100", "--warmup", "10", "--json"]) == 0
+    assert main(["schedule", "cosine", "--lr", "0.1", "--steps", "100", "--set", "warmup_steps=10", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     lrs = data["lrs"]
     assert len(lrs) == 100 and lrs[9] == pytest.approx(0.1) and lrs[0] == pytest.approx(0.01)
     assert lrs[55] == pytest.approx(0.1 * (1 + math.cos(math.pi * 45 / 90)) / 2)
+    assert data["warmup_steps"] == 10 and data["min_lr_factor"] == 0.0  # the config's names
     png = tmp_path / "lr.png"
-    assert main(["schedule", "step", "--steps", "50", "--set", "step_size=10", "--set", "gamma=0.5",
-                 "--plot", str(png)]) == 0
+    assert main(["schedule", "step", "--lr", "0.1", "--steps", "50", "--steps-per-epoch", "10",
+                 "--set", "step_size_epochs=1", "--set", "gamma=0.5", "-o", str(png)]) == 0
     assert png.exists() and "0.0125" in capsys.readouterr().out
+    # the old spellings (in updates) still read, converted to the config's epochs, with a note
+    assert main(["schedule", "step", "--lr", "0.1", "--steps", "50", "--set", "step_size=10", "--set", "gamma=0.5",
+                 "--warmup", "0", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["lrs"][30] == pytest.approx(0.0125)
+    assert "step_size is spelled step_size_epochs" in captured.err
+    # milestones in epochs, as a run reads them: 113 updates per epoch, drops at epochs 1 and 2
+    assert main(["schedule", "multistep", "--lr", "1", "--set", "epochs=3", "--steps-per-epoch", "113",
+                 "--set", "milestones_epochs=[1,2]", "--set", "gamma=0.1", "--json"]) == 0
+    lrs = json.loads(capsys.readouterr().out)["lrs"]
+    assert len(lrs) == 339 and lrs[112] == 1 and lrs[113] == pytest.approx(0.1) and lrs[226] == pytest.approx(0.01)
     assert main(["schedule", "step", "--set", "gama=0.5"]) == 2
     assert "unknown schedule parameter 'gama'" in capsys.readouterr().err
     assert main(["schedule", "cosine", "--lr", "-1"]) == 2
     assert "--lr: must be in (0, 1e6], got -1.0" in capsys.readouterr().err
+    assert main(["schedule", "cosine", "--set", "min_lr_factor=2"]) == 2
+    assert "min_lr_factor" in capsys.readouterr().err
 
 
 def test_bad_db_url_is_one_line(tmp_path, capsys):

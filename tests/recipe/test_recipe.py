@@ -196,7 +196,7 @@ def resumed(interrupted):
     d, _, _ = interrupted
     before = _steps(d / "r.db")
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stderr(out):  # progress goes to stderr; stdout carries only the result
         code = main(_args(d))
     return d, code, out.getvalue(), before, _steps(d / "r.db")
 
@@ -238,7 +238,7 @@ def test_final_yaml_is_accepted_by_train(resumed, capsys):
 def test_rerun_skips_every_step(resumed):
     d, _, _, _, after = resumed
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stderr(out):  # progress goes to stderr
         assert main(_args(d)) == 0
     text = out.getvalue()
     assert text.count("(done before, skipped)") == len(after) - sum(1 for r in after.values() if r["status"] != "completed")

@@ -1,7 +1,11 @@
 """The `trainlab` command: argument parsing only; each command is a few lines over the library.
 
-Each module here registers its subcommands. Bad input exits with status 2 and one line naming the
-field and the value; a diverged run exits 1.
+Commands are registered lazily: the table below names each command's module and one-line help, and only
+the command being run has its module imported and its options built (`trainlab --help` and `trainlab runs`
+import no torch and start in a fraction of a second). The conventions every command follows (global
+options before or after the command, stdout for the result only, -o/--out, exit statuses) live in
+`common.py`. Bad input exits with status 2 and one line naming the field and the value; a diverged
+run exits 1.
 """
 
 from __future__ import annotations
@@ -9,30 +13,73 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from importlib import import_module
 
-from trainlab.cli import core, dashboard, diagnostics, ensemble, recipe, search, transfer
-from trainlab.cli.common import UsageError, printable
+from trainlab.cli.common import GLOBALS, Streams, UsageError, printable, top_level_globals
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "parse", "build_parser", "COMMANDS"]
 
-COMMAND_MODULES = [core, search, dashboard, ensemble, diagnostics, transfer, recipe]
+# command -> (module under trainlab.cli that builds it with add_<command>(parser), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("core", "train one model"),
+    "runs": ("core", "list runs, or show one"),
+    "plot": ("core", "plot a run's curves"),
+    "schedule": ("core", "print (and plot) a learning-rate schedule, with the config's parameter names"),
+    "search": ("search", "hyperparameter search (grid, random, TPE; pruning; workers); "
+                         "'search report STUDY' writes an HTML report"),
+    "dashboard": ("dashboard", "serve the command center (a read-only web dashboard)"),
+    "ensemble": ("ensemble", "average the predicted probabilities of several models"),
+    "check": ("diagnostics", "sanity checks: init, overfit, lr (exit 0 on pass, 1 on fail)"),
+    "diagnose": ("diagnostics", "the learning-curve doctor on a stored run"),
+    "transfer": ("transfer", "transfer learning from a run or a weights file to a target task"),
+    "recipe": ("recipe", "choose hyperparameters end to end (7 steps) within a time budget; writes an HTML report"),
+    "export": ("export", "export runs or a study to TensorBoard, MLflow or CSV"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainlab", description="Train neural networks the careful way.")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch CPU threads per process (default: $OMP_NUM_THREADS, else 1: the built-in "
-                             "models are small, and a second thread mostly waits on a busy core)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for module in COMMAND_MODULES:
-        module.register(sub)
+def build_parser(only: str | None = "*") -> argparse.ArgumentParser:
+    """The parser. `only`: the command whose options are built ("*": every command's; None: none, just
+    the list of commands, which is all `trainlab --help` needs)."""
+    parser = argparse.ArgumentParser(prog="trainlab", description="Train neural networks the careful way.",
+                                     epilog="Global options go before or after the command. "
+                                            "trainlab COMMAND --help shows a command's options.")
+    top_level_globals(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help, parents=[GLOBALS])
+        if only == "*" or only == name:
+            getattr(import_module(f"{__name__}.{module}"), f"add_{name}")(p)
     return parser
 
 
-def _checkpoint_error() -> type:
-    """train's CheckpointError, without importing torch for commands that never train (dashboard, runs)."""
-    checkpoint = sys.modules.get(f"{__package__.rpartition('.')[0]}.checkpoint")
-    return checkpoint.CheckpointError if checkpoint is not None else UsageError  # not imported: not raised
+def _command_in(argv: list[str]) -> str | None:
+    """The command named in `argv` (the first word that is one), skipping the global options' values."""
+    takes_value = {"--db", "--threads"}
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in takes_value:
+            skip = True
+        elif token in COMMANDS:
+            return token
+        elif not token.startswith("-"):
+            return None  # an unknown command: argparse says so, with the choices
+    return None
+
+
+def _told_whole() -> tuple[type, ...]:
+    """The errors whose whole message is the news (printed escaped, on one line): UsageError, the config's
+    ConfigError (PreflightError among them), the checkpoint's CheckpointError and the store's RunNotFound
+    (a KeyError), each only when its module was imported (never imported: never raised), so that light
+    commands import neither torch nor the store to name them."""
+    found: list[type] = [UsageError]
+    for module, name in (("trainlab.config", "ConfigError"), ("trainlab.checkpoint", "CheckpointError"),
+                         ("trainlab.store.store", "RunNotFound")):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            found.append(getattr(loaded, name))
+    return tuple(found)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -47,20 +94,58 @@ def _set_threads(threads: int | None) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from trainlab.config import ConfigError
-    from trainlab.store import RunNotFound
+def _late_positionals(parser: argparse.ArgumentParser, args, extra: list[str]) -> None:
+    """Give positionals typed after options their place (`trainlab export csv --db x.db 3`, `runs --db x.db
+    show 3`): argparse fills optional positionals at the first option and leaves later words unrecognized."""
+    command = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001 (argparse has no API)
+    while getattr(command, "_subparsers", None) is not None and getattr(args, "check", None):  # check init|...
+        command = command._subparsers._group_actions[0].choices[args.check]
+    positionals = [a for a in command._actions if not a.option_strings and a.nargs != argparse.PARSER]
+    for token in extra:
+        if token.startswith("-") and token != "-":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        for action in positionals:
+            value = getattr(args, action.dest, None)
+            if action.nargs in ("*", "+"):
+                converted = command._get_value(action, token)
+                command._check_value(action, converted)
+                setattr(args, action.dest, [*(value or []), converted])
+                break
+            if value is None or value == action.default:
+                converted = command._get_value(action, token)
+                command._check_value(action, converted)
+                setattr(args, action.dest, converted)
+                positionals.remove(action)
+                break
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed (train --nproc relaunches it)
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The arguments of `trainlab ARGV`, as main() reads them (argparse's usage error: SystemExit 2)."""
+    parser = build_parser(_command_in(argv))
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _late_positionals(parser, args, extra)
+    args.argv = argv  # the command as typed (train --nproc relaunches it)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(list(sys.argv[1:] if argv is None else argv))
+    with Streams():
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         _set_threads(args.threads)
         return args.fn(args)
-    except (ConfigError, _checkpoint_error(), UsageError, RunNotFound) as err:  # evaluated only on an error
+    except _told_whole() as err:  # evaluated only on an error
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"trainlab: error: {printable(msg)}", file=sys.stderr)
         return 2
-    except ValueError as err:
+    except ValueError as err:  # the store's checks (StoreUnusable among them) and other bad values
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"trainlab: error: {printable(msg)}", file=sys.stderr)
         return 2

@@ -4,40 +4,55 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
-from trainlab.cli.common import UsageError, add_db, open_store, print_json, printable, table
-from trainlab.config import DEFAULT_RUNS_DIR
+from trainlab.cli.common import UsageError, add_out, choice, loggers_from, open_store, out, print_json, printable, table
 
-__all__ = ["register"]
+__all__ = ["add_train", "add_runs", "add_plot", "add_schedule"]
+
+RUN_KINDS = ("train", "check", "step")  # what trainlab itself records; a user's fit(kind=...) may add more
 
 
 # --- train --------------------------------------------------------------------------------------
 
-def cmd_train(args) -> int:
-    from trainlab.cli.launch import exit_code
-    from trainlab.config import load_config
-    from trainlab.preflight import load_checked_task
-    from trainlab.train.launch import AlreadyEnded, fit_in_launch
+def _import_torch(quiet: bool) -> float:
+    """Import torch now, timed: the largest part of a training command's time to its first step. Said with
+    the run's first-step line (`train.startup`), not now: an error before the run stays one line."""
+    already = "torch" in sys.modules
+    t0 = time.perf_counter()
+    import torch  # noqa: F401
 
+    seconds = 0.0 if already else time.perf_counter() - t0
+    if not already:
+        from trainlab.train import startup
+
+        startup.TORCH_IMPORT_S = seconds
+    return seconds
+
+
+def cmd_train(args) -> int:
     if args.nproc is not None or args.max_restarts is not None:  # data-parallel: this command under torchrun
         from trainlab.cli.launch import torchrun_train
 
         return torchrun_train(args)
-    store = None
-    if args.resume is not None:
-        from trainlab.config import make_config
+    from trainlab.config import load_config, make_config
 
-        store = open_store(args)
-        run = store.run(args.resume)
-        hp = make_config(run["hparams"])
+    loggers = loggers_from(args.log_to)  # bad specs and missing libraries fail before torch is imported
+    store = open_store(args) if args.resume is not None else None
+    hp = make_config(store.run(args.resume)["hparams"]) if store is not None else load_config(args.config, args.set)
+    if args.print_config:
+        out(hp.to_yaml().rstrip("\n"))
+        return 0
+    torch_s = _import_torch(args.quiet)
+    from trainlab.cli.launch import exit_code
+    from trainlab.preflight import load_checked_task
+    from trainlab.train.launch import AlreadyEnded, fit_in_launch
+
+    if args.resume is not None:
         result = fit_in_launch(load_checked_task(hp), hp, store, resume=args.resume, quiet=args.quiet,
-                               runs_dir=args.runs_dir)  # fit(), one rank under torchrun
+                               runs_dir=args.runs_dir, loggers=loggers)  # fit(), one rank under torchrun
     else:
-        hp = load_config(args.config, args.set)
-        if args.print_config:
-            print(hp.to_yaml(), end="")
-            return 0
         task = load_checked_task(hp)  # pre-flight: bad data is one line, exit 2, before any run row exists
         if hp.seeds > 1:  # K independent members and their ensemble (cli/ensemble.py)
             from trainlab.cli.ensemble import cmd_train_members
@@ -45,14 +60,23 @@ def cmd_train(args) -> int:
             return cmd_train_members(args, hp)
         store = open_store(args)
         result = fit_in_launch(task, hp, store, quiet=args.quiet, runs_dir=args.runs_dir, study=args.study,
-                               name=args.name)
-    if isinstance(result, AlreadyEnded) or result.rank:  # a torchrun restart after the run ended, or rank > 0
+                               name=args.name, loggers=loggers)
+    if isinstance(result, AlreadyEnded) or getattr(result, "rank", 0):  # a torchrun restart after the run ended, or rank > 0
         return exit_code(result.status)
+    startup = {"torch_import_s": round(torch_s, 3)}
+    if result.run_id is not None:
+        store.update_run(result.run_id, summary=startup)
+        startup.update((store.run(result.run_id).get("summary") or {}).get("startup") or {})
     if args.json:
         print_json({"run": result.run_id, "status": result.status, "reason": result.reason,
-                     "best_metric": result.best_metric, "best_epoch": result.best_epoch, "epochs": result.epochs,
-                     "steps": result.steps, "test": result.test, "checkpoint": result.checkpoint,
-                     "seconds": round(result.seconds, 2)})
+                    "best_metric": result.best_metric, "best_epoch": result.best_epoch, "epochs": result.epochs,
+                    "steps": result.steps, "test": result.test, "checkpoint": result.checkpoint,
+                    "seconds": round(result.seconds, 2), "startup": startup})
+    else:
+        headline = ("acc" if "acc" in result.test else next(iter(result.test), None)) if result.test else None
+        test = f"  test/{headline} {result.test[headline]:.4f}" if headline is not None else ""
+        best = f"  best {result.best_metric:.4f} at epoch {result.best_epoch}" if result.best_metric is not None else ""
+        out(f"run {result.run_id}: {result.status}{best}{test}")
     if result.status == "diverged":
         print(f"diverged: {printable(result.reason)}", file=sys.stderr)
         return 1
@@ -67,7 +91,8 @@ def _run_row(run: dict) -> dict:
     summary = run.get("summary") or {}
     seconds = summary.get("seconds")
     headline = (summary.get("metrics") or {}).get("headline", "acc")
-    return {"id": run["id"], "name": run["name"], "study": run.get("study"), "status": run["status"],
+    return {"id": run["id"], "name": run["name"], "study": run.get("study"), "kind": run.get("kind"),
+            "status": run["status"],
             "metric": (run.get("hparams") or {}).get("early_stop_metric"), "best": run["best_metric"],
             "test_metric": f"test/{headline}", "test": summary.get(f"test/{headline}"),
             "best_val": run["best_metric"], "test_acc": summary.get("test/acc"), "epochs": run["epochs"],
@@ -85,34 +110,41 @@ def _seconds(text: str) -> float:
 
 
 def cmd_runs(args) -> int:
-    store = open_store(args, read_only=True)
     if args.action == "show":
         if args.id is None:
             raise UsageError("runs show: give a run id, e.g. trainlab runs show 3")
-        run = store.run(args.id)
+        run = open_store(args, read_only=True).run(args.id)
         if args.json:
             print_json(run)
             return 0
         for key in ("id", "name", "study", "kind", "status", "reason", "created", "finished", "best_metric",
                     "best_epoch", "epochs", "checkpoint", "seed", "host", "pid", "heartbeat"):
-            print(f"{key:12} {printable(run.get(key))}")
+            out(f"{key:12} {printable(run.get(key))}")
         for key, value in (run.get("summary") or {}).items():
-            print(f"{printable(key):12} {printable(value)}")
-        print("hyperparameters:")
+            out(f"{printable(key):12} {printable(value)}")
+        out("hyperparameters:")
         for key, value in run["hparams"].items():
-            print(f"  {printable(key)}: {printable(value)}")
+            out(f"  {printable(key)}: {printable(value)}")
         return 0
     if args.action is not None:
         raise UsageError(f"runs: unknown action {args.action!r}; use: trainlab runs [show ID]")
-    kind = None if args.kind == "all" else args.kind
-    rows = [_run_row(r) for r in store.runs(study=args.study, kind=kind)]
+    if args.id is not None:
+        raise UsageError(f"runs: a run id goes with show: trainlab runs show {args.id}")
+    store = open_store(args, read_only=True)
+    runs = store.runs(study=args.study, kind=None)
+    kinds = tuple(dict.fromkeys([*RUN_KINDS, *(r["kind"] for r in runs), "all"]))
+    choice("--kind", args.kind, kinds)
+    rows = [_run_row(r) for r in runs if args.kind == "all" or r["kind"] == args.kind]
     if args.json:
         print_json(rows)
     elif rows:
-        print(table(rows, ["id", "name", "study", "status", "metric", "best", "test_metric", "test", "epochs",
-                           "duration_s"]))
+        kind = [] if args.kind != "all" else ["kind"]
+        out(table(rows, ["id", "name", "study", *kind, "status", "metric", "best", "test_metric", "test", "epochs",
+                         "duration_s"]))
     else:
-        print(f"no runs in {printable(store.url)}")
+        where = f" of study {printable(repr(args.study))}" if args.study else ""
+        print(f"no {args.kind if args.kind != 'all' else ''} runs{where} in {printable(store.url)}".replace("  ", " "),
+              file=sys.stderr)
     return 0
 
 
@@ -123,57 +155,102 @@ def cmd_plot(args) -> int:
 
     store = open_store(args, read_only=True)
     store.run(args.run)
-    path = (plot_ratios if args.ratios else plot_run)(store, args.run, args.output)
-    print(f"wrote {path}")
+    path = args.out or (f"ratios-{args.run}.png" if args.ratios else f"curves-{args.run}.png")
+    path = (plot_ratios if args.ratios else plot_run)(store, args.run, path)
+    if args.json:
+        print_json({"run": args.run, "out": str(path)})
+    else:
+        out(f"wrote {path}")
     return 0
 
 
 # --- schedule -----------------------------------------------------------------------------------
 
-_SCHEDULE_KEYS = {"min_factor": float, "step_size": int, "milestones": list, "gamma": float, "period": int,
-                  "period_mult": float, "timescale": int}
+def _config_params() -> tuple[str, ...]:
+    from trainlab.schedules import CONFIG_FIELDS
+
+    return ("lr", "epochs", "steps", *(f for f in CONFIG_FIELDS if f != "schedule"))  # the kind: positional KIND
+
+# make_schedule's names, which this command took before it used the config's: (config name, in updates?)
+_OLD_NAMES = {"min_factor": ("min_lr_factor", False), "step_size": ("step_size_epochs", True),
+              "milestones": ("milestones_epochs", True), "period": ("restart_period_epochs", True),
+              "period_mult": ("restart_mult", False)}
 
 
-def cmd_schedule(args) -> int:
+def _schedule_overrides(args) -> dict[str, Any]:
     from trainlab.config import parse_override
-    from trainlab.schedules import make_schedule
 
+    spe = args.steps_per_epoch
     params: dict[str, Any] = {}
     for item in args.set:
         key, value = parse_override(item)
-        if key not in _SCHEDULE_KEYS:
-            raise UsageError(f"--set: unknown schedule parameter {key!r}; choose one of {', '.join(_SCHEDULE_KEYS)}")
+        if key in _OLD_NAMES:  # an old spelling, in updates: converted to the config's epochs
+            new, in_updates = _OLD_NAMES[key]
+            if in_updates:
+                value = [v / spe for v in value] if isinstance(value, list) else value / spe \
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+            print(f"note: {key} is spelled {new} in the config" + (" (in epochs)" if in_updates else ""),
+                  file=sys.stderr)
+            key = new
+        if key not in _config_params():
+            raise UsageError(f"--set: unknown schedule parameter {key!r}; choose one of {', '.join(_config_params())}")
         params[key] = value
-    if not 0 < args.lr <= 1e6:  # also refuses nan and inf
-        raise UsageError(f"--lr: must be in (0, 1e6], got {args.lr}")
-    if not 1 <= args.steps <= 10_000_000:  # every step's lr is listed
+    if args.warmup is not None:
+        params["warmup_steps"] = args.warmup
+    return params
+
+
+def cmd_schedule(args) -> int:
+    from trainlab.config import load_config
+    from trainlab.schedules import from_config
+
+    if args.steps_per_epoch < 1:
+        raise UsageError(f"--steps-per-epoch: must be >= 1, got {args.steps_per_epoch}")
+    if args.steps is not None and not 1 <= args.steps <= 10_000_000:  # every step's lr is listed
         raise UsageError(f"--steps: must be in [1, 10000000], got {args.steps}")
-    if not 0 <= args.warmup <= args.steps:
+    if args.lr is not None and not 0 < args.lr <= 1e6:  # also refuses nan and inf
+        raise UsageError(f"--lr: must be in (0, 1e6], got {args.lr}")
+    if args.warmup is not None and args.warmup < 0:
         raise UsageError(f"--warmup: must be in [0, --steps], got {args.warmup}")
-    factor = make_schedule(args.kind, args.steps, warmup_steps=args.warmup, **params)
-    lrs = [args.lr * factor(s) for s in range(args.steps)]
-    if args.plot:
+    params = _schedule_overrides(args)
+    overrides = {**params, **({"schedule": args.kind} if args.kind else {}), **({"lr": args.lr} if args.lr else {})}
+    hp = load_config(args.config, overrides)
+    spe = args.steps_per_epoch
+    total = args.steps or hp.steps or hp.epochs * spe
+    if total > 10_000_000:  # every step's lr is listed
+        raise UsageError(f"steps: must be in [1, 10000000] optimizer updates shown, got {total}")
+    warmup = hp.warmup_steps or round(hp.warmup_epochs * spe)
+    if warmup >= total:
+        raise UsageError(f"warmup_steps: must be fewer than the {total} optimizer updates shown, got {warmup}")
+    factor, _ = from_config(hp, spe, total, warmup)
+    lrs = [hp.lr * factor(s) for s in range(total)]
+    shown = {k: getattr(hp, k) for k in _config_params()}
+    if args.out:
         from trainlab.figures import plot_schedule
 
-        plot_schedule(lrs, args.plot, title=f"{args.kind} (warmup {args.warmup})")
+        plot_schedule(lrs, args.out, title=f"{hp.schedule}, lr {hp.lr:g}, warmup {warmup} updates",
+                      steps_per_epoch=spe)
     if args.json:
-        print_json({"kind": args.kind, "lr": args.lr, "steps": args.steps, "warmup": args.warmup, **params,
-                     "lrs": lrs})
+        print_json({"schedule": hp.schedule, "lr": hp.lr, "steps": total, "steps_per_epoch": spe, **shown,
+                    "warmup": warmup, "lrs": lrs, "out": args.out})
         return 0
-    marks = sorted({0, args.warmup, args.steps // 4, args.steps // 2, 3 * args.steps // 4, args.steps - 1}
-                   | set(range(0, args.steps, max(1, args.steps // 10))))
-    print(table([{"step": s, "lr": f"{lrs[s]:.6g}"} for s in marks], ["step", "lr"]))
-    if args.plot:
-        print(f"wrote {args.plot}")
+    if hp.lr_scaling != "none":
+        print(f"note: lr_scaling={hp.lr_scaling} scales lr by the global batch when training; shown unscaled",
+              file=sys.stderr)
+    marks = sorted({0, warmup, total // 4, total // 2, 3 * total // 4, total - 1}
+                   | set(range(0, total, max(1, total // 10))))
+    out(f"{hp.schedule}: lr {hp.lr:g}, {total} optimizer updates ({spe} per epoch), warmup {warmup}")
+    out(table([{"step": s, "epoch": f"{s / spe:.2f}", "lr": f"{lrs[s]:.6g}"} for s in marks], ["step", "epoch", "lr"]))
+    if args.out:
+        out(f"wrote {args.out}")
     return 0
 
 
-# --- parser -------------------------------------------------------------------------------------
+# --- parsers ------------------------------------------------------------------------------------
 
-def register(sub) -> None:
-    from trainlab.config import SCHEDULES
+def add_train(p) -> None:
+    from trainlab.config import DEFAULT_RUNS_DIR
 
-    p = add_db(sub.add_parser("train", help="train one model"))
     p.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults on mnist1d)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -181,37 +258,53 @@ def register(sub) -> None:
     p.add_argument("--study", help="file the run under this study")
     p.add_argument("--name", help="the run's name")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"where checkpoints go (default: {DEFAULT_RUNS_DIR})")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--log-to", action="append", default=[], metavar="KIND:DEST",
+                   help="also stream the run while it trains: tensorboard:DIR, mlflow:DIR_OR_URI or csv:DIR "
+                        "(repeatable; needs pip install 'trainlab[export]' for the first two)")
     p.add_argument("--nproc", type=int, metavar="K", help="data-parallel: run this command under torchrun with K "
                    "processes (torchrun --nproc-per-node K -m trainlab train ...)")
     p.add_argument("--max-restarts", type=int, metavar="N", help="with --nproc: torchrun restarts a failed worker "
                    "group up to N times; each restart resumes the run from its last checkpoint")
     p.set_defaults(fn=cmd_train)
 
-    p = add_db(sub.add_parser("runs", help="list runs, or show one"))
-    p.add_argument("action", nargs="?", help="show")
-    p.add_argument("id", nargs="?", type=int)
-    p.add_argument("--study")
-    p.add_argument("--kind", default="train", help="train (default), check, step, or all")
-    p.add_argument("--json", action="store_true")
+
+def add_runs(p) -> None:
+    p.add_argument("action", nargs="?", metavar="show", help="show: one run in full (default: list the runs)")
+    p.add_argument("id", nargs="?", type=int, help="with show: the run's id")
+    p.add_argument("--study", metavar="NAME", help="only the runs of this study")
+    p.add_argument("--kind", default="train",
+                   help=f"which runs: {', '.join(RUN_KINDS)} or all (default: train); check runs are the "
+                        "sanity checks, step runs the recipe's steps")
     p.add_argument("--lost-after", type=_seconds, metavar="S", help="a running run whose heartbeat is older than "
                    "S seconds shows as lost (default: 300; a run whose process is gone from this machine at once)")
     p.set_defaults(fn=cmd_runs)
 
-    p = add_db(sub.add_parser("plot", help="plot a run's curves"))
-    p.add_argument("run", type=int)
-    p.add_argument("-o", "--output", default="curves.png")
+
+def add_plot(p) -> None:
+    p.add_argument("run", type=int, help="the run's id")
+    add_out(p, None, "where the PNG goes (default: curves-RUN.png, or ratios-RUN.png with --ratios)", "--output")
     p.add_argument("--ratios", action="store_true", help="update/weight ratio per layer instead (log y, 1e-3 band)")
     p.set_defaults(fn=cmd_plot)
 
-    p = sub.add_parser("schedule", help="print (and plot) a learning-rate schedule")
-    p.add_argument("kind", choices=SCHEDULES)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--steps", type=int, default=1000, help="optimizer updates")
-    p.add_argument("--warmup", type=int, default=0, help="warmup updates")
+
+def add_schedule(p) -> None:
+    from trainlab.schedules import KINDS
+
+    p.description = ("The learning rate a run with these settings would use at each optimizer update. Parameters "
+                     "have the config's names (--set min_lr_factor=0.1, --set milestones_epochs=[30,60]); epochs "
+                     "are converted to updates at --steps-per-epoch.")
+    p.add_argument("kind", nargs="?", choices=KINDS, metavar="KIND",
+                   help=f"the schedule: {', '.join(KINDS)} (default: the config's)")
+    p.add_argument("--config", metavar="YAML", help="read lr, epochs and the schedule's parameters from this config")
+    p.add_argument("--lr", type=float, help="base learning rate (default: the config's)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="optimizer updates shown (default: the config's steps, else epochs x --steps-per-epoch)")
+    p.add_argument("--steps-per-epoch", type=int, default=100, metavar="N",
+                   help="optimizer updates per epoch, for the parameters counted in epochs (default: 100; a run "
+                        "prints its own in its start line)")
+    p.add_argument("--warmup", type=int, metavar="N", help=argparse.SUPPRESS)  # the old spelling of --set warmup_steps=N
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"schedule parameter, in steps: {', '.join(_SCHEDULE_KEYS)}")
-    p.add_argument("--plot", metavar="PNG")
-    p.add_argument("--json", action="store_true")
+                   help=f"a schedule parameter of the config: {', '.join(_config_params())}")
+    add_out(p, None, "also plot the schedule to this PNG", "--plot")
     p.set_defaults(fn=cmd_schedule)
+

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from trainlab.cli.common import UsageError, add_db
+from trainlab.cli.common import UsageError, out, print_json
 
-__all__ = ["register"]
+__all__ = ["add_dashboard"]
 
 
 def cmd_dashboard(args) -> int:
@@ -18,7 +18,14 @@ def cmd_dashboard(args) -> int:
         sock = bind(args.host, args.port)
     except OSError as err:
         raise UsageError(f"--host/--port: cannot listen on {args.host} port {args.port}: {err.strerror or err}") from None
-    print(f"trainlab dashboard: {url(sock, args.host)}  ({app.state.store!r}, read-only; Ctrl+C stops)", flush=True)
+    address = url(sock, args.host)
+    if args.json:
+        print_json({"url": address, "store": repr(app.state.store)})
+    else:
+        out(address)
+    if not args.quiet:
+        print(f"trainlab dashboard: {address}  ({app.state.store!r}, read-only; Ctrl+C stops)", file=sys.stderr,
+              flush=True)
     if not is_loopback(args.host):
         print(f"trainlab dashboard: warning: listening on {args.host}, beyond this machine, with no "
               "authentication: anyone who can reach this port can read every run in the store",
@@ -27,10 +34,9 @@ def cmd_dashboard(args) -> int:
     return 0
 
 
-def register(sub) -> None:
+def add_dashboard(p) -> None:
     from trainlab.dashboard import DEFAULT_HOST, DEFAULT_PORT
 
-    p = add_db(sub.add_parser("dashboard", help="serve the command center (a read-only web dashboard)"))
     p.add_argument("--host", default=DEFAULT_HOST,
                    help=f"address to listen on (default: {DEFAULT_HOST}, this machine only; 0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}; 0: any free port)")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
+import sys
 
-from trainlab.cli.common import UsageError, add_db, open_store, print_json, printable, table
-from trainlab.config import DEFAULT_RUNS_DIR
+from trainlab.cli.common import UsageError, add_out, open_store, out, print_json, printable, table
 
-__all__ = ["register"]
+__all__ = ["add_check", "add_diagnose"]
 
 
 def _setup(args):
@@ -44,9 +44,10 @@ def cmd_check_overfit(args) -> int:
     if args.max_steps < 1:
         raise UsageError(f"--max-steps: must be >= 1, got {args.max_steps}")
     hp, task, store = _setup(args)
-    if not args.json:
+    if not args.quiet:
         print(f"overfitting {args.batches} minibatches of {hp.batch_size} from {task.name} with {hp.model}, "
-              f"{hp.optimizer} lr {hp.lr:g}, regularization off, at most {args.max_steps} steps ...", flush=True)
+              f"{hp.optimizer} lr {hp.lr:g}, regularization off, at most {args.max_steps} steps ...", file=sys.stderr,
+              flush=True)
     result = check_overfit(task, hp, store, batches=args.batches, max_steps=args.max_steps, study=args.study,
                            runs_dir=args.runs_dir)
     return _report(args, result)
@@ -56,9 +57,9 @@ def _report(args, result) -> int:
     if args.json:
         print_json(result.to_dict())
     else:
-        print(f"check {result.name}: {result.verdict.upper()}: {printable(result.message)}")
+        out(f"check {result.name}: {result.verdict.upper()}: {printable(result.message)}")
         if result.run_id is not None:
-            print(f"recorded as run {result.run_id}")
+            out(f"recorded as run {result.run_id}")
     return 0 if result.passed else 1
 
 
@@ -95,44 +96,44 @@ def cmd_check_lr(args) -> int:
     from trainlab.checks import check_lr
 
     hp, task, store = _setup(args)
-    if not args.json:
+    if not args.quiet:
         print(f"LR range test on {task.name}/{hp.model}: {hp.optimizer}, batch {hp.batch_size}, weight decay "
-              f"{args.weight_decay:g}, method {args.method} ...", flush=True)
+              f"{args.weight_decay:g}, method {args.method} ...", file=sys.stderr, flush=True)
     result = check_lr(task, hp, store, method=args.method, steps=args.steps, sweep_steps=args.sweep_steps,
-                      weight_decay=args.weight_decay, plot=args.plot, study=args.study)
+                      weight_decay=args.weight_decay, plot=args.out, study=args.study)
     if args.json:
         print_json(result.to_dict())
         return 0 if result.passed else 1
     if result.table:
-        print(f"\ndiscrete trial: {args.steps} steps at each lr, constant, from the same initialization")
+        out(f"\ndiscrete trial: {args.steps} steps at each lr, constant, from the same initialization")
         rows = [{"lr": f"{r['lr']:g}", "start": r["start"], "end": r["end"], "drop": _drop(r["drop"]),
                  "status": r["status"], "": "<- picked" if r["picked"] else r["why"] if r["status"] != "ok" else ""}
                 for r in result.table]
-        print(table(rows, ["lr", "start", "end", "drop", "status", ""]))
+        out(table(rows, ["lr", "start", "end", "drop", "status", ""]))
     if result.sweep is not None:
         s = result.sweep
         lo, hi = result.settings["sweep_range"]
-        print(f"\nexponential sweep: {args.sweep_steps} steps, lr {lo:g} -> {hi:g}; loss smoothed (bias-corrected EMA), "
+        out(f"\nexponential sweep: {args.sweep_steps} steps, lr {lo:g} -> {hi:g}; loss smoothed (bias-corrected EMA), "
               f"first {s['skip']} points skipped"
               + (f", {s['dropped_nonfinite']} NaN/Inf dropped" if s["dropped_nonfinite"] else "")
               + (f"; cut: {s['cut_reason']}" if s["cut_reason"] else "; no divergence in range"))
-        print(table(_sweep_rows(s), ["step", "lr", "loss", "smoothed", ""]))
+        out(table(_sweep_rows(s), ["step", "lr", "loss", "smoothed", ""]))
         if s["suggested_lr"] is not None:
-            print(f"sweep rule: {s['rule']}: {s['lr_at_min']:.3g} / 10 = {s['suggested_lr']:.3g}")
+            out(f"sweep rule: {s['rule']}: {s['lr_at_min']:.3g} / 10 = {s['suggested_lr']:.3g}")
         if s["note"]:
-            print(f"note: {s['note']}")
-    print()
+            out(f"note: {s['note']}")
+    out()
     if result.agree is not None:
-        print(f"agreement: discrete {result.discrete_lr:g} vs sweep {result.sweep_lr:.3g}: "
+        out(f"agreement: discrete {result.discrete_lr:g} vs sweep {result.sweep_lr:.3g}: "
               f"{'agree' if result.agree else 'DISAGREE'} ({result.agreement})")
-    print(f"check lr: {result.verdict.upper()}: {result.message}")
-    print(f"rule: {result.rule}")
+    out(f"check lr: {result.verdict.upper()}: {result.message}")
+    out(f"rule: {result.rule}")
     if result.suggested_lr is not None:
-        print(f"to use it: trainlab train --set lr={result.suggested_lr:.3g}")
+        out(f"to use it: trainlab train --set lr={result.suggested_lr:.3g}")
     if result.plot:
-        print(f"wrote {result.plot}")
+        out(f"wrote {result.plot}")
     if result.run_id is not None:
-        print(f"recorded as run {result.run_id}")
+        out(f"recorded as run {result.run_id}")
     return 0 if result.passed else 1
 
 
@@ -149,56 +150,61 @@ def cmd_diagnose(args) -> int:
         print_json(d.to_dict())
         return 0
     reason = f": {printable(d.reason)}" if d.reason else ""
-    print(f"run {d.run_id}: {printable(d.name)} ({printable(d.status)}{reason}; {d.epochs} epochs, {d.steps} steps)")
+    out(f"run {d.run_id}: {printable(d.name)} ({printable(d.status)}{reason}; {d.epochs} epochs, {d.steps} steps)")
     if d.num_classes is None:
-        print("  (number of classes unknown: initial-loss rule skipped; pass --num-classes)")
+        out("  (number of classes unknown: initial-loss rule skipped; pass --num-classes)")
     if d.healthy:
-        print("no problems found: the curves look healthy")
+        out("no problems found: the curves look healthy")
         return 0
     for i, f in enumerate(d.findings, 1):
-        print(f"{i}. {f.name} ({f.confidence} confidence): {printable(f.diagnosis)}")
-        print(f"   evidence: {printable(f.evidence)}")
-        print(f"   try: {printable(f.action)}")
+        out(f"{i}. {f.name} ({f.confidence} confidence): {printable(f.diagnosis)}")
+        out(f"   evidence: {printable(f.evidence)}")
+        out(f"   try: {printable(f.action)}")
     return 0
 
 
 # --- parser -------------------------------------------------------------------------------------
 
 def _common(p):
-    add_db(p)
     p.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults on mnist1d)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--study", help="file the check's run under this study")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
 
-def register(sub) -> None:
+def add_check(check) -> None:
+    from trainlab.cli.common import GLOBALS
+    from trainlab.config import DEFAULT_RUNS_DIR
     from trainlab.doctor.lr_range import LR_TEST_WEIGHT_DECAY, SWEEP_STEPS, TRIAL_STEPS
 
-    check = sub.add_parser("check", help="sanity checks: init, overfit, lr (exit 0 on pass, 1 on fail)")
-    which = check.add_subparsers(dest="check", required=True)
+    which = check.add_subparsers(dest="check", required=True, metavar="CHECK")
 
-    p = _common(which.add_parser("init", help="loss at initialization against log(C), weight decay off"))
-    p.add_argument("--batches", type=int, default=10, help="minibatches the initial loss is averaged over")
+    def sub(name, help):
+        return _common(which.add_parser(name, help=help, description=help, parents=[GLOBALS]))
+
+    p = sub("init", "loss at initialization against log(C), weight decay off")
+    p.add_argument("--batches", type=int, default=10, help="minibatches the initial loss is averaged over (default 10)")
     p.set_defaults(fn=cmd_check_init)
 
-    p = _common(which.add_parser("overfit", help="reach 100%% training accuracy on a few minibatches"))
+    p = sub("overfit", "reach 100%% training accuracy on a few minibatches")
     p.add_argument("--batches", type=int, default=5, help="minibatches in the small sample (default 5)")
-    p.add_argument("--max-steps", type=int, default=1000, help="give up after this many updates")
+    p.add_argument("--max-steps", type=int, default=1000, help="give up after this many updates (default 1000)")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"where checkpoints go (default: {DEFAULT_RUNS_DIR})")
     p.set_defaults(fn=cmd_check_overfit)
 
-    p = _common(which.add_parser("lr", help="learning-rate range test: discrete trial and exponential sweep"))
-    p.add_argument("--method", choices=("both", "discrete", "sweep"), default="both")
-    p.add_argument("--steps", type=int, default=TRIAL_STEPS, help="updates per discrete trial")
-    p.add_argument("--sweep-steps", type=int, default=SWEEP_STEPS, help="updates of the exponential sweep")
-    p.add_argument("--weight-decay", type=float, default=LR_TEST_WEIGHT_DECAY)
-    p.add_argument("--plot", "-o", default="lr-test.png", help="where the figure goes (default lr-test.png)")
+    p = sub("lr", "learning-rate range test: discrete trial and exponential sweep")
+    p.add_argument("--method", choices=("both", "discrete", "sweep"), default="both",
+                   help="both (default): a short constant-lr trial per candidate and an exponential sweep; or one")
+    p.add_argument("--steps", type=int, default=TRIAL_STEPS, help=f"updates per discrete trial (default {TRIAL_STEPS})")
+    p.add_argument("--sweep-steps", type=int, default=SWEEP_STEPS,
+                   help=f"updates of the exponential sweep (default {SWEEP_STEPS})")
+    p.add_argument("--weight-decay", type=float, default=LR_TEST_WEIGHT_DECAY,
+                   help=f"weight decay during the test (default {LR_TEST_WEIGHT_DECAY:g})")
+    add_out(p, "lr-test.png", "where the figure goes (default lr-test.png)", "--plot")
     p.set_defaults(fn=cmd_check_lr)
 
-    p = add_db(sub.add_parser("diagnose", help="the learning-curve doctor on a stored run"))
-    p.add_argument("run", type=int)
+
+def add_diagnose(p) -> None:
+    p.add_argument("run", type=int, help="the run's id (trainlab runs lists them)")
     p.add_argument("--num-classes", type=int, help="for the initial-loss rule (default: recorded by the run)")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_diagnose)

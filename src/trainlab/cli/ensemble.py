@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from trainlab.cli.common import UsageError, add_db, open_store, print_json, printable, table
+from trainlab.cli.common import UsageError, loggers_from, open_store, out, print_json, printable, table
 
-__all__ = ["register", "cmd_train_members"]
+__all__ = ["add_ensemble", "cmd_train_members"]
 
 
 def _run_ids(text: str) -> list[int]:
@@ -26,14 +26,14 @@ def _print_result(result, title: str) -> None:
     rows.append({"run": "", "member": "members' mean", "acc": result.mean_member_acc})
     rows.append({"run": "", "member": f"ensemble of {len(result.members)}", "acc": result.ensemble_acc,
                  "loss": result.ensemble_loss})
-    print(f"{printable(title)}: {result.split} split, {result.n} examples")
-    print(table(rows, ["run", "member", "acc", "loss"]))
+    out(f"{printable(title)}: {result.split} split, {result.n} examples")
+    out(table(rows, ["run", "member", "acc", "loss"]))
     gain = result.ensemble_acc - result.mean_member_acc
-    print(f"ensemble {result.ensemble_acc:.4f} vs members' mean {result.mean_member_acc:.4f} ({gain:+.4f})")
+    out(f"ensemble {result.ensemble_acc:.4f} vs members' mean {result.mean_member_acc:.4f} ({gain:+.4f})")
 
 
 def cmd_ensemble(args) -> int:
-    from trainlab.ensemble import evaluate_ensemble, members_from_runs, members_from_snapshots, top_runs
+    from trainlab.ensemble import best_runs, evaluate_ensemble, members_from_runs, members_from_snapshots
     from trainlab.train import resolve_device
 
     given = [name for name, value in (("--runs", args.runs), ("--study", args.study), ("--snapshots", args.snapshots))
@@ -51,16 +51,18 @@ def cmd_ensemble(args) -> int:
         members = members_from_snapshots(store, args.snapshots, args.last, device=device)
         title = f"snapshot ensemble of run {args.snapshots}"
     else:
+        if args.task is not None and args.study is None and not args.runs.startswith("best:"):
+            raise UsageError("--task: goes with --runs best:K or --study NAME")
         if args.study is not None:
-            ids = top_runs(store, args.study, args.top)
-            title = f"top {len(ids)} runs of study {args.study!r}"
+            ids, note = best_runs(store, args.study, args.top, args.task)
+            title = f"top {len(ids)} runs of study {args.study!r}, {note}"
         elif args.runs.startswith("best:"):
             try:
                 k = int(args.runs[len("best:"):])
             except ValueError:
                 raise UsageError(f"--runs: expected best:K with a whole number K, got {args.runs!r}") from None
-            ids = top_runs(store, None, k)
-            title = f"the {len(ids)} best runs"
+            ids, note = best_runs(store, None, k, args.task)
+            title = f"the {len(ids)} best runs, {note}"
         else:
             ids = _run_ids(args.runs)
             title = "ensemble of runs " + ",".join(map(str, ids))
@@ -80,19 +82,20 @@ def cmd_train_members(args, hp) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("seeds: members are trained one after another in one process; not under torchrun/--nproc")
     store = open_store(args)
+
     results, ens = train_members(hp, store=store, study=args.study, name=args.name, quiet=args.quiet,
-                                 runs_dir=args.runs_dir)
+                                 runs_dir=args.runs_dir, loggers=loggers_from(getattr(args, "log_to", [])))
     ids = [r.run_id for r in results]
     if args.json:
         print_json({"runs": [{"run": r.run_id, "seed": hp.seed + i, "status": r.status, "best_metric": r.best_metric,
                               "test": r.test, "checkpoint": r.checkpoint} for i, r in enumerate(results)],
                     "ensemble": ens.as_dict() if ens else None})
     else:
-        print(f"trained {len(results)} members (seeds {hp.seed}..{hp.seed + len(results) - 1}): runs "
+        out(f"trained {len(results)} members (seeds {hp.seed}..{hp.seed + len(results) - 1}): runs "
               + ", ".join(map(str, ids)))
         if ens is not None:
             _print_result(ens, "independent ensemble")
-            print(f"on the test split: trainlab ensemble --runs {','.join(map(str, ids))} --split test")
+            out(f"on the test split: trainlab ensemble --runs {','.join(map(str, ids))} --split test")
     if any(r.status == "stopped" for r in results):
         return 130
     if any(r.status == "diverged" for r in results):
@@ -102,15 +105,15 @@ def cmd_train_members(args, hp) -> int:
     return 0
 
 
-def register(sub) -> None:
-    p = add_db(sub.add_parser("ensemble", help="average the predicted probabilities of several models"))
+def add_ensemble(p) -> None:
     p.add_argument("--runs", metavar="ID,ID,...", help="runs whose best checkpoints are the members; best:K for "
                    "the K runs with the best validation metric")
     p.add_argument("--study", metavar="NAME", help="members from this study's runs (with --top K: the K best)")
     p.add_argument("--top", type=int, metavar="K", help="with --study: the K runs with the best validation metric")
     p.add_argument("--snapshots", type=int, metavar="RUN", help="the snapshots a cyclic_cosine run saved "
                    "(snapshots=true)")
+    p.add_argument("--task", metavar="NAME", help="with best:K or --study: members from this task's runs (default: "
+                   "the task trained most recently; runs of different tasks are never mixed)")
     p.add_argument("--last", type=int, metavar="M", help="with --snapshots: only the last M snapshots")
     p.add_argument("--split", choices=("val", "test"), default="val", help="where to measure (default: val)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_ensemble)

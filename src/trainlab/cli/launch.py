@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 
-from trainlab.cli.common import UsageError
+from trainlab.cli.common import UsageError, out
 
 __all__ = ["torchrun_command", "torchrun_train", "exit_code"]
 
@@ -62,7 +62,7 @@ def torchrun_train(args) -> int:
     hp = make_config(open_store(args).run(args.resume)["hparams"]) if args.resume is not None \
         else load_config(args.config, args.set)
     if args.print_config:
-        print(hp.to_yaml(), end="")
+        out(hp.to_yaml().rstrip("\n"))
         return 0
     if hp.seeds > 1:
         raise UsageError(f"--nproc: trains one run data-parallel, not an ensemble of seeds; got seeds={hp.seeds}")

@@ -6,10 +6,9 @@ import math
 import os
 from pathlib import Path
 
-from trainlab.cli.common import UsageError
-from trainlab.config import DEFAULT_RUNS_DIR
+from trainlab.cli.common import UsageError, add_out, out, print_json
 
-__all__ = ["register"]
+__all__ = ["add_recipe"]
 
 
 def cmd_recipe(args) -> int:
@@ -33,6 +32,10 @@ def cmd_recipe(args) -> int:
     result = run_recipe(hp, budget_minutes=args.budget, workers=args.workers, out=args.out, db=args.db,
                         fresh=args.fresh, force=args.force, quiet=args.quiet, runs_dir=args.runs_dir,
                         started_at=_process_start())
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        out(f"recipe {result.status}" + (f": report {result.report}" if result.report else ""))
     if result.status == "interrupted":
         return 130
     return 0 if result.status == "completed" else 1
@@ -58,12 +61,11 @@ def _process_start() -> float | None:
         return None
 
 
-def register(sub) -> None:
+def add_recipe(p) -> None:
+    from trainlab.config import DEFAULT_RUNS_DIR
     from trainlab.recipe import DEFAULT_BUDGET_MINUTES, DEFAULT_REPORT_DIR
     from trainlab.search.workers import MAX_DEFAULT_WORKERS
 
-    p = sub.add_parser("recipe", help="choose hyperparameters end to end (7 steps) within a time budget; "
-                                      "writes a static HTML report")
     p.add_argument("config", nargs="?", help="YAML config to start from (default: the built-in defaults)")
     p.add_argument("--task", help="mnist1d (default), mnist1d-shuffle, digits, or path/to/file.py:build")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
@@ -71,10 +73,8 @@ def register(sub) -> None:
                    help=f"wall-clock budget (default: {DEFAULT_BUDGET_MINUTES:g})")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help=f"search worker processes (default: the machine's cores, at most {MAX_DEFAULT_WORKERS})")
-    p.add_argument("--out", default=DEFAULT_REPORT_DIR, help=f"report directory (default: {DEFAULT_REPORT_DIR})")
-    p.add_argument("--db", default=None, help="store URL or SQLite file (default: ./trainlab.db)")
+    add_out(p, DEFAULT_REPORT_DIR, f"report directory (default: {DEFAULT_REPORT_DIR})")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"where checkpoints go (default: {DEFAULT_RUNS_DIR})")
     p.add_argument("--fresh", action="store_true", help="start a new study instead of resuming the last one")
     p.add_argument("--force", action="store_true", help="go on after a failed check")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_recipe)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from trainlab.cli.common import UsageError, print_json, printable, table
-from trainlab.config import DEFAULT_RUNS_DIR
+from trainlab.cli.common import UsageError, add_out, out, print_json, printable, table
 
-__all__ = ["register"]
+__all__ = ["add_search"]
 
 _MAX_ROWS = 25  # leaderboard rows printed; the rest are in the store (trainlab runs --study NAME)
 
@@ -38,9 +37,8 @@ def cmd_search(args) -> int:
         return cmd_report(args, targets[1:])
     if len(targets) > 1:
         raise UsageError(f"search: expected at most one CONFIG, got {' '.join(targets)}")
-    for flag in ("output",):
-        if getattr(args, flag):
-            raise UsageError("search: -o/--output belongs to: trainlab search report STUDY -o DIR")
+    if args.out:
+        raise UsageError("search: -o/--out belongs to: trainlab search report STUDY -o DIR")
     config = targets[0] if targets else None
     from trainlab.search import run_search
 
@@ -62,13 +60,13 @@ def cmd_search(args) -> int:
     if args.json:
         print_json(result.to_dict())
     else:
-        print(f"study {printable(result.study)}: {result.strategy}" + (f" + {result.prune}" if result.prune != "none" else "")
+        out(f"study {printable(result.study)}: {result.strategy}" + (f" + {result.prune}" if result.prune != "none" else "")
               + f", {len(result.leaderboard)} trials ("
               + ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items())) + f") in {result.seconds:.0f} s")
         if result.leaderboard:
-            print(leaderboard_table(result.leaderboard, result.metric))
+            out(leaderboard_table(result.leaderboard, result.metric))
         if result.best:
-            print(f"best: trial {result.best['trial']} (run {result.best['run']}), {result.metric} "
+            out(f"best: trial {result.best['trial']} (run {result.best['run']}), {result.metric} "
                   f"{result.best['value']:.4f}")
     if not result.complete:
         print(f"search {printable(result.study)} is incomplete ({result.counts}); re-run the same command to resume",
@@ -81,16 +79,18 @@ def cmd_report(args, rest: list[str]) -> int:
     from trainlab.search.report import write_search_report
 
     if len(rest) != 1:
-        raise UsageError("search report: give one study name, e.g. trainlab search report search-random-1a2b3c4d "
-                         "-o report/")
-    if not args.output:
-        raise UsageError("search report: give -o DIR, the folder for index.html and its figures")
-    page = write_search_report(rest[0], args.output, db=args.db, storage=args.storage)
-    print(f"wrote {page}")
+        raise UsageError("search report: give one study name, e.g. trainlab search report search-random-1a2b3c4d")
+    folder = args.out or f"report-{rest[0]}"
+    page = write_search_report(rest[0], folder, db=args.db, storage=args.storage)
+    if args.json:
+        print_json({"study": rest[0], "out": str(page)})
+    else:
+        out(f"wrote {page}")
     return 0
 
 
-def register(sub) -> None:
+def add_search(p) -> None:
+    from trainlab.config import DEFAULT_RUNS_DIR
     from trainlab.search import (
         DEFAULT_HEARTBEAT_S,
         DEFAULT_PRUNE,
@@ -102,10 +102,8 @@ def register(sub) -> None:
         STRATEGIES,
     )
 
-    p = sub.add_parser("search", help="hyperparameter search (grid, random, TPE; pruning; workers); "
-                                      "'search report STUDY -o DIR' writes an HTML report",
-                       description="trainlab search [CONFIG] --space SPACE.yaml --strategy grid|random|tpe ...  |  "
-                                   "trainlab search report STUDY -o DIR")
+    p.description = ("trainlab search [CONFIG] --space SPACE.yaml --strategy grid|random|tpe ...  |  "
+                     "trainlab search report STUDY [-o DIR]")
     p.add_argument("target", nargs="*", metavar="CONFIG", help="YAML config the space varies (default: built-in "
                    "defaults); or: report STUDY")
     p.add_argument("--space", help="search space YAML: lr: loguniform(1e-4, 1e-1), width: int(32, 256, log), ...")
@@ -117,8 +115,6 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                    help=f"worker processes on this machine (default {DEFAULT_WORKERS})")
     p.add_argument("--study", help="study name (default: derived from config, space, strategy and pruning)")
-    p.add_argument("--db", default=None, help="trainlab store URL or SQLite file (default: --storage, "
-                   "else ./trainlab.db)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: --db); postgresql://... "
                    "lets workers on many machines share one study")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
@@ -128,7 +124,5 @@ def register(sub) -> None:
     p.add_argument("--heartbeat-s", type=int, default=DEFAULT_HEARTBEAT_S,
                    help=f"seconds between trial heartbeats; a trial silent for {GRACE_HEARTBEATS} of them is "
                         f"retried once (default {DEFAULT_HEARTBEAT_S})")
-    p.add_argument("-o", "--output", help="search report: folder for index.html")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_out(p, None, "search report: folder for index.html and its figures (default: report-STUDY)", "--output")
     p.set_defaults(fn=cmd_search)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from trainlab.cli.common import UsageError, add_db, open_store, print_json, printable, table
-from trainlab.config import DEFAULT_RUNS_DIR
+from trainlab.cli.common import UsageError, open_store, out, print_json, printable, table
 
-__all__ = ["register"]
+__all__ = ["add_transfer"]
 
 ACTIONS = ("advise", "compare", "run", "probe")
 _COLUMNS = ["strategy", "val_acc", "test_acc", "seconds", "trainable", "run", "detail"]
@@ -46,8 +45,8 @@ def _print_result(result, as_json: bool) -> None:
         print_json(result.row() | ({"probes": result.probes} if result.probes else {}))
         return
     if result.probes:
-        print(table(result.probes, ["stage", "dim", "val_acc", "test_acc", "seconds", "run"]))
-    print(table([result.row()], _COLUMNS))
+        out(table(result.probes, ["stage", "dim", "val_acc", "test_acc", "seconds", "run"]))
+    out(table([result.row()], _COLUMNS))
 
 
 def cmd_transfer(args) -> int:
@@ -75,15 +74,15 @@ def cmd_transfer(args) -> int:
             return 0
         size = "very little data" if advice.size == "little" else "quite a lot of data"
         similarity = "similar to" if advice.similarity == "similar" else "very different from"
-        print(f"target {printable(task.name)}: {size}, {similarity} {printable(source.name)} -> {advice.strategy}")
+        out(f"target {printable(task.name)}: {size}, {similarity} {printable(source.name)} -> {advice.strategy}")
         for reason in advice.reasons:
-            print(f"  - {printable(reason)}")
+            out(f"  - {printable(reason)}")
         if result:
             _print_result(result, False)
         return 0
     if args.action == "compare":
         def report(r):
-            if not args.json:
+            if not args.quiet:
                 print(f"{r.strategy}: val {r.val_acc:.4f}  test {r.test_acc:.4f}  {r.seconds:.1f}s", flush=True)
 
         results = compare(source, task, hp, strategies, store=store, cache=cache, report=report, **common)
@@ -91,18 +90,18 @@ def cmd_transfer(args) -> int:
         if args.json:
             print_json(rows)
         else:
-            print(table(rows, _COLUMNS))
+            out(table(rows, _COLUMNS))
         return 0
     strategy = args.strategy if args.action == "run" else "probe"
     _print_result(train_strategy(source, task, strategy, hp, store=store, cache=cache, **common), args.json)
     return 0
 
 
-def register(sub) -> None:
-    p = add_db(sub.add_parser("transfer", help="transfer learning from a run or a weights file to a target task",
-                              description="advise: place the target in the lecture's 2x2 table and recommend a "
-                                          "strategy (--run trains it); compare: train every strategy; run: train "
-                                          "one; probe: a linear classifier on each stage"))
+def add_transfer(p) -> None:
+    from trainlab.config import DEFAULT_RUNS_DIR
+
+    p.description = ("advise: place the target in the lecture's 2x2 table and recommend a strategy (--run trains "
+                     "it); compare: train every strategy; run: train one; probe: a linear classifier on each stage")
     p.add_argument("action", nargs="?", default="advise", choices=ACTIONS, help="default: advise")
     p.add_argument("--source", help="a run id (its best checkpoint) or a local weights file (.pt, .safetensors)")
     p.add_argument("--arch", help="with a weights file: mlp, cnn, resnet, torchvision:NAME, timm:NAME or file.py:fn")
@@ -114,6 +113,5 @@ def register(sub) -> None:
                    help="override a hyperparameter of the target runs (e.g. epochs=5, backbone_lr_mult=0.1)")
     p.add_argument("--study", help="file the runs under this study (default: transfer-<source>-<target>)")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help=f"where checkpoints go (default: {DEFAULT_RUNS_DIR})")
-    p.add_argument("--verbose", action="store_true", help="show each run's progress")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="show each run's progress (stderr)")
     p.set_defaults(fn=cmd_transfer)

@@ -159,7 +159,20 @@ def plot_cv_spread(candidates: Sequence[dict], path: str | Path, chosen: dict | 
         vals = [m["val_acc"] for m in final_members if m.get("val_acc") is not None]
         ax.scatter([i] * len(vals), vals, color="tab:green", s=28, marker="D", zorder=3)
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
-    ax.set(ylabel="best val/acc", title="validation accuracy per fold (split_seed): points; mean +- std: bars")
+    ax.set_xlim(-0.6, len(labels) - 0.4)  # a lone candidate is not pinned to the frame's edge
+    ax.set(ylabel="best val/acc")
+    ax.set_title("validation accuracy of each candidate on each fold", fontsize=10)
+    from matplotlib.lines import Line2D
+
+    legend = [Line2D([], [], ls="", marker="o", color="tab:blue", label="one fold (split_seed)"),
+              Line2D([], [], ls="", marker="_", ms=12, mew=1.5, color="tab:blue", label="mean +- std over folds")]
+    if chosen is not None:
+        legend.append(Line2D([], [], ls="", marker="o", color="tab:red", label="chosen"))
+    if final_members:
+        legend.append(Line2D([], [], ls="", marker="D", color="tab:green", label="final model(s)"))
+    ax.legend(handles=legend, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(legend),
+              frameon=False)
+    ax.grid(axis="y", alpha=0.3)
     return _save(fig, Path(path))
 
 

@@ -14,7 +14,7 @@ import os
 import warnings
 from pathlib import Path
 
-from trainlab.figures import plot_importance, plot_metric_vs_params, plot_search_layout
+from trainlab.figures import FEW_TRIALS, plot_importance, plot_metric_vs_params, plot_search_layout
 from trainlab.search.leaderboard import best_row, leaderboard, status_counts, study_meta
 from trainlab.search.space import parse_space
 from trainlab.search.storage import load_study, open_existing_storage
@@ -24,7 +24,8 @@ __all__ = ["write_search_report", "importances"]
 
 
 def importances(study) -> tuple[dict[str, float], str]:
-    """(Optuna's parameter importances, or {} , a note saying which evaluator or why there are none)."""
+    """(Optuna's parameter importances, or {} , a note saying which evaluator, on how many trials (and that
+    few trials make it a rough guess), or why there are none)."""
     import optuna
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
@@ -36,7 +37,11 @@ def importances(study) -> tuple[dict[str, float], str]:
             found = optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError) as err:
         return {}, f"not computed: {str(err).splitlines()[0]}"
-    return {k: float(v) for k, v in found.items()}, "Optuna's default evaluator (PED-ANOVA) on the completed trials"
+    note = f"Optuna's default evaluator (PED-ANOVA) on the {len(complete)} completed trials"
+    if len(complete) < FEW_TRIALS:
+        note += (f"; with fewer than {FEW_TRIALS} it is a rough guess: another search of the same space may well "
+                 "order the parameters differently")
+    return {k: float(v) for k, v in found.items()}, note
 
 
 def _params(study, meta: dict | None) -> list[dict]:
@@ -91,7 +96,8 @@ def write_search_report(study_name: str, out_dir: str | os.PathLike, db=None, st
         plot_search_layout(scored, by_name[order[0]], by_name[order[1]], metric, out / "layout.png")
         figures.append(("layout.png", "where the trials fell: the two most important parameters"))
     if imp:
-        plot_importance(imp, out / "importance.png")
+        plot_importance(imp, out / "importance.png", n_trials=sum(1 for t in study.get_trials(deepcopy=False)
+                                                                    if t.state.name == "COMPLETE"))
 
     tried = [r for r in rows if r["params"]]
     distinct = [(p["name"], p.get("text", ""), len({repr(r["params"].get(p["name"])) for r in tried

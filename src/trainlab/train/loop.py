@@ -7,6 +7,9 @@ losses stay on the device and are read every `steps.DRAIN` steps, so nothing syn
 database per step) and the epoch's end (`epoch.EpochEnd`: validation, callbacks, early stopping, the best
 weights, checkpoints). Every exit path restores the best weights and records the run's end.
 
+Loggers (`fit(..., loggers=[...])`, `trainlab.export`) get the rows the `Recorder` writes, at its existing
+read points; the run's summary keeps "startup" (`startup.Startup`: the seconds before the first step).
+
 Faults (`halt`, `record`, `resume.Checkpoints`): SIGTERM stops the run like Ctrl-C, at a clean point, with a
 last checkpoint; a checkpoint that cannot be written fails the run at the next checkpoint, recording the
 weights actually on disk; a database outage keeps the rows in memory while training goes on.
@@ -39,11 +42,13 @@ from trainlab.train.early_stopping import EarlyStopping
 from trainlab.train.epoch import EpochEnd, callback_summary, held_out
 from trainlab.train.evaluate import evaluate
 from trainlab.train.halt import Halt, resume_hint
+from trainlab.train.loggers import Logger
 from trainlab.train.pipelined import PipelineRun, check_pipeline
 from trainlab.train.plan import RunPlan, lr_schedule
 from trainlab.train.precision import Execution, input_dims
 from trainlab.train.record import Recorder
 from trainlab.train.resume import Checkpoints, Position, resume_run
+from trainlab.train.startup import Startup
 from trainlab.train.steps import Steps
 
 __all__ = ["fit", "FitResult", "resolve_device", "lr_schedule", "epoch_order", "LoopState", "Stop", "Callback"]
@@ -79,7 +84,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         quiet: bool = False, evaluate_test: bool = True, resume: int | None = None,
         runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR, model: nn.Module | None = None,
         optimizer: torch.optim.Optimizer | None = None, checkpoints: bool = True,
-        schedule: Callable[[int], float] | None = None, dist: Dist | None = None) -> FitResult:
+        schedule: Callable[[int], float] | None = None, dist: Dist | None = None,
+        loggers: Sequence[Logger] = ()) -> FitResult:
     """Train `task` with `hp`, storing the run in `store` (if given), and return the result.
 
     The best weights (by `hp.early_stop_metric`) are restored on every exit path: early stop, last
@@ -95,12 +101,16 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     SIGTERM (from the main thread's handler, installed for the run) stops like Ctrl-C, writing `last.pt` at
     the exact position. A checkpoint that cannot be written raises CheckpointWriteError (the run "failed").
     With `hp.parallel == "pipeline"` the ranks split the model's stages instead (`pipelined.PipelineRun`).
+    `loggers` (TensorBoard, MLflow, CSV: `trainlab.export`) get the run's metrics at the loop's existing
+    read points (every few dozen steps, each epoch), never per step; see `train.loggers`.
+    The run's summary keeps "startup": the seconds from fit() to the first step and that step's own cost.
     """
     started = time.perf_counter()
+    startup = Startup(started)
     ddp = dist is not None and dist.ddp
     rank, world = (dist.rank, dist.world_size) if ddp else (0, 1)
     if rank:  # only rank 0 writes, tests and prints
-        store, quiet, evaluate_test = None, True, False
+        store, quiet, evaluate_test, loggers = None, True, False, ()
     device = dist.device if ddp else resolve_device(hp.device)
     task = checked(task, hp) if task is not None else load_task(hp)
     hp, metric_note = for_task(hp, task.task_metrics)  # early stopping on what the task measures
@@ -108,7 +118,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     check_data(task, hp, feed)  # bad data: one line, before anything is stored
     callbacks = [*callbacks_for(hp), *callbacks]  # EMA and snapshots, when hp asks for them
     pipelined = hp.parallel == "pipeline" and check_pipeline(hp, dist)  # a ConfigError before anything is stored
-    model, optimizer, net, ex = _build(task, hp, model, optimizer, device, None if pipelined else dist, world)
+    model, optimizer, net, ex = _build(task, hp, model, optimizer, device, None if pipelined else dist, world,
+                                       startup)
     preflight(task, hp, model)  # labels in range, finite inputs, shapes that fit: one line before anything is stored
     pipe = PipelineRun(model, hp, dist, task.loss, optimizer) if pipelined else None  # every rank sees every batch
     ex, (data_rank, data_world) = ex.with_pipeline(pipe), ((0, 1) if pipelined else (rank, world))
@@ -117,7 +128,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     data, label = held_out(task, device, dist, feed), model_label(task, hp, model)
     rec = Recorder.open(store, hp, plan, name=name or f"{task.name}-{label}", study=study, kind=kind,
                         resume=resume, runs_dir=runs_dir if checkpoints else None, dist=dist,
-                        metrics=task.task_metrics.summary())
+                        metrics=task.task_metrics.summary(), loggers=loggers)
     state = LoopState(hp, task, model, optimizer, device, rec.run_id, rec.run_dir, plan.updates_per_epoch,
                       plan.total_updates, rank=rank, world_size=world, plan=plan)
     stopper = EarlyStopping(hp.early_stop_metric, hp.mode, hp.patience, hp.min_delta)
@@ -134,7 +145,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
             print(f"  {metric_note}")
     halt = Halt()  # SIGTERM, the store's memory bound: a clean stop at the next update
     steps = Steps(net, model, optimizer, task, hp, plan, batches, rec, callbacks, state, ckpts, dist, pos.step, quiet,
-                  halt, execution=ex, scaler=scaler, pipe=pipe)
+                  halt, execution=ex, scaler=scaler, pipe=pipe, startup=startup)
     end_epoch = EpochEnd(task, hp, model, device, dist, data, callbacks, stopper, rec, ckpts, not quiet, halt,
                          autocast=ex.autocast, feed=feed)
 
@@ -145,10 +156,12 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
             if ddp and resume is None:  # a torchrun restart resumes from last.pt, so there is one from the start
                 ckpts.save("last.pt", pos)
             try:
+                startup.loop_starts()
                 for epoch in range(pos.epoch, plan.epochs):
                     state.epoch = pos.epoch = epoch
                     t0 = time.perf_counter()
                     seen, stop = steps.epoch(epoch, pos)  # the updates; ends early on divergence, a stop or a halt
+                    startup.epoch_updates_done(pos.step, quiet)
                     if stop is None or not (stop.status == "diverged" or steps.interrupted):
                         stop = end_epoch(state, pos, seen, time.perf_counter() - t0, stop)  # validation, checkpoints
                     if stop is not None:
@@ -175,7 +188,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     layer_warnings, best_path = ratio_warnings(steps.ratio_log), ckpts.best_path()
     rec.finish(status, reason, steps=pos.step, seconds=time.perf_counter() - started, num_classes=task.num_classes,
                test=test, best=stopper.best, best_epoch=stopper.best_epoch, epochs=epochs, checkpoint=best_path,
-               warnings=layer_warnings, summary=callback_summary(callbacks))
+               warnings=layer_warnings, summary={**callback_summary(callbacks), "startup": startup.summary()})
     if not quiet:
         _print_end(hp, status, reason, stopper, test, layer_warnings, task.task_metrics.summary()["headline"])
     return FitResult(rec.run_id, status, reason, stopper.best, stopper.best_epoch, epochs, pos.step, test,
@@ -183,7 +196,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
 
 
 def _build(task: Task, hp: Config, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
-           device: torch.device, dist: Dist | None, world: int):
+           device: torch.device, dist: Dist | None, world: int, startup: Startup | None = None):
     """(model, optimizer, net, execution): the model seeded from `hp.seed` on `device` (BatchNorm per the DDP
     policy, in the run's memory format), its optimizer, what forward and backward run through (the DDP wrapper
     under data parallelism, compiled when asked), and the resolved precision/compile choices. `model` is
@@ -201,7 +214,8 @@ def _build(task: Task, hp: Config, model: nn.Module | None, optimizer: torch.opt
     bn_warning = batchnorm_warning(model, hp.batch_size, world, hp.sync_bn)
     if bn_warning and not (ddp and dist.rank):
         warnings.warn(bn_warning, stacklevel=3)
-    optimizer = optimizer or build_optimizer(hp, model)
+    with (startup or Startup()).building_optimizer():  # torch imports torch._dynamo with the first optimizer
+        optimizer = optimizer or build_optimizer(hp, model)
     for g in optimizer.param_groups:  # the schedule multiplies each group's own lr
         g.setdefault("base_lr", g["lr"])
     if built is not model:  # the task compiled it: forward through its wrapper (which holds `model`)

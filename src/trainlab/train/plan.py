@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from trainlab.config import Config, ConfigError
 from trainlab.parallel.ddp import LrScaling, scale_lr, shard_size
-from trainlab.schedules import cycle_ends, make_schedule
+from trainlab.schedules import cycle_ends, from_config
 
 __all__ = ["RunPlan", "lr_schedule"]
 
@@ -121,26 +121,10 @@ def _schedule(hp: Config, steps_per_epoch: int, world_size: int) -> tuple[Callab
                           f"got {hp.scaling_warmup_epochs}")
     if warmup >= total:
         raise ConfigError(f"warmup_steps: must be fewer than the run's {total} optimizer updates, got {warmup}")
-    main = total - warmup
-    period = (round(hp.restart_period_epochs * steps_per_epoch) if hp.restart_period_epochs
-              else max(1, main // hp.cycles))
-    factor = make_schedule(
-        hp.schedule, total, warmup_steps=warmup, min_factor=hp.min_lr_factor,
-        step_size=max(1, round(hp.step_size_epochs * steps_per_epoch)),
-        milestones=[s for s in (round(m * steps_per_epoch) - warmup for m in hp.milestones_epochs) if s >= 0],
-        gamma=hp.gamma, period=period, period_mult=hp.restart_mult,
-    )
-    if hp.schedule == "cyclic_cosine" and not hp.restart_period_epochs and main % period:
-        factor = _held_after(factor, warmup + hp.cycles * period - 1)
+    factor, period = from_config(hp, steps_per_epoch, total, warmup)
     if scaling.lr_scale != 1.0:
         factor = _scaled(factor, scaling.lr_scale)
     return factor, total, warmup, period
-
-
-def _held_after(factor: Callable[[int], float], last: int) -> Callable[[int], float]:
-    """`cycles` equal cycles rarely divide the run: hold the last cycle's final lr over the few steps
-    left, instead of starting a new cycle at full rate just before the end."""
-    return lambda step: factor(min(step, last))
 
 
 def _scaled(factor: Callable[[int], float], scale: float) -> Callable[[int], float]:

@@ -21,7 +21,12 @@ A database outage does not stop training: the rows stay in memory and are retrie
 `FINISH_WAIT_S` seconds for the database before giving up with one line (`StoreUnavailable`).
 
 Without a store (`Recorder(None, run_id, None)`: fit() without one, and data-parallel ranks other than 0)
-every method writes nothing.
+every method writes nothing to a store.
+
+Loggers (`fit(..., loggers=[...])`, `train.loggers`: TensorBoard, MLflow, CSV from `trainlab.export`) get the
+same rows, with or without a store: the buffer is wrapped in a `LoggedBuffer`, whose rows are handed to the
+loggers at the points where the loop already reads its numbers (each read of the per-step losses, each epoch's
+end), never per step. They `start` with the run (new or resumed) and `finish` with its end, failures included.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ import copy
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from trainlab.config import Config
 from trainlab.parallel.ddp import Dist, broadcast_object
-from trainlab.store import HEARTBEAT_S, MetricBuffer, Store, StoreUnavailable, classify
+from trainlab.store import HEARTBEAT_S, MetricBuffer, Store, StoreUnavailable, classify, hide_password
+from trainlab.train.loggers import LoggedBuffer, Logger
 from trainlab.train.plan import RunPlan
 
 __all__ = ["Recorder", "FLUSH_S", "MAX_BUFFERED_ROWS", "FINISH_WAIT_S"]
@@ -73,10 +79,15 @@ class Recorder:
     """The store's side of one run. `epoch` arguments are 0-based (the epoch in progress); rows store them
     1-based, as `store.metrics` reads them."""
 
-    def __init__(self, store: Store | None, run_id: int | None, run_dir: Path | None):
+    def __init__(self, store: Store | None, run_id: int | None, run_dir: Path | None,
+                 loggers: Sequence[Logger] = (), run_info: dict[str, Any] | None = None):
         self.store, self.run_id, self.run_dir = store, run_id, run_dir
         self.buffer = MetricBuffer(store, run_id, retry=True, limit=MAX_BUFFERED_ROWS, beat=True) \
             if store is not None else None
+        # where rows are added: the store's buffer, wrapped when loggers listen (they get the rows at publish())
+        self.logged = LoggedBuffer(self.buffer, loggers) if loggers else None
+        self._sink = self.logged if self.logged is not None else self.buffer
+        self.run_info = {"id": run_id, "status": "running", **(run_info or {})}  # what loggers start and end with
         self._flushed_at = time.monotonic()
         self._summary: dict[str, Any] = {}  # what callbacks last put in the summary
         self._summary_due: dict[str, Any] | None = None  # a summary not stored yet (the database was away)
@@ -95,11 +106,13 @@ class Recorder:
     @classmethod
     def open(cls, store: Store | None, hp: Config, plan: RunPlan, *, name: str, study: str | None = None,
              kind: str = "train", resume: int | None = None, runs_dir: str | Path | None = None,
-             dist: Dist | None = None, metrics: dict[str, Any] | None = None) -> Recorder:
+             dist: Dist | None = None, metrics: dict[str, Any] | None = None,
+             loggers: Sequence[Logger] = ()) -> Recorder:
         """A new run row named `name` (hyperparameters as given; the plan and the launch id in the summary),
         or run `resume` again. Under DDP rank 0 creates the row and every rank gets its id. The run directory
         is `runs_dir/run-<id>` when there is a store and `runs_dir` (None: no checkpoints). `metrics` (the task's
-        kind and metric names, `metrics.TaskMetrics.summary()`) goes in the summary as "metrics"."""
+        kind and metric names, `metrics.TaskMetrics.summary()`) goes in the summary as "metrics". `loggers` start
+        now (ranks other than 0 pass none)."""
         ddp = dist is not None and dist.ddp
         run_id = resume
         if store is not None and resume is None:
@@ -110,9 +123,16 @@ class Recorder:
         if ddp:  # rank 0 created the one row; every rank needs its id
             run_id = broadcast_object(dist, run_id)
         run_dir = Path(runs_dir).resolve() / f"run-{run_id}" if (store is not None and runs_dir is not None) else None
-        rec = cls(store, run_id, run_dir)
+        info = {"name": name, "study": study, "kind": kind, "hparams": hp.model_dump(mode="json"),
+                "store": hide_password(store.url) if store is not None else None} if loggers else None
+        if loggers and store is not None and resume is not None:  # a resumed run keeps its stored name and study
+            row = store.run(resume)
+            info.update(name=row.get("name") or name, study=row.get("study"), kind=row.get("kind") or kind)
+        rec = cls(store, run_id, run_dir, loggers, info)
         if resume is None:
             rec._beat()
+        for logger in loggers:
+            logger.start(dict(rec.run_info))
         return rec
 
     def resumed(self, step: int, dist: Dist | None = None) -> None:
@@ -143,21 +163,27 @@ class Recorder:
         return None
 
     def losses(self, first: int, epoch: int, values: list[float], lrs: list[float]) -> None:
-        """train/loss and lr of updates `first`, `first + 1`, ..."""
-        if self.buffer is None:
+        """train/loss and lr of updates `first`, `first + 1`, ... (a read point: loggers get the rows so far)"""
+        if self._sink is None:
             return
-        add = self.buffer.add
+        add = self._sink.add
         for i, (v, lr) in enumerate(zip(values, lrs)):
             add(first + i, epoch + 1, "train/loss", v)
             add(first + i, epoch + 1, "lr", lr)
+        self.publish()
+
+    def publish(self) -> None:
+        """Hand the rows added since the last call to the loggers (nothing to do without loggers)."""
+        if self.logged is not None:
+            self.logged.publish()
 
     def ratios(self, step: int, epoch: int, ratios: dict[str, float], gnorm) -> None:
         """The update/weight ratio of each parameter tensor and the gradient norm, measured at `step`."""
-        if self.buffer is None:
+        if self._sink is None:
             return
         for name, r in ratios.items():
-            self.buffer.add(step, epoch + 1, f"ratio/{name}", r)
-        self.buffer.add(step, epoch + 1, "grad_norm", float(gnorm))
+            self._sink.add(step, epoch + 1, f"ratio/{name}", r)
+        self._sink.add(step, epoch + 1, "grad_norm", float(gnorm))
 
     def flush(self) -> None:
         """Write the buffered rows now (before a checkpoint lands, every row up to its step is stored)."""
@@ -167,11 +193,14 @@ class Recorder:
     def end_epoch(self, step: int, epoch: int, metrics: dict[str, float], best: float | None,
                   best_epoch: int | None, summary: dict[str, Any]) -> None:
         """The epoch's metrics (at the step of its last update), written with the run's progress when due,
-        and `summary` (what callbacks record) when it changed."""
-        if self.buffer is None:
+        and `summary` (what callbacks record) when it changed. A read point: loggers get the rows so far."""
+        if self._sink is None:
             return
         for k, v in metrics.items():
-            self.buffer.add(step - 1, epoch + 1, k, v)
+            self._sink.add(step - 1, epoch + 1, k, v)
+        self.publish()
+        if self.buffer is None:
+            return
         if self.run_dir is not None or time.monotonic() - self._flushed_at >= FLUSH_S:
             # one transaction: the epoch's rows and the run's progress (before the checkpoint lands)
             stored = self.buffer.flush(epochs=epoch + 1, best_metric=best, best_epoch=best_epoch)
@@ -216,19 +245,24 @@ class Recorder:
                test: dict[str, float] | None, best: float | None, best_epoch: int | None, epochs: int,
                checkpoint: str | None, warnings: list, summary: dict[str, Any]) -> None:
         """End the run: every buffered row, its status and reason, and its summary (steps, time, the layers'
-        ratio warnings, the test result, and `summary`, what callbacks record)."""
-        if self.store is None:
-            return
-        self._quiet()
-        if self._lease_lost():
-            return
+        ratio warnings, the test result, and `summary`, what callbacks record); then the loggers' end."""
         summary = {"steps": steps, "seconds": seconds, "num_classes": num_classes,
                    "ratio_warnings": [w.to_dict() for w in warnings], **summary}
         if test is not None:
             summary.update({f"test/{k}": v for k, v in test.items()})
-        self._land(lambda: self.store.finish_run(self.run_id, status, reason=reason, best_metric=best,
-                                                 best_epoch=best_epoch, epochs=epochs, checkpoint=checkpoint,
-                                                 summary=summary), f"ended {status} at step {steps}", FINISH_WAIT_S)
+        if self.store is not None:
+            self._quiet()
+            if not self._lease_lost():
+                self._land(lambda: self.store.finish_run(self.run_id, status, reason=reason, best_metric=best,
+                                                         best_epoch=best_epoch, epochs=epochs, checkpoint=checkpoint,
+                                                         summary=summary), f"ended {status} at step {steps}",
+                           FINISH_WAIT_S)
+        if self.logged is not None:
+            self.publish()
+            end = {"status": status, "reason": reason, "best_metric": best, "best_epoch": best_epoch,
+                   "epochs": epochs, "summary": summary}
+            for logger in self.logged.loggers:
+                logger.finish({**self.run_info, **end})
 
     def _lease_lost(self) -> bool:
         """Another process resumed this run (its heartbeat found it taken): this one writes nothing more."""
@@ -237,14 +271,15 @@ class Recorder:
     def failed(self, err: BaseException, summary: dict[str, Any], on_disk: dict[str, Any] | None = None) -> None:
         """The run ended on an exception: store what can be stored, and status "failed" with the error (one
         line). `on_disk` (`Checkpoints.on_disk`): what its checkpoints hold; the run's best epoch, best metric
-        and checkpoint become those of best.pt, the weights actually on disk."""
+        and checkpoint become those of best.pt, the weights actually on disk. The loggers end "failed" too."""
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        self._loggers_failed(f"{type(err).__name__}: {text}"[:500])
         if self.store is None:
             return
         lost = self._lease_lost()
         self._quiet()
         if lost:
             return
-        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
         fields: dict[str, Any] = {"summary": {**summary}} if summary else {}
         if on_disk is not None:
             best = on_disk.get("best.pt")
@@ -256,3 +291,18 @@ class Recorder:
                                                      f"{text}"[:500], **fields), "failed", min(FINISH_WAIT_S, 10.0))
         except StoreUnavailable:
             pass  # the run shows as lost once its heartbeat is old
+
+    def _loggers_failed(self, reason: str) -> None:
+        """The loggers' end of a run that failed: the rows so far and status "failed"; their own errors are
+        dropped (the error that ended the run is the one to report)."""
+        if self.logged is None:
+            return
+        try:
+            self.logged.publish()
+        except Exception:
+            pass
+        for logger in self.logged.loggers:
+            try:
+                logger.finish({**self.run_info, "status": "failed", "reason": reason})
+            except Exception:
+                pass

@@ -36,6 +36,7 @@ from trainlab.train.plan import RunPlan
 from trainlab.train.precision import Execution
 from trainlab.train.record import Recorder
 from trainlab.train.resume import Checkpoints, Position
+from trainlab.train.startup import Startup
 
 __all__ = ["Steps", "DRAIN"]
 
@@ -51,7 +52,7 @@ class Steps:
                  plan: RunPlan, batches: Batches, rec: Recorder, callbacks: Sequence, state: LoopState,
                  ckpts: Checkpoints, dist: Dist | None, step: int, quiet: bool, halt: Halt | None = None, *,
                  execution: Execution | None = None, scaler: torch.amp.GradScaler | None = None,
-                 pipe: PipelineRun | None = None):
+                 pipe: PipelineRun | None = None, startup: Startup | None = None):
         self.net, self.model, self.optimizer, self.hp, self.plan, self.rec = net, model, optimizer, hp, plan, rec
         self.callbacks, self.state, self.ckpts, self.quiet, self.num_classes = callbacks, state, ckpts, quiet, task.num_classes
         self.dist = dist if dist is not None and dist.ddp else None
@@ -71,6 +72,7 @@ class Steps:
         self.halt = halt or Halt()
         self.halted = False       # every rank agreed to halt (at the last read of the losses)
         self.interrupted = False  # the run halted mid-epoch: last.pt holds the exact position, no epoch end
+        self.startup = startup  # the first update's end is noted once (startup.Startup)
 
     def epoch(self, epoch: int, pos: Position) -> tuple[int, Stop | None]:
         """Train `epoch` from update `pos.step` and micro-batch `pos.batch`; (examples seen, a stop or None)."""
@@ -82,6 +84,7 @@ class Steps:
         accum, clip, minutes = hp.accum_steps, hp.grad_clip, hp.checkpoint_every_minutes
         groups, factor, total = optimizer.param_groups, self.plan.factor, self.plan.total_updates
         step, start, seen, stop = pos.step, pos.batch, 0, None
+        first = self.startup is not None and self.startup.waiting  # note the first update's end, once
         model.train()
         if not self.quiet:
             from tqdm.auto import tqdm
@@ -126,6 +129,9 @@ class Steps:
                 self._flag(loss, step)
                 step += 1
                 seen += n
+                if first:
+                    first = False
+                    self.startup.first_step(step, self.batches.device)
                 if len(pending) >= DRAIN:
                     why = self.read_losses(epoch, pos)
                     if why:
