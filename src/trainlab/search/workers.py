@@ -248,8 +248,8 @@ def abandon(study, number: int, store: Store, study_name: str, why: str) -> bool
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if trial is None or trial.state != optuna.trial.TrialState.RUNNING:
         return False
-    for run in store.runs(study=study_name, status="running"):
-        if run["name"] == run_name(number):
+    for run in store.runs(study=study_name):  # running, or already shown lost (its worker was killed)
+        if run["name"] == run_name(number) and run["status"] in ("running", "lost"):
             store.finish_run(run["id"], "stopped", reason=f"search interrupted: {why}; trial {number} queued again")
     tell(study, number, state=optuna.trial.TrialState.FAIL)
     requeue(study, number)
