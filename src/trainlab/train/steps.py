@@ -6,8 +6,9 @@ fp16's GradScaler, the gradients unscaled before clipping), optional clipping, t
 at the monitor's cadence, the callbacks' `on_step_end`, a mid-epoch `last.pt` when due. The loss stays on
 the device: `pending` holds the detached losses and `read_losses` reads them every `DRAIN` steps (one
 synchronization, one all-reduce under DDP), writes their rows and checks for divergence: a loss over 10x the
-initial one, or NaN/Inf, which a device-side flag (`first_nonfinite`, set per step without a sync) names
-exactly; the run stops at that drain, at most DRAIN - 1 updates after the bad one. A `Halt` (SIGTERM,
+initial one, or NaN/Inf. Every update's loss stays on the device until that read, so the first NaN/Inf is
+named at its exact update, with no per-step work or sync; the run stops at that read, at most DRAIN - 1
+updates after the bad one. A `Halt` (SIGTERM,
 the store's memory bound) is read after every update, under DDP at each read of the losses (its all-reduce
 carries the flag, so every rank stops at the same update): the epoch stops there, `last.pt` is written at
 that exact position, and the run ends "stopped", resumable. Nothing here
@@ -66,7 +67,6 @@ class Steps:
         self.pending: list[torch.Tensor] = []
         # The first update whose loss was NaN/Inf, kept on the device (-1: none yet): set without a host sync
         # and read with the losses at the next drain, which names that update and its lr and stops the run.
-        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=batches.device)
         self.first = step  # the update of pending[0]
         self.bar = None  # one progress bar per epoch (loss, lr), unless quiet
         self.halt = halt or Halt()
@@ -126,7 +126,6 @@ class Steps:
                 if measured:
                     self._ratios(step, epoch, gnorm)
                 pending.append(loss.detach())
-                self._flag(loss, step)
                 step += 1
                 seen += n
                 if first:
@@ -177,11 +176,6 @@ class Steps:
         why = self.halt.reason or "stopped by another rank"
         return Stop("stopped", f"{why} at step {step}" + resume_hint(self.state.run_id, self.ckpts.run_dir,
                                                                      self.state.world_size))
-    def _flag(self, loss: torch.Tensor, step: int) -> None:
-        """Remember `step` on the device if its loss is the first non-finite one (no host synchronization)."""
-        f = self.first_nonfinite
-        self.first_nonfinite = torch.where((f < 0) & ~torch.isfinite(loss.detach()), step, f)
-
     def _ratios(self, step: int, epoch: int, gnorm) -> None:
         ratios = self.ratio.after()
         for name, values in self.ratio_log.items():
@@ -200,7 +194,6 @@ class Steps:
             return None
         values = torch.stack(self.pending).float()
         self.pending.clear()
-        bad = -1
         if self.pipe is not None and not collective:  # only the last rank has the losses, and no rank may wait
             return None
         if self.pipe is not None:  # the loss lives on the last rank; the halt is agreed by every rank
@@ -210,10 +203,11 @@ class Steps:
             # the averaged losses: NaN on any rank is NaN on all, at the same step
             values = mean_across(self.dist, torch.cat([values, values.new_tensor([float(self.halt.reason is not None)])]))
             values, self.halted = values[:-1].tolist(), values[-1].item() > 0
-        else:  # one transfer: the losses and the device-side flag together
-            both = torch.cat([values.double(), self.first_nonfinite.double().reshape(1)]).tolist()
-            values, bad, self.halted = both[:-1], int(both[-1]), self.halt.reason is not None
+        else:
+            values, self.halted = values.tolist(), self.halt.reason is not None
         first, self.first = self.first, self.first + len(values)
+        # every update's loss is kept on the device until this read: the first NaN/Inf is found at its exact step
+        bad = next((first + i for i, v in enumerate(values) if not math.isfinite(v)), -1)
         if pos.reference is None:
             # log C for a classifier (the loss of a uniform guess); a regression loss has only its own start
             pos.reference = max(values[0], math.log(self.num_classes) if self.num_classes >= 2 else 0.0)
