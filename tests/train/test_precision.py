@@ -22,14 +22,6 @@ from helpers import InterruptAt
 TINY = dict(model="mlp", width=32, batch_size=64, monitor_every=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def task():
     return load_task(Config(**TINY))
