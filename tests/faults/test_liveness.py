@@ -51,6 +51,24 @@ def test_a_run_carries_a_heartbeat_and_shows_lost_when_it_is_old(tmp_path):
     assert derived_status("completed", None, None, None, now=now(), lost_after_s=1) == "completed"
 
 
+def test_a_claim_is_refused_while_the_live_holder_keeps_the_write_lock(tmp_path):
+    """A holder frozen mid-write keeps SQLite's write lock: the refusal must not wait for it (and fail on
+    "database is locked" after the busy timeout) but come from reading the run."""
+    db = tmp_path / "t.db"
+    store = Store(db, lost_after_s=60)
+    run = store.create_run(name="r", hparams={})
+    _set(db, run, node="elsewhere", pid=4242, host="gpu7", heartbeat=now())
+    frozen = sqlite3.connect(db, isolation_level=None)
+    frozen.execute("BEGIN IMMEDIATE")
+    frozen.execute("UPDATE tl_runs SET updated = updated")
+    try:
+        with pytest.raises(RunBusy, match=r"^resume: run 1 is being trained by pid 4242 on host gpu7"):
+            Store(db, lost_after_s=60).claim_run(run)
+    finally:
+        frozen.execute("ROLLBACK")
+        frozen.close()
+
+
 def test_study_counts_show_lost_runs(tmp_path):
     store = Store(tmp_path / "t.db")
     a = store.create_run(name="a", hparams={}, study="s")

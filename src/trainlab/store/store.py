@@ -315,23 +315,32 @@ class Store:
 
         Raises RunBusy (naming the host and pid) when another process holds it and is not lost (see
         `liveness`), ValueError when its status is one of `refuse` (nothing to resume), RunNotFound.
-        Of two processes claiming one run at once, exactly one wins."""
+        Of two processes claiming one run at once, exactly one wins.
+
+        The run is read first, outside the write lock: a refusal never waits for the lock, which a live
+        holder frozen mid-write (SIGSTOP, a paused container) may hold for as long as it is frozen."""
+        with self._read() as conn:
+            self._check_claim(run_id, conn.execute(sa.select(tl_runs).where(tl_runs.c.id == run_id)).first(), refuse)
         with self._write() as conn:
             row = conn.execute(sa.select(tl_runs).where(tl_runs.c.id == run_id).with_for_update()).first()
-            if row is None:
-                raise RunNotFound(run_id, self._shown_url)
-            row = row._mapping
-            if row["status"] in refuse:
-                raise ValueError(f"resume: run {run_id} is {row['status']}: nothing to resume")
-            if not self._lacks and row["status"] == "running":
-                mine = row["pid"] == os.getpid() and row["node"] == this_node()
-                stamp = now()
-                shown = derived_status("running", row["heartbeat"], row["node"], row["pid"], now=stamp,
-                                       lost_after_s=self.lost_after_s)
-                if shown == "running" and not mine:
-                    raise RunBusy(run_id, row["host"], row["pid"], age_s(row["heartbeat"], stamp))
+            self._check_claim(run_id, row, refuse)
             conn.execute(tl_runs.update().where(tl_runs.c.id == run_id)
                          .values(status="running", reason=None, finished=None, updated=now(), **self._holder()))
+
+    def _check_claim(self, run_id: int, row: Any, refuse: Sequence[str]) -> None:
+        """Raise what `claim_run` raises for the run's row `row` (None: no such run)."""
+        if row is None:
+            raise RunNotFound(run_id, self._shown_url)
+        row = row._mapping
+        if row["status"] in refuse:
+            raise ValueError(f"resume: run {run_id} is {row['status']}: nothing to resume")
+        if not self._lacks and row["status"] == "running":
+            mine = row["pid"] == os.getpid() and row["node"] == this_node()
+            stamp = now()
+            shown = derived_status("running", row["heartbeat"], row["node"], row["pid"], now=stamp,
+                                   lost_after_s=self.lost_after_s)
+            if shown == "running" and not mine:
+                raise RunBusy(run_id, row["host"], row["pid"], age_s(row["heartbeat"], stamp))
 
     def beat(self, run_id: int) -> bool:
         """Write this process's heartbeat on run `run_id`; False when it no longer holds the run (another
