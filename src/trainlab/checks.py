@@ -46,7 +46,8 @@ from trainlab.doctor.lr_range import (
     pick_discrete_lr,
     pick_moving_lr,
 )
-from trainlab.doctor.rules import FLAT_DROP, init_loss_verdict, init_regression_verdict
+from trainlab.doctor.init_loss import init_loss_verdict, init_regression_verdict
+from trainlab.doctor.rules import FLAT_DROP
 from trainlab.schedules import exponential_ramp
 from trainlab.store import Store
 from trainlab.tasks import Task, load_task

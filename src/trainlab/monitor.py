@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from trainlab.doctor.rules import RATIO_BAND, RatioWarning, ratio_warnings  # pure rules, kept with the others
+from trainlab.doctor.ratio import RATIO_BAND, RatioWarning, ratio_warnings  # the pure rule on what is measured here
 
 __all__ = ["UpdateRatio", "grad_norm", "divergence", "DIVERGENCE_FACTOR", "RATIO_BAND", "RatioWarning",
            "ratio_warnings", "judged_parameters"]

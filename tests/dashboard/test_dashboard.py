@@ -23,7 +23,7 @@ from trainlab.config import Config
 from trainlab.dashboard import create_app
 from trainlab.dashboard.app import open_read_only
 from trainlab.dashboard.server import allowed_hosts, is_loopback
-from trainlab.doctor.rules import RATIO_BAND
+from trainlab.doctor.ratio import RATIO_BAND
 from trainlab.store import METRIC_BLOCK, Store
 from trainlab.tasks import load_task
 from trainlab.train import fit

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from trainlab.doctor.rules import Finding, diagnose, init_loss_verdict
+from trainlab.doctor.init_loss import init_loss_verdict
+from trainlab.doctor.rules import Finding, diagnose
 from trainlab.doctor.curves import loss_trend, smoothing_window
 from trainlab.doctor.lr_range import (AGREE_DECADES, SWEEP_RULE, analyze_lr_sweep, lr_trial_summary, lrs_agree,
                                       pick_discrete_lr)
-from trainlab.doctor.rules import RATIO_BAND, ratio_warnings
+from trainlab.doctor.ratio import RATIO_BAND, ratio_warnings
 from trainlab.monitor import judged_parameters
 from trainlab.schedules import exponential_ramp
 

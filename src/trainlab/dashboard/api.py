@@ -15,7 +15,7 @@ from trainlab.dashboard.cache import SeriesCache
 from trainlab.dashboard.downsample import MAX_POINTS, json_safe, plot_series
 from trainlab.dashboard.findings import Doctor, status_findings
 from trainlab.doctor.diagnose import shared_names
-from trainlab.doctor.rules import RATIO_BAND
+from trainlab.doctor.ratio import RATIO_BAND
 from trainlab.store import RUN_STATUSES, Store
 
 __all__ = ["STUDY_POINTS", "COMPARE_POINTS", "COMPARE_MAX_RUNS", "NO_STUDY", "NO_STUDY_NAME", "CHECKS", "CHECKS_NAME",

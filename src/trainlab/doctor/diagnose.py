@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from trainlab.doctor.rules import RATIO_BAND, Finding, diagnose, ratio_warnings
+from trainlab.doctor.ratio import RATIO_BAND, ratio_warnings
+from trainlab.doctor.rules import Finding, diagnose
 from trainlab.store import Store
 
 __all__ = ["Diagnosis", "StudyDiagnosis", "diagnose_run", "diagnose_study", "shared_names", "CURVE_KEYS"]

@@ -1,26 +1,24 @@
-"""The learning-curve doctor's rules and the update/weight-ratio rule: each a pure function of
-curves (lists or numpy arrays) that returns a `Finding` or nothing. No torch here.
+"""The learning-curve doctor's rules: each a pure function of curves (lists or numpy arrays) that returns a
+`Finding` or nothing, and the precedence that settles findings that contradict each other. No torch here.
+The initial-loss verdicts live in `init_loss`, the update/weight-ratio rule in `ratio`.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from trainlab.doctor.curves import json_safe, loss_trend, moving_average, slope_rise, smoothing_window
+from trainlab.doctor.init_loss import INIT_LOSS_TOLERANCE, init_loss_verdict
 
-__all__ = ["Finding", "diagnose", "resolve", "PRECEDENCE", "init_loss_verdict", "init_regression_verdict",
-           "INIT_LOSS_TOLERANCE", "RATIO_BAND", "RatioWarning",
-           "ratio_warnings"]
+__all__ = ["Finding", "diagnose", "resolve", "PRECEDENCE"]
 
 # --- the learning-curve doctor ---------------------------------------------------------------------
 # Thresholds. Each was checked on real runs built to show one fault (tests/test_doctor.py) and on
 # healthy runs (mnist1d resnet, digits mlp), where none of them fires.
-INIT_LOSS_TOLERANCE = 0.25   # initial loss within 25% of log C passes (healthy inits measured: within 5%)
 EXPLODE_FACTOR = 10.0        # a loss above 10x max(initial loss, log C) has exploded (the loop stops there too)
 GROWTH_FACTOR = 1.5          # the smoothed loss ends 1.5x above where it began: a slow divergence
 START_DROP = 0.05            # slow start: steps until the smoothed loss is 5% below its start (the "start") ...
@@ -103,63 +101,6 @@ def _at(series: tuple[np.ndarray, np.ndarray] | None, x: float) -> float | None:
 
 def _g(x: float) -> str:
     return f"{x:.3g}"
-
-
-def init_loss_verdict(loss: float, num_classes: int, tolerance: float = INIT_LOSS_TOLERANCE) -> dict[str, Any]:
-    """Judge an initial cross-entropy loss against log(C): uniform predictions over C classes give log C.
-
-    Returns {"ok", "expected", "deviation" (relative), "tolerance", "message"}. Too high means confident,
-    wrong predictions at initialization (the output layer's scale is too large), too low means the
-    labels do not match the number of classes (or the loss is not a cross-entropy over C classes).
-
-    >>> init_loss_verdict(2.31, 10)["ok"], init_loss_verdict(9.8, 10)["ok"]
-    (True, False)
-    """
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, but got num_classes={num_classes!r}.")
-    expected = math.log(num_classes)
-    if not math.isfinite(loss):
-        return {"ok": False, "expected": expected, "deviation": math.inf, "tolerance": tolerance,
-                "message": f"initial loss is {loss}: the model's output is not finite at initialization"}
-    dev = (loss - expected) / expected
-    ok = abs(dev) <= tolerance
-    head = (f"initial loss {loss:.3g}, expected about {expected:.3g} = log({num_classes}) "
-            f"(tolerance {tolerance:.0%})")
-    if ok:
-        why = "initialization and labels look right"
-    elif dev > 0:
-        why = ("the output layer's scale is too large (confident, wrong predictions at initialization), "
-               "or labels do not match the number of classes")
-    else:
-        why = ("lower than chance: labels do not match the number of classes, the loss is not a "
-               "cross-entropy over them, or the model was not freshly initialized")
-    return {"ok": ok, "expected": expected, "deviation": dev, "tolerance": tolerance, "message": f"{head}: {why}"}
-
-
-def init_regression_verdict(loss: float, target_mean_square: float, target_variance: float,
-                            tolerance: float = INIT_LOSS_TOLERANCE) -> dict[str, Any]:
-    """Judge an initial squared-error loss of a regression: outputs near 0 at initialization give mean(y^2),
-    the target variance plus the square of its mean (the variance alone is the loss of predicting the mean).
-
-    Passes when the loss is at most (1 + tolerance) x mean(y^2): above it, the outputs start too large. A mean
-    far from 0 (mean^2 above the variance) is said too: standardized targets train faster.
-
-    >>> init_regression_verdict(1.05, 1.0, 1.0)["ok"], init_regression_verdict(30.0, 1.0, 1.0)["ok"]
-    (True, False)
-    """
-    expected = max(target_mean_square, 1e-12)
-    if not math.isfinite(loss):
-        return {"ok": False, "expected": expected, "deviation": math.inf, "tolerance": tolerance,
-                "message": f"initial loss is {loss}: the model's output is not finite at initialization"}
-    dev = (loss - expected) / expected
-    ok = dev <= tolerance
-    head = (f"initial loss {loss:.3g} (regression), expected about {expected:.3g} = mean(target^2) for outputs near 0 "
-            f"(the target variance is {target_variance:.3g}, the loss of predicting the mean; tolerance {tolerance:.0%})")
-    why = "initialization looks right" if ok else "the outputs start too large (scale down the last layer's initialization)"
-    if target_mean_square - target_variance > target_variance:
-        why += (f"; the targets' mean ({math.sqrt(max(target_mean_square - target_variance, 0.0)):.3g}) is far from 0: "
-                "standardize them (subtract the mean, divide by the std)")
-    return {"ok": ok, "expected": expected, "deviation": dev, "tolerance": tolerance, "message": f"{head}: {why}"}
 
 
 def _rule_diverged(loss, lr, num_classes) -> Finding | None:
@@ -573,57 +514,3 @@ def diagnose(curves: Mapping[str, Any], num_classes: int | None = None) -> list[
         findings += [_rule_overfitting(tr_acc, va_acc, va_loss, tr_loss), _rule_underfitting(tr_acc, va_acc),
                      _rule_train_longer(tr_acc, va_acc, va_loss)]
     return resolve([f for f in findings if f is not None])
-
-
-# ------------------------------------------------------------- update/weight ratios
-
-RATIO_BAND = (1e-4, 1e-2)  # healthy median update/weight ratio (about 1e-3)
-
-
-@dataclass(frozen=True)
-class RatioWarning:
-    """A layer whose median update/weight ratio sits outside the band: which side, and the one-line message."""
-
-    name: str
-    median: float
-    side: str      # "low" or "high"
-    points: int    # measurements the median is over
-    message: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def ratio_warnings(ratios: Mapping[str, Sequence[float]], band: tuple[float, float] = RATIO_BAND,
-                   min_points: int = 3) -> list[RatioWarning]:
-    """Warnings for the tensors whose median update/weight ratio lies outside `band` (default [1e-4, 1e-2]).
-
-    `ratios` maps a parameter name to its measured ratios (e.g. the stored "ratio/<name>" values); the
-    median over the run is judged, so a few spiky steps do not trigger a warning. NaN/Inf are ignored;
-    a tensor with fewer than `min_points` finite measurements is not judged. Pure: no torch needed.
-
-    >>> [w.side for w in ratio_warnings({"fc.weight": [3e-2, 4e-2, 5e-2], "out.weight": [1e-3] * 3})]
-    ['high']
-    """
-    low, high = band
-    if not 0 < low < high:
-        raise ValueError(f"band must be (low, high) with 0 < low < high, but got band={band!r}.")
-    out = []
-    for name, values in ratios.items():
-        finite = [float(v) for v in values if math.isfinite(v)]
-        if len(finite) < min_points:
-            continue
-        med = statistics.median(finite)
-        if med < low:
-            side = "low"
-            why = (f"below {low:g}: the layer barely learns (learning rate too low for it, "
-                   "or its gradient vanishes)" if med > 0 else "zero: the layer does not change at all "
-                   "(no gradient reaches it, or the optimizer does not hold it)")
-        elif med > high:
-            side, why = "high", f"above {high:g}: its updates are too large for its weights (learning rate too high for it)"
-        else:
-            continue
-        out.append(RatioWarning(name, med, side, len(finite),
-                                f"update/weight ratio of {name}: median {med:.2g} over {len(finite)} measurements, "
-                                f"{why}; want about 1e-3"))
-    return out
