@@ -20,11 +20,11 @@ real photographs, and cached under ~/.cache/trainlab; the train and test splits 
 from __future__ import annotations
 
 import hashlib
-import os
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
+
+from trainlab.datacache import cached_arrays
 
 __all__ = ["CLASSES", "generate", "shapes32_arrays", "TRAIN_SIZE", "TEST_SIZE", "SIZE"]
 
@@ -128,30 +128,14 @@ def _images(rng: np.random.Generator, y: np.ndarray) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "trainlab"
-
-
 @lru_cache(maxsize=2)
 def shapes32_arrays(train_size: int = TRAIN_SIZE, test_size: int = TEST_SIZE) -> dict[str, np.ndarray]:
     """The train and test splits (uint8 images, int64 classes), generated once and cached on disk."""
+
+    def make() -> dict[str, np.ndarray]:
+        x, y = generate(train_size, TRAIN_SEED)
+        x_test, y_test = generate(test_size, TEST_SEED)
+        return {"x": x, "y": y, "x_test": x_test, "y_test": y_test}
+
     key = hashlib.sha1(f"v{VERSION}-{train_size}-{test_size}".encode()).hexdigest()[:12]
-    path = _cache_dir() / f"shapes32-{key}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as data:
-                return {k: data[k] for k in data.files}
-        except (OSError, ValueError):
-            pass
-    x, y = generate(train_size, TRAIN_SEED)
-    x_test, y_test = generate(test_size, TEST_SEED)
-    arrays = {"x": x, "y": y, "x_test": x_test, "y_test": y_test}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except OSError:
-        pass
-    return arrays
+    return cached_arrays(f"shapes32-{key}", make)

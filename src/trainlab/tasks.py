@@ -15,7 +15,6 @@ import hashlib
 import importlib
 import importlib.util
 import json
-import os
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
 from trainlab.config import Config, ConfigError
+from trainlab.datacache import cached_arrays
 from trainlab.metrics import Metric, TaskMetrics, regression_loss, resolve_metrics
 from trainlab.models import MODELS, build_model
 
@@ -96,40 +96,23 @@ def model_label(task: Task, hp: Config, model: nn.Module | None = None) -> str:
     return type(model).__name__.lower() if model is not None else hp.model
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "trainlab"
-
-
 @lru_cache(maxsize=8)
 def _mnist1d_cached(key: str) -> dict[str, np.ndarray]:
     overrides = json.loads(key)
-    path = _cache_dir() / f"mnist1d-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as data:
-                return {k: data[k] for k in data.files}
-        except (OSError, ValueError):
-            pass
-    from mnist1d.data import get_dataset_args, make_dataset
 
-    args = get_dataset_args()
-    for k, v in overrides.items():
-        if not hasattr(args, k):
-            raise ValueError(f"mnist1d: unknown generator argument {k!r}")
-        setattr(args, k, v)
-    templates = overrides.get("templates")
-    data = make_dataset(args, template=templates)
-    arrays = {k: np.asarray(data[k], dtype=np.float32 if k.startswith("x") else np.int64)
-              for k in ("x", "y", "x_test", "y_test")}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except OSError:
-        pass
-    return arrays
+    def make() -> dict[str, np.ndarray]:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        for k, v in overrides.items():
+            if not hasattr(args, k):
+                raise ValueError(f"mnist1d: unknown generator argument {k!r}")
+            setattr(args, k, v)
+        data = make_dataset(args, template=overrides.get("templates"))
+        return {k: np.asarray(data[k], dtype=np.float32 if k.startswith("x") else np.int64)
+                for k in ("x", "y", "x_test", "y_test")}
+
+    return cached_arrays(f"mnist1d-{hashlib.sha1(key.encode()).hexdigest()[:12]}", make)
 
 
 def mnist1d_arrays(**generator_args: Any) -> dict[str, np.ndarray]:
