@@ -313,6 +313,8 @@ def check_overfit(task: Task | None, hp: Config, store: Store | None = None, *, 
                                 "steps": result.steps, "epochs": result.epochs, "lr": hp.lr,
                                 "final_accuracy": accs[-1] if accs else None, "training_status": result.status,
                                 "regularization": "off (weight_decay 0, dropout 0, label_smoothing 0)"}
+    if max_loss is not None:
+        evidence["target_loss"] = max_loss   # a regression memorizes the sample when its loss falls this low
     if losses:
         trend = loss_trend(losses)
         evidence.update({"loss_start": losses[0], "loss_end": trend["end"]})

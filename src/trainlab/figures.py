@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from trainlab.doctor.curves import moving_average, smoothing_window
+from trainlab.doctor.judged import RunMetric, run_metric
 from trainlab.store import Store
 
 __all__ = ["plot_run", "plot_schedule", "loss_window", "plot_metric_vs_params", "plot_search_layout",
@@ -28,10 +29,14 @@ def loss_window(n_steps: int) -> int:
 
 
 def plot_run(store: Store, run_id: int, path: str | Path) -> Path:
-    """Loss (every step as a faint point, plus its moving average), train/val accuracy per epoch, and lr."""
+    """Loss (every step as a faint point, plus its moving average), the task's metric on train and val per
+    epoch (accuracy on [0, 1] for a classifier; a regression's mse, or a user metric, on its own scale, log
+    when it spans more than a decade), and lr."""
     plt = _plt()
-    m = store.metrics(run_id, ["train/loss", "lr", "train/acc", "val/acc", "val/loss"])
     run = store.run(run_id)
+    judged = run_metric(run)
+    curves = judged.curves
+    m = store.metrics(run_id, ["train/loss", "lr", "val/loss", *curves])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     ax = axes[0]
     if "train/loss" in m:
@@ -46,17 +51,31 @@ def plot_run(store: Store, run_id: int, path: str | Path) -> Path:
     ax.set(xlabel="step (optimizer updates)", ylabel="loss", title="loss")
     ax.legend(fontsize=8)
     ax = axes[1]
-    for key, color in (("train/acc", "tab:blue"), ("val/acc", "tab:orange")):
+    for key, color in zip(curves, ("tab:blue", "tab:orange")):
         if key in m:
             ax.plot(m[key]["epoch"], m[key]["value"], "o-", color=color, label=key)
-    ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    ax.legend(fontsize=8)
+    _metric_axis(ax, judged, [v for k in curves if k in m for v in m[k]["value"]])
+    ax.set(xlabel="epoch", ylabel=judged.label, title=f"{judged.label} ({'higher' if judged.headline_mode == 'max' else 'lower'} is better)")
+    if any(k in m for k in curves):
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, f"no {' or '.join(curves)} stored", ha="center", va="center", transform=ax.transAxes)
     ax = axes[2]
     if "lr" in m:
         ax.plot(m["lr"]["step"], m["lr"]["value"], color="tab:green")
     ax.set(xlabel="step (optimizer updates)", ylabel="learning rate", title="learning rate")
     fig.suptitle(f"run {run_id}: {run['name']} ({run['status']})")
     return _save(fig, path)
+
+
+def _metric_axis(ax, judged: RunMetric, values) -> None:
+    """An accuracy on [0, 1] (a little headroom); any other metric on its own range, log when its positive
+    values span more than a decade (a regression's mse falling from 1 to 0.01)."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if judged.is_accuracy:
+        ax.set_ylim(max(0.0, min(finite + [1.0]) - 0.05) if finite else 0.0, 1.01)
+    elif finite and min(finite) > 0 and max(finite) / min(finite) > 10:
+        ax.set_yscale("log")
 
 
 def plot_schedule(lrs, path: str | Path, title: str = "", steps_per_epoch: int | None = None) -> Path:

@@ -126,6 +126,11 @@ def resolve_metrics(kind: str, spec: Sequence[str | Metric | Callable] | None) -
     if kind not in KINDS:
         raise ConfigError(f"task: kind must be one of {', '.join(KINDS)}, got {kind!r}")
     items = DEFAULTS[kind] if spec is None else ([spec] if isinstance(spec, (str, Metric)) or callable(spec) else spec)
+    for item in items:   # a built-in classification metric of a regression's outputs would be a silent 0
+        key = item.strip().lower() if isinstance(item, str) else None
+        if kind == "regression" and key is not None and (key in ("acc", "accuracy") or re.fullmatch(r"top_?\d+", key)):
+            raise ConfigError(f"metrics: {item!r} measures a classifier (predicted classes); a regression task "
+                              f"measures mse, mae or a metric function, got {item!r}")
     metrics = tuple(_metric(i) for i in items)
     names = [m.name for m in metrics]
     if len(set(names)) != len(names):
@@ -177,9 +182,11 @@ def for_task(hp: Config, tm: TaskMetrics) -> tuple[Config, str | None]:
     """`hp` with early stopping on a metric the task measures: `val/acc` (the default), when the task does not
     measure accuracy, becomes the task's own (`val/loss`, min, for regression; the headline metric with its mode
     otherwise), and the reason is returned to be printed; any other metric is kept as given."""
-    if hp.early_stop_metric != "val/acc" or tm.early_stop[0] == "val/acc":
+    ema = hp.early_stop_metric == "val/acc_ema"   # the EMA's accuracy: the task's metric of the averaged weights
+    if hp.early_stop_metric not in ("val/acc", "val/acc_ema") or tm.early_stop[0] == "val/acc":
         return hp, None
     metric, mode = tm.early_stop
+    metric += "_ema" if ema else ""
     why = (f"early stopping and the best checkpoint on {metric} ({mode}): a {tm.kind} task"
            + ("" if tm.kind == "regression" else " that does not measure acc"))
     # the mode went with val/acc (max); the task's metric brings its own

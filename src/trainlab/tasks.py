@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
+import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -252,7 +254,44 @@ def check_task(task: Task, hp: Config) -> Task:
     for split in ("train", "test"):
         if dataset_size(getattr(task, split), split) == 0:
             raise ConfigError(f"task {task.name!r}: the {split} split is empty (0 examples)")
+    _check_options(task, hp)
     return task
+
+
+_BUILTIN_METRIC = re.compile(r"(acc|top\d+|mse|mae)(_ema)?")
+
+
+def _takes(fn: Callable, name: str) -> bool:
+    """Whether `fn` accepts the keyword `name` (True when its signature cannot be read)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _check_options(task: Task, hp: Config) -> None:
+    """Options that only some tasks can honour, refused in one line before anything runs: label smoothing
+    of a loss that has none (a regression's), and early stopping on a built-in metric the task does not
+    measure (val/top5 of a regression, val/mse of a classifier)."""
+    from trainlab.metrics import for_task
+
+    if hp.label_smoothing:
+        if task.kind != "classification":
+            raise ConfigError(f"label_smoothing: smooths the class targets of a classification loss; task "
+                              f"{task.name!r} is a {task.kind} task (set label_smoothing to 0), got {hp.label_smoothing!r}")
+        if not _takes(task.loss, "label_smoothing"):
+            loss = getattr(task.loss, "__name__", type(task.loss).__name__)
+            raise ConfigError(f"label_smoothing: task {task.name!r}'s loss {loss} takes no label_smoothing argument "
+                              f"(set label_smoothing to 0, or give the loss one), got {hp.label_smoothing!r}")
+    tm = task.task_metrics
+    metric = for_task(hp, tm)[0].early_stop_metric
+    split, _, name = metric.partition("/")
+    measured = {m.name for m in tm.metrics}
+    found = _BUILTIN_METRIC.fullmatch(name)
+    if split in ("val", "train") and found and found.group(1) not in measured:
+        raise ConfigError(f"early_stop_metric: task {task.name!r} ({task.kind}) does not measure {found.group(1)}; "
+                          f"it measures loss{''.join(', ' + n for n in sorted(measured))}, got {metric!r}")
 
 
 def checked(task: Task, hp: Config) -> Task:

@@ -73,9 +73,11 @@ def cmd_train(args) -> int:
                     "steps": result.steps, "test": result.test, "checkpoint": result.checkpoint,
                     "seconds": round(result.seconds, 2), "startup": startup})
     else:
-        headline = ("acc" if "acc" in result.test else next(iter(result.test), None)) if result.test else None
+        # the task's headline metric: the first the test measured beyond its loss (acc, mse, a user metric)
+        headline = next((k for k in result.test if k != "loss"), "loss") if result.test else None
         test = f"  test/{headline} {result.test[headline]:.4f}" if headline is not None else ""
-        best = f"  best {result.best_metric:.4f} at epoch {result.best_epoch}" if result.best_metric is not None else ""
+        judged = (store.run(result.run_id)["hparams"].get("early_stop_metric", "") + " ") if result.run_id is not None else ""
+        best = f"  best {judged}{result.best_metric:.4f} at epoch {result.best_epoch}" if result.best_metric is not None else ""
         out(f"run {result.run_id}: {result.status}{best}{test}")
     if result.status == "diverged":
         print(f"diverged: {printable(result.reason)}", file=sys.stderr)

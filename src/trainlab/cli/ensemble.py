@@ -27,9 +27,12 @@ def _print_result(result, title: str) -> None:
     rows.append({"run": "", "member": f"ensemble of {len(result.members)}", "acc": result.ensemble_acc,
                  "loss": result.ensemble_loss})
     out(f"{printable(title)}: {result.split} split, {result.n} examples")
-    out(table(rows, ["run", "member", "acc", "loss"]))
+    metric = result.metric   # what the "acc" values hold: accuracy, or a regression's headline metric (mse)
+    if metric != "acc":
+        rows = [{**r, metric: r.get("acc")} for r in rows]
+    out(table(rows, ["run", "member", metric, "loss"]))
     gain = result.ensemble_acc - result.mean_member_acc
-    out(f"ensemble {result.ensemble_acc:.4f} vs members' mean {result.mean_member_acc:.4f} ({gain:+.4f})")
+    out(f"ensemble {metric} {result.ensemble_acc:.4f} vs members' mean {result.mean_member_acc:.4f} ({gain:+.4f})")
 
 
 def cmd_ensemble(args) -> int:

@@ -40,13 +40,22 @@ def _setup(args):
     return store, source, prepare_target(task, hp), hp
 
 
+def _table(rows: list[dict], result, columns: list[str] = _COLUMNS) -> str:
+    """`rows` as a table whose val_acc/test_acc columns are headed by the metric they hold: val_acc and test_acc
+    for a classifier judged by accuracy, else the metrics' names (val/loss, test/mse)."""
+    names = ({} if (result.metric, result.test_metric) == ("val/acc", "test/acc")
+             else {"val_acc": result.metric, "test_acc": result.test_metric})
+    shown = [{**r, **{names[k]: r.get(k) for k in names}} for r in rows]
+    return table(shown, [names.get(c, c) for c in columns])
+
+
 def _print_result(result, as_json: bool) -> None:
     if as_json:
         print_json(result.row() | ({"probes": result.probes} if result.probes else {}))
         return
     if result.probes:
-        out(table(result.probes, ["stage", "dim", "val_acc", "test_acc", "seconds", "run"]))
-    out(table([result.row()], _COLUMNS))
+        out(_table(result.probes, result, ["stage", "dim", "val_acc", "test_acc", "seconds", "run"]))
+    out(_table([result.row()], result))
 
 
 def cmd_transfer(args) -> int:
@@ -83,14 +92,15 @@ def cmd_transfer(args) -> int:
     if args.action == "compare":
         def report(r):
             if not args.quiet:
-                print(f"{r.strategy}: val {r.val_acc:.4f}  test {r.test_acc:.4f}  {r.seconds:.1f}s", flush=True)
+                print(f"{r.strategy}: {r.metric} {r.val_acc:.4f}  {r.test_metric} {r.test_acc:.4f}  {r.seconds:.1f}s",
+                      flush=True)
 
         results = compare(source, task, hp, strategies, store=store, cache=cache, report=report, **common)
         rows = [r.row() for r in results]
         if args.json:
             print_json(rows)
         else:
-            out(table(rows, _COLUMNS))
+            out(_table(rows, results[0]) if results else table(rows, _COLUMNS))
         return 0
     strategy = args.strategy if args.action == "run" else "probe"
     _print_result(train_strategy(source, task, strategy, hp, store=store, cache=cache, **common), args.json)

@@ -192,11 +192,24 @@ def refine_grid(ranked: Sequence[dict], n_lrs: int, n_wds: int) -> tuple[list[fl
     return log_grid(best["lr"], exponents), wds
 
 
-def rank_coarse(rows: list[dict], epochs: int) -> list[dict]:
+def _better_first(mode: str) -> int:
+    """The sign that sorts values best first: -1 when higher is better ("max"), +1 when lower is ("min")."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', but got mode={mode!r}.")
+    return -1 if mode == "max" else 1
+
+
+def rank_coarse(rows: list[dict], epochs: int, mode: str = "max") -> list[dict]:
     """Coarse rows with a value, best first among those that trained all `epochs` (successive halving
-    marks the last rung's losers pruned after their full epochs: they count), then the rest."""
+    marks the last rung's losers pruned after their full epochs: they count), then the rest. `mode`: the
+    metric's direction ("max" for val/acc, "min" for a loss such as a regression's val/loss).
+
+    >>> [r["lr"] for r in rank_coarse([{"lr": 1, "value": 0.5, "epochs": 3}, {"lr": 2, "value": 0.4, "epochs": 3}], 3, "min")]
+    [2, 1]
+    """
+    sign = _better_first(mode)
     ok = [r for r in rows if r["value"] is not None and math.isfinite(r["value"])]
-    return sorted(ok, key=lambda r: ((r["epochs"] or 0) < epochs, -r["value"]))
+    return sorted(ok, key=lambda r: ((r["epochs"] or 0) < epochs, sign * r["value"]))
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
@@ -207,12 +220,13 @@ def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def rank_candidates(rows: Sequence[dict], point: dict[str, Any]) -> tuple[list[dict], int]:
+def rank_candidates(rows: Sequence[dict], point: dict[str, Any], mode: str = "max") -> tuple[list[dict], int]:
     """Step 5's search, point by point: (the points with a finite mean over their folds, complete ones
     first then by mean, best first; the number of points). `rows`: leaderboard rows with params lr,
     weight_decay and split_seed; `point`: what every point shares (width, dropout, epochs). Each
     candidate: point, folds/runs/status ({fold: value/run/status}), mean, std, complete (every fold's
-    run completed)."""
+    run completed). `mode`: the metric's direction, as for `rank_coarse`."""
+    sign = _better_first(mode)
     cands: dict[tuple, dict] = {}
     for r in rows:
         key = (r["params"]["lr"], r["params"]["weight_decay"])
@@ -224,7 +238,7 @@ def rank_candidates(rows: Sequence[dict], point: dict[str, Any]) -> tuple[list[d
         c["mean"], c["std"] = mean_std(list(c["folds"].values()))
         c["complete"] = all(s == "completed" for s in c["status"].values()) and len(c["folds"]) == len(FOLDS)
     ranked = sorted((c for c in cands.values() if math.isfinite(c["mean"])),
-                    key=lambda c: (not c["complete"], -c["mean"]))
+                    key=lambda c: (not c["complete"], sign * c["mean"]))
     return ranked, len(cands)
 
 
@@ -298,21 +312,25 @@ PURPOSES = {
 
 # --- where the decay goes (pure) ----------------------------------------------------------------------
 
-STALL_SHARE = 0.9     # progress has stalled once the smoothed val/acc has made 90% of its gain
+STALL_SHARE = 0.9     # progress has stalled once the smoothed validation metric has made 90% of its gain
 DECAY_FACTOR = 2.0    # cosine over 2x the stall epoch: about as long at a high rate as the constant rate needed
 
 
-def stall_epoch(val_acc: Sequence[float], share: float = STALL_SHARE) -> int | None:
-    """The epoch (1-based) at which a constant-rate run's validation accuracy stopped gaining: the first
-    whose 3-epoch centred mean reaches `share` of the run's gain (from its first epoch to its best mean);
-    None when it had not stalled (the gain was still coming in the last two epochs) or made no gain.
+def stall_epoch(values: Sequence[float], share: float = STALL_SHARE, mode: str = "max") -> int | None:
+    """The epoch (1-based) at which a constant-rate run's validation metric stopped gaining (accuracy
+    rising, or with `mode` "min" a loss falling): the first whose 3-epoch centred mean reaches `share` of
+    the run's gain (from its first epoch to its best mean); None when it had not stalled (the gain was
+    still coming in the last two epochs) or made no gain.
 
     >>> stall_epoch([0.5, 0.8, 0.9, 0.91, 0.91, 0.92, 0.91, 0.92])
     4
     >>> stall_epoch([0.5, 0.6, 0.7, 0.8, 0.9]) is None
     True
+    >>> stall_epoch([1.0, 0.5, 0.4, 0.39, 0.39, 0.38, 0.39, 0.38], mode="min")
+    4
     """
-    v = [x for x in val_acc if x is not None and math.isfinite(x)]
+    sign = -_better_first(mode)   # the gain is measured upwards
+    v = [sign * x for x in values if x is not None and math.isfinite(x)]
     n = len(v)
     if n < 3:
         return None

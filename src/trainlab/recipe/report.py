@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from trainlab.doctor.curves import moving_average, smoothing_window
+from trainlab.doctor.judged import CLASSIFIER, run_metric
 from trainlab.recipe.plan import PHASE_OF_STEP
 from trainlab.store import RunNotFound, Store
 
@@ -44,36 +45,53 @@ def _save(fig, path: Path) -> Path:
 
 # --- figures ------------------------------------------------------------------------------------------
 
-def plot_overfit(store: Store, attempts: Sequence[dict], path: str | Path) -> Path:
-    """Step 2: each attempt's training loss per step (points and moving average) and its accuracy on the
-    small sample (checked after each pass over it), one colour per learning rate."""
+def plot_overfit(store: Store, attempts: Sequence[dict], path: str | Path, target_loss: float | None = None) -> Path:
+    """Step 2: each attempt's training loss per step (points and moving average) and what the check
+    judges on the small sample after each pass over it, one colour per learning rate: a classifier's
+    accuracy (target 100%), a regression's loss on the sample (target `target_loss`, 5% of the sample's
+    target variance; log axis)."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
     colors = plt.cm.viridis(np.linspace(0, 0.85, max(1, len(attempts))))
+    judged = next((run_metric(store.run(a["run"])) for a in attempts if a.get("run") is not None), CLASSIFIER)
+    regression = judged.kind == "regression"
+    key = "val/loss" if regression else "val/acc"
+    drawn = False
     for a, c in zip(attempts, colors):
         if a.get("run") is None:
             continue
-        m = store.metrics(a["run"], ["train/loss", "val/acc"])
+        m = store.metrics(a["run"], ["train/loss", key])
         label = f"lr {a['lr']:g}: {a['verdict']}"
         if "train/loss" in m:
             s, v = np.asarray(m["train/loss"]["step"]), np.asarray(m["train/loss"]["value"], dtype=float)
             ax1.scatter(s, v, s=3, alpha=0.25, color=c)
             ax1.plot(s, moving_average(v, max(2, smoothing_window(len(v)) // 2)), color=c, lw=2, label=label)
-        if "val/acc" in m:
-            ax2.plot(m["val/acc"]["step"], m["val/acc"]["value"], "o-", ms=3, color=c, label=label)
+            drawn = True
+        if key in m:
+            ax2.plot(m[key]["step"], m[key]["value"], "o-", ms=3, color=c, label=label)
     ax1.set(xlabel="step", ylabel="training loss", title="loss on the small sample (points: per step)")
     ax1.set_yscale("log")
-    ax2.axhline(1.0, color="0.5", ls="--", lw=1)
-    ax2.set(xlabel="step", ylabel="accuracy on the sample", title="training accuracy on the sample (target 100%)",
-            ylim=(0, 1.05))
-    for ax in (ax1, ax2):
-        ax.legend(fontsize=8)
+    if regression:
+        if target_loss:
+            ax2.axhline(target_loss, color="0.5", ls="--", lw=1, label=f"target {target_loss:.3g}")
+        ax2.set_yscale("log")
+        ax2.set(xlabel="step", ylabel="val/loss on the sample (eval mode)",
+                title="loss on the sample (target: 5% of its target variance)")
+    else:
+        ax2.axhline(1.0, color="0.5", ls="--", lw=1)
+        ax2.set(xlabel="step", ylabel="accuracy on the sample", title="training accuracy on the sample (target 100%)",
+                ylim=(0, 1.05))
+    if drawn:
+        for ax in (ax1, ax2):
+            ax.legend(fontsize=8)
     return _save(fig, Path(path))
 
 
-def plot_grid_heatmap(rows: Sequence[dict], path: str | Path, metric: str = "val/acc") -> Path:
-    """Step 4: best validation accuracy of each (learning rate, weight decay) as a heatmap; a point
-    stopped early (pruned, or at the deadline) is marked with its epochs."""
+def plot_grid_heatmap(rows: Sequence[dict], path: str | Path, metric: str = "val/acc", mode: str = "max") -> Path:
+    """Step 4: the best `metric` of each (learning rate, weight decay) as a heatmap (val/acc; a regression's
+    val/loss); a point stopped early (pruned, or at the deadline) is marked with its epochs. The colours
+    run from worst to best whatever the direction: with `mode` "min" the map is reversed, so the best point
+    is the brightest either way."""
     plt = _plt()
     lrs = sorted({r["lr"] for r in rows if r.get("lr") is not None})
     wds = sorted({r["weight_decay"] for r in rows if r.get("weight_decay") is not None}, reverse=True)
@@ -89,21 +107,25 @@ def plot_grid_heatmap(rows: Sequence[dict], path: str | Path, metric: str = "val
     finite = grid[np.isfinite(grid)]
     vmin = float(finite.min()) if finite.size else 0.0
     vmax = float(finite.max()) if finite.size else 1.0
-    im = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=vmin, vmax=max(vmax, vmin + 1e-6), aspect="auto")
+    cmap = "viridis" if mode == "max" else "viridis_r"
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=max(vmax, vmin + 1e-6), aspect="auto")
     for (i, j), v in np.ndenumerate(grid):
         text = "not run" if not np.isfinite(v) else f"{v:.4f}{notes.get((i, j), '')}"
-        light = np.isfinite(v) and v < (vmin + vmax) / 2
+        dark = v < (vmin + vmax) / 2 if mode == "max" else v > (vmin + vmax) / 2
+        light = np.isfinite(v) and dark
         ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if light else "black")
     ax.set_xticks(range(len(lrs)), [f"{v:.3g}" for v in lrs])
     ax.set_yticks(range(len(wds)), [f"{v:g}" for v in wds])
-    ax.set(xlabel="learning rate", ylabel="weight decay", title=f"coarse grid: best {metric}")
+    ax.set(xlabel="learning rate", ylabel="weight decay",
+           title=f"coarse grid: best {metric} ({'higher' if mode == 'max' else 'lower'} is better)")
     fig.colorbar(im, ax=ax, label=metric)
     return _save(fig, Path(path))
 
 
 def plot_refine_curves(store: Store, runs: Sequence[dict], path: str | Path) -> Path:
     """Step 5: one panel per refined run: training loss per step (faint points) and its moving average,
-    validation and training accuracy per epoch on the right axis. `runs`: {"run", "title"} dicts."""
+    the task's metric on validation and training per epoch on the right axis (accuracy, or e.g. a
+    regression's mse on its own scale). `runs`: {"run", "title"} dicts."""
     plt = _plt()
     n = max(1, len(runs))
     cols = min(n, 4)
@@ -112,7 +134,9 @@ def plot_refine_curves(store: Store, runs: Sequence[dict], path: str | Path) -> 
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, r in zip(axes.flat, runs):
-        m = store.metrics(r["run"], ["train/loss", "val/acc", "train/acc"])
+        judged = run_metric(store.run(r["run"]))
+        train_key, val_key = judged.curves
+        m = store.metrics(r["run"], ["train/loss", val_key, train_key])
         if "train/loss" in m:
             s, v = np.asarray(m["train/loss"]["step"]), np.asarray(m["train/loss"]["value"], dtype=float)
             ax.scatter(s, v, s=2, alpha=0.15, color="tab:blue")
@@ -121,12 +145,15 @@ def plot_refine_curves(store: Store, runs: Sequence[dict], path: str | Path) -> 
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("loss", fontsize=8)
         ax2 = ax.twinx()
-        for key, color in (("val/acc", "tab:orange"), ("train/acc", "tab:green")):
+        for key, color in ((val_key, "tab:orange"), (train_key, "tab:green")):
             if key in m:
                 ax2.plot(m[key]["step"], m[key]["value"], "o-", ms=2.5, lw=1.2, color=color, label=key)
-        ax2.set_ylim(max(0.0, min([0.8] + [x for k in ("val/acc", "train/acc") if k in m
-                                           for x in m[k]["value"] if x == x]) - 0.02), 1.005)
-        ax2.set_ylabel("accuracy", fontsize=8)
+        values = [x for k in (val_key, train_key) if k in m for x in m[k]["value"] if x == x]
+        if judged.is_accuracy:
+            ax2.set_ylim(max(0.0, min([0.8] + values) - 0.02), 1.005)
+        elif values and min(values) > 0 and max(values) / min(values) > 10:
+            ax2.set_yscale("log")
+        ax2.set_ylabel(judged.label, fontsize=8)
         ax.set_title(r["title"], fontsize=8)
         ax.tick_params(labelsize=7)
         ax2.tick_params(labelsize=7)
@@ -138,8 +165,8 @@ def plot_refine_curves(store: Store, runs: Sequence[dict], path: str | Path) -> 
 
 
 def plot_cv_spread(candidates: Sequence[dict], path: str | Path, chosen: dict | None = None,
-                   final_members: Sequence[dict] = ()) -> Path:
-    """Selection noise: each candidate's validation accuracy on every fold (points), their mean and
+                   final_members: Sequence[dict] = (), metric: str = "val/acc", mode: str = "max") -> Path:
+    """Selection noise: each candidate's best validation `metric` on every fold (points), their mean and
     standard deviation (bar), the chosen one in red; the final members' scores beside them."""
     plt = _plt()
     labels, fig_h = [], 3.6
@@ -160,8 +187,9 @@ def plot_cv_spread(candidates: Sequence[dict], path: str | Path, chosen: dict | 
         ax.scatter([i] * len(vals), vals, color="tab:green", s=28, marker="D", zorder=3)
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
     ax.set_xlim(-0.6, len(labels) - 0.4)  # a lone candidate is not pinned to the frame's edge
-    ax.set(ylabel="best val/acc")
-    ax.set_title("validation accuracy of each candidate on each fold", fontsize=10)
+    ax.set(ylabel=f"best {metric}")
+    ax.set_title(f"{metric} of each candidate on each fold ({'higher' if mode == 'max' else 'lower'} is better)",
+                 fontsize=10)
     from matplotlib.lines import Line2D
 
     legend = [Line2D([], [], ls="", marker="o", color="tab:blue", label="one fold (split_seed)"),
@@ -265,10 +293,13 @@ def _section_figures(store: Store, step: dict, out: Path, warnings: list[str]) -
     parts = []
     try:
         if key == "init" and "initial_loss" in ev:
-            parts.append(_kv_table(ev, ["initial_loss", "expected", "deviation", "tolerance", "num_classes",
-                                        "batches", "examples", "logit_std", "top_class_share", "weight_decay"]))
+            parts.append(_kv_table(ev, ["kind", "initial_loss", "expected", "deviation", "tolerance", "num_classes",
+                                        "target_variance", "target_mean", "batches", "examples", "logit_std",
+                                        "top_class_share", "weight_decay"]))
         elif key == "overfit" and ev.get("attempts"):
-            plot_overfit(store, ev["attempts"], out / "overfit.png")
+            target = next((_check_evidence(store, a["run"]).get("target_loss") for a in reversed(ev["attempts"])
+                           if a.get("run") is not None), None)
+            plot_overfit(store, ev["attempts"], out / "overfit.png", target_loss=target)
             parts.append(_img("overfit.png", "overfit curve"))
             parts.append(_table(ev["attempts"], ["lr", "verdict", "steps", "max_steps", "cause", "message"]))
         elif key == "lr" and ev.get("check_run") is not None:
@@ -280,7 +311,8 @@ def _section_figures(store: Store, step: dict, out: Path, warnings: list[str]) -
             parts.append(_img("lr_test.png", "learning-rate test"))
             parts.append(_table(ev.get("table") or [], ["lr", "status", "start", "end", "drop", "picked", "why"]))
         elif key == "coarse" and ev.get("rows"):
-            plot_grid_heatmap(ev["rows"], out / "coarse_grid.png")
+            metric, mode = _judged_by(store, ev, [r.get("run") for r in ev["rows"]])
+            plot_grid_heatmap(ev["rows"], out / "coarse_grid.png", metric, mode)
             parts.append(_img("coarse_grid.png", "coarse grid heatmap"))
             parts.append(_kv_table(ev, ["epochs", "prune", "center", "search_seconds", "epoch_s", "overhead_s"]))
         elif key.startswith("refine-") and ev.get("candidates"):
@@ -295,7 +327,8 @@ def _section_figures(store: Store, step: dict, out: Path, warnings: list[str]) -
             if runs:
                 plot_refine_curves(store, runs[:16], out / f"refine_{k}.png")
                 parts.append(_img(f"refine_{k}.png", f"refined runs, round {k}"))
-            plot_cv_spread(ev["candidates"], out / f"cv_{k}.png", chosen=ev.get("best"))
+            metric, mode = _judged_by(store, ev, [r["run"] for r in runs])
+            plot_cv_spread(ev["candidates"], out / f"cv_{k}.png", chosen=ev.get("best"), metric=metric, mode=mode)
             parts.append(_img(f"cv_{k}.png", f"validation spread over folds, round {k}"))
             rows = [{"lr": c["point"]["lr"], "weight_decay": c["point"]["weight_decay"], "width": c["point"].get("width"),
                      "dropout": c["point"].get("dropout"), "epochs": c["point"].get("epochs"),
@@ -321,11 +354,56 @@ def _section_figures(store: Store, step: dict, out: Path, warnings: list[str]) -
                     name = f"final_fold{mem['fold']}.png"
                     plot_run(store, mem["run"], out / name)
                     parts.append(_img(name, f"final model, fold {mem['fold']}"))
-            parts.append(_table(ev["members"], ["run", "fold", "status", "epochs", "best_epoch", "val_acc", "checkpoint"]))
+            metric = _judged_by(store, ev, [m.get("run") for m in ev["members"]])[0]
+            members = [{**m, metric: m.get("val_acc")} for m in ev["members"]]   # "val_acc": the judged metric's value
+            parts.append(_table(members, ["run", "fold", "status", "epochs", "best_epoch", metric, "checkpoint"]))
     except (RunNotFound, KeyError, ValueError, TypeError) as err:  # a report with a gap beats no report
         warnings.append(f"{key}: could not draw ({type(err).__name__}: {err})")
         parts.append(f"<p class='muted'>figure not drawn: {_e(type(err).__name__)}: {_e(err)}</p>")
     return "".join(parts)
+
+
+def _judged_by(store: Store, ev: dict, run_ids: Sequence[int | None]) -> tuple[str, str]:
+    """(metric, mode) a step's runs were judged by: kept in its evidence ("metric", "mode"), or, for a study
+    recorded before that, read from its first run (`doctor.judged.run_metric`); val/acc (max) without either."""
+    if ev.get("metric") and ev.get("mode") in ("max", "min"):
+        return ev["metric"], ev["mode"]
+    for run_id in run_ids:
+        if run_id is not None:
+            try:
+                judged = run_metric(store.run(run_id))
+            except RunNotFound:
+                continue
+            return judged.metric, judged.mode
+    return CLASSIFIER.metric, CLASSIFIER.mode
+
+
+def _check_evidence(store: Store, run_id: int) -> dict:
+    try:
+        return store.run(run_id).get("summary") or {}
+    except RunNotFound:
+        return {}
+
+
+def _headline(ev: dict, store: Store) -> str:
+    """The final model's line: test and validation accuracy as percentages for a classifier; the task's own
+    metrics, named, for anything else (test/mse 0.5391, val/loss 0.4888)."""
+    metric = _judged_by(store, ev, [m.get("run") for m in ev.get("members") or ()])[0]
+    test_metric = ev.get("test_metric") or "test/acc"
+    spread = ev.get("ensemble") and _finite(ev.get("val_std"))
+    if metric == "val/acc" and test_metric == "test/acc":
+        return ("test accuracy {} &middot; validation accuracy {}{}".format(
+            _pct(ev.get("test_acc")), _pct(ev.get("val_acc")), f" +- {ev['val_std']:.2%}" if spread else ""))
+    return "{} {} &middot; {} {}{}".format(_e(test_metric), _acc(ev.get("test_acc")), _e(metric), _acc(ev.get("val_acc")),
+                                          f" +- {ev['val_std']:.4f}" if spread else "")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _pct(x: Any) -> str:
+    return f"{x:.2%}" if _finite(x) else "n/a"
 
 
 def _refine_findings(store: Store, runs: Sequence[dict]) -> str:
@@ -364,14 +442,14 @@ def write_report(store: Store, study: str, out: str | Path, *, result=None) -> P
     if final:
         ev = final["evidence"]
         cv = ev.get("cv") or {}
+        metric = _judged_by(store, ev, [m.get("run") for m in ev.get("members") or ()])[0]
         head.append(
-            "<div class='box'><p class='big'>test accuracy {:.2%} &middot; validation accuracy {:.2%}{}</p>"
-            "<p>{} &middot; chosen on validation only (mean over folds {}: {} +- {}); the test split was "
+            "<div class='box'><p class='big'>{}</p>"
+            "<p>{} &middot; chosen on validation only (mean {} over folds {}: {} +- {}); the test split was "
             "evaluated once, for this final model. Config: <a href='final.yaml'>final.yaml</a> "
             "(<code>trainlab train final.yaml</code>).</p></div>".format(
-                ev["test_acc"], ev["val_acc"], f" +- {ev['val_std']:.2%}" if ev.get("ensemble") else "",
-                _e(final["message"].split(": val/acc")[0]), _e(", ".join(sorted(cv.get("folds", {})))),
-                _acc(cv.get("mean")), _acc(cv.get("std"))))
+                _headline(ev, store), _e(final["message"].split(f": {metric} ")[0]), _e(metric),
+                _e(", ".join(sorted(cv.get("folds", {})))), _acc(cv.get("mean")), _acc(cv.get("std"))))
         if ev.get("ran"):   # what the final trainings did, not only what was planned
             decay = (ev.get("decay") or {}).get("reason")
             head.append(f"<p class='big'>final run: {_e(ev['ran'])}</p>"
@@ -401,10 +479,14 @@ def write_report(store: Store, study: str, out: str | Path, *, result=None) -> P
             if yaml_path.is_file():
                 body.append(f"<p>final config (<a href='final.yaml'>final.yaml</a>):</p><pre>{_e(yaml_path.read_text())}</pre>")
             if (s["evidence"] or {}).get("members"):
+                fev = s["evidence"]
+                metric = _judged_by(store, fev, [m.get("run") for m in fev["members"]])[0]
+                averaged = ("predicted probabilities" if (fev.get("test_metric") or "test/acc") == "test/acc"
+                            else "outputs")
                 body.append("<p class='muted'>" + ("The final model is an ensemble: one member per validation fold "
                             "(split_seed), each trained with the chosen config and early-stopped on its own fold; "
-                            "their predicted probabilities are averaged. Its validation accuracy is the members' "
-                            "mean on their own folds." if s["evidence"].get("ensemble") else
+                            f"their {averaged} are averaged. Its {_e(metric)} is the members' "
+                            "mean on their own folds." if fev.get("ensemble") else
                             "The final model is one run, early-stopped on validation; its best checkpoint is kept.")
                             + "</p>")
         body.append(_details(s.get("evidence") or {}))

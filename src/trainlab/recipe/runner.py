@@ -48,7 +48,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from trainlab.config import DEFAULT_RUNS_DIR, Config, ConfigError, apply_overrides
 from trainlab.recipe.costs import CostModel
@@ -67,6 +67,9 @@ from trainlab.recipe.steps import Call, Steps, search_base
 from trainlab.search.workers import default_workers
 from trainlab.store import Store, normalize_url
 
+if TYPE_CHECKING:  # the annotation only: importing trainlab.recipe stays free of torch
+    from trainlab.tasks import Task
+
 __all__ = ["run_recipe", "study_name", "DEFAULT_BUDGET_MINUTES", "DEFAULT_REPORT_DIR"]
 
 DEFAULT_BUDGET_MINUTES = 5.0        # wall-clock budget of a recipe
@@ -74,14 +77,20 @@ DEFAULT_REPORT_DIR = "recipe-report"
 
 # --- helpers --------------------------------------------------------------------------------------------
 
-def study_name(hp: Config) -> str:
-    """recipe-<task>-<model>: the task's file stem for `path.py:build`, its module for `pkg.mod:build`."""
-    task = hp.task
-    if ":" in task:
-        target = task.rpartition(":")[0]
-        task = Path(target).stem if target.endswith(".py") else target
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", task).strip("-") or "task"
-    return f"recipe-{slug}-{hp.model}"
+def study_name(hp: Config, task: Task | None = None) -> str:
+    """recipe-<task>-<model>: the task's file stem for `path.py:build`, its module for `pkg.mod:build`; the
+    model is the Config's for a built-in task, and for a user task (given `task`) the name it gives its model
+    (`Task.model_name`), or none: a user task builds its own model, whatever `hp.model` says
+    (`recipe-regression-mlp-regressor`, `recipe-mytask`)."""
+    name = hp.task
+    if ":" in name:
+        target = name.rpartition(":")[0]
+        name = Path(target).stem if target.endswith(".py") else target
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "task"
+    model = hp.model
+    if task is not None and ":" in hp.task:   # a user task, file.py:fn or pkg.mod:fn
+        model = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(task.model_name or task.info.get("model") or "")).strip("-")
+    return f"recipe-{slug}-{model}" if model else f"recipe-{slug}"
 
 
 def _attempts(store: Store, base: str) -> list[tuple[int, str]]:
@@ -355,8 +364,10 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     warmup_s = _warm_up()
     figure_s = _figure_cost()
     started = time.time() if started_at is None else float(started_at)
-    base = study_name(hp)
+    base = study_name(hp, task)
     attempts = _attempts(store, base)
+    if not attempts and base != study_name(hp):   # a user task's recipe begun before its study took the task's model
+        attempts = _attempts(store, study_name(hp))
     if fresh or not attempts:
         n = (attempts[-1][0] + 1) if attempts else 1
         study = base if n == 1 else f"{base}-{n}"
@@ -402,7 +413,8 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     if reason:
         recipe.say(f"{status}: {reason}")
     if final and not quiet:
-        print(f"final model: validation {final['val_acc']:.4f}, test {final['test_acc']:.4f}; config {final['yaml']}")
+        print(f"final model: {final.get('metric', 'val/acc')} {final['val_acc']:.4f}, "
+              f"{final.get('test_metric', 'test/acc')} {final['test_acc']:.4f}; config {final['yaml']}")
     recipe.say(f"report: {report} ({result.seconds:.0f} s this run, budget {budget_s:.0f} s)")
     store.close()
     return result

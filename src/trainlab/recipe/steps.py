@@ -103,12 +103,14 @@ def search_base(hp: Config, **changes: Any) -> Config:
                                 "steps": None, **changes})
 
 
-def final_config(hp: Config, point: dict, epochs: int, patience: int, split_seed: int = FOLDS[0]) -> Config:
-    """The final model's config: the chosen point with cosine decay and early stopping on validation."""
+def final_config(hp: Config, point: dict, epochs: int, patience: int, split_seed: int = FOLDS[0],
+                 metric: tuple[str, str] = ("val/acc", "max")) -> Config:
+    """The final model's config: the chosen point with cosine decay and early stopping on validation
+    (`metric`: the (name, mode) the recipe judges by: val/acc, or the task's own, e.g. val/loss, min)."""
     return apply_overrides(hp, {"lr": point["lr"], "weight_decay": point["weight_decay"],
                                 "width": point.get("width"), "dropout": point.get("dropout") or 0.0,
                                 "schedule": "cosine", "epochs": epochs, "patience": patience,
-                                "early_stop_metric": "val/acc", "early_stop_mode": "max", "steps": None,
+                                "early_stop_metric": metric[0], "early_stop_mode": metric[1], "steps": None,
                                 "split_seed": split_seed, "seeds": 1})
 
 
@@ -148,6 +150,11 @@ class Steps:
 
         hp = for_task(self.hp, self.task.task_metrics)[0]
         return hp.early_stop_metric, hp.mode
+
+    @property
+    def judged_by(self) -> dict[str, str]:
+        """{"metric", "mode"}: kept in the search steps' evidence, so the report draws and labels that metric."""
+        return {"metric": self.metric[0], "mode": self.metric[1]}
 
     def costs(self, call: Call) -> CostModel:
         """The cost model as of this call: what the steps before it measured."""
@@ -284,21 +291,21 @@ class Steps:
                  "status": r["status"], "epochs": r["epochs"], "run": r["run"]} for r in res.leaderboard]
         runs = [self.store.run(r["run"]) for r in rows if r["run"] is not None]
         measured = self._measure(runs, res.seconds, plan.get("workers", 1))
-        ranked = rank_coarse(rows, plan["epochs"])
+        ranked = rank_coarse(rows, plan["epochs"], self.metric[1])
         if not ranked:  # the budget ran out while the workers started: go on from step 3's rate
             best = {"lr": plan["center"], "weight_decay": COARSE_WEIGHT_DECAYS[0], "value": None, "status": "not run",
                     "epochs": 0, "run": None}
             msg = (f"no grid point finished within the budget ({res.seconds:.0f} s, {len(rows)} started): going on "
                    f"with step 3's rate {plan['center']:.3g} and weight decay {best['weight_decay']:g}")
             ev = {**plan, "rows": rows, "ranked": [best], "best": best, "search_seconds": res.seconds,
-                  "counts": res.counts, **measured}
+                  "counts": res.counts, **measured, **self.judged_by}
             return StepResult("coarse", 4, STEP_TITLES[4], "done", msg, ev)
         best = ranked[0]
         msg = (f"best lr {best['lr']:.3g}, weight decay {best['weight_decay']:g}: {self.metric[0]} {best['value']:.4f} after "
                f"{best['epochs']} epochs ({len(plan['lrs'])} rates x {len(plan['wds'])} weight decays, "
                f"{plan['epochs']} epochs" + (", successive halving" if plan["prune"] == "sha" else "") + ")")
         ev = {**plan, "rows": rows, "ranked": [r for r in ranked[:3]], "best": best, "search_seconds": res.seconds,
-              "counts": res.counts, **measured}
+              "counts": res.counts, **measured, **self.judged_by}
         return StepResult("coarse", 4, STEP_TITLES[4], "done", msg, ev)
 
     # ---- steps 5-7: refine, doctor, loop
@@ -336,7 +343,7 @@ class Steps:
         runs = [self.store.run(r["run"]) for r in res.leaderboard if r["run"] is not None]
         measured = self._measure(runs, res.seconds, plan.get("workers", 1))
         ranked, n_points = rank_candidates(res.leaderboard, {"width": plan["width"], "dropout": plan["dropout"],
-                                                             "epochs": plan["epochs"]})
+                                                             "epochs": plan["epochs"]}, self.metric[1])
         if not ranked:  # the budget ran out while the workers started
             if incumbent is None:
                 c = call.evidence("coarse")["best"]
@@ -346,7 +353,7 @@ class Steps:
             msg = (f"no run finished within the budget ({res.seconds:.0f} s): keeping lr "
                    f"{incumbent['point']['lr']:.3g}, weight decay {incumbent['point']['weight_decay']:g}")
             ev = {**plan, "candidates": [], "best": incumbent, "incumbent": incumbent, "improved": False if k > 1 else None,
-                  "search_seconds": res.seconds, **measured}
+                  "search_seconds": res.seconds, **measured, **self.judged_by}
             return StepResult(f"refine-{k}", 5, STEP_TITLES[5], "done", msg, ev)
         best = ranked[0]
         new_incumbent = best
@@ -367,7 +374,7 @@ class Steps:
             msg += (f"; improves on {_acc(incumbent['mean'])}" if improved else
                     f"; no better than {_acc(incumbent['mean'])}, keeping that")
         ev = {**plan, "candidates": ranked, "best": best, "incumbent": new_incumbent, "improved": improved,
-              "search_seconds": res.seconds, **measured}
+              "search_seconds": res.seconds, **measured, **self.judged_by}
         return StepResult(f"refine-{k}", 5, STEP_TITLES[5], "done", msg, ev)
 
     def doctor_step(self, call: Call, k: int) -> StepResult:
@@ -431,8 +438,9 @@ class Steps:
         stalls = []
         for run_id in (incumbent.get("runs") or {}).values():
             if run_id is not None:
-                vals = self.store.metrics(run_id, ["val/acc"]).get("val/acc", {}).get("value", [])
-                stalls.append(stall_epoch(vals))
+                key, mode = self.metric
+                vals = self.store.metrics(run_id, [key]).get(key, {}).get("value", [])
+                stalls.append(stall_epoch(vals, mode=mode))
         return place_decay(stalls or [None], constant, fit_epochs)
 
     def final_step(self, call: Call, incumbent: dict) -> StepResult:
@@ -449,7 +457,7 @@ class Steps:
             plan["decay"] = self._place_decay(incumbent, size["epochs"])
             plan["epochs"], plan["patience"] = plan["decay"]["epochs"], plan["decay"]["patience"]
             self.save_plan(call, plan)
-        base = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"])
+        base = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"], metric=self.metric)
         res = self._search(base, {"split_seed": _grid_text(plan["folds"])}, plan, plan["study"],
                            call.deadline, checkpoints=True)
         self._mark([r["run"] for r in res.leaderboard], "final", "the final model")
@@ -467,7 +475,7 @@ class Steps:
         # The test split, once, for the final model only.
         ens = evaluate_ensemble(members_from_runs(self.store, [m["run"] for m in usable]), split="test")
         val_mean, val_std = mean_std([m["val_acc"] for m in usable])
-        hp_final = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"])
+        hp_final = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"], metric=self.metric)
         yaml_path = self.out / "final.yaml"
         self.out.mkdir(parents=True, exist_ok=True)
         header = (f"# trainlab recipe, study {self.study}: the final config (train it with: trainlab train {yaml_path.name})\n"
@@ -485,5 +493,6 @@ class Steps:
               "val_std": val_std, "test_acc": ens.ensemble_acc,
               "test_loss": ens.ensemble_loss, "test_n": ens.n, "ensemble": len(usable) > 1, "config": hp_final.model_dump(mode="json"),
               "yaml": str(yaml_path), "cv": {"folds": incumbent["folds"], "mean": incumbent["mean"],
-                                             "std": incumbent["std"]}, "search_seconds": res.seconds}
+                                             "std": incumbent["std"]}, "search_seconds": res.seconds,
+              **self.judged_by, "test_metric": f"test/{ens.metric}"}
         return StepResult("final", 8, STEP_TITLES[8], "done", msg, ev)

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from trainlab.config import ConfigError
 from trainlab.tasks import Task
 from trainlab.transfer.backbone import backbone_stages
 from trainlab.transfer.source import Source
@@ -117,6 +118,10 @@ def advise(source: Source, task: Task, cache: FeatureCache | None = None, folds:
 
     `task` must have its validation split (see `transfer.prepare_target`); probes use train+val.
     """
+    if task.kind != "classification":
+        raise ConfigError(f"transfer advise: the advisor's table is measured on classifiers (examples per class, "
+                          f"linear-classifier probes); task {task.name!r} is a {task.kind} task: compare the strategies "
+                          "instead (transfer compare)")
     cache = cache or FeatureCache(source.model, task)
     y = torch.cat([cache.labels("train"), cache.labels("val")])
     both = lambda feats: torch.cat([feats["train"], feats["val"]])  # noqa: E731

@@ -29,7 +29,7 @@ from trainlab.tasks import Task, load_task, split_val
 from trainlab.train.evaluate import dataset_tensors
 from trainlab.transfer.backbone import load_weights, replace_head
 
-__all__ = ["Source", "load_source", "study_name", "prepare_target", "target_hparams", "target_model"]
+__all__ = ["Source", "load_source", "study_name", "prepare_target", "target_hparams", "target_model", "output_size"]
 
 
 @dataclass
@@ -100,7 +100,11 @@ def load_source(source: int | str | Path, *, store: Store | None = None, arch: s
         if not run.get("checkpoint"):
             raise ConfigError(f"source: run {run['id']} has no checkpoint (status {run['status']}); "
                               "train it with a store and checkpoints")
-        src_hp = make_config(run["hparams"])
+        # the stored early-stopping metric was resolved for the source's task (a regression's val/loss): a target
+        # task resolves its own from the default, unless the target's hyperparameters name one
+        defaults = Config()
+        src_hp = make_config({**run["hparams"], "early_stop_metric": defaults.early_stop_metric,
+                              "early_stop_mode": defaults.early_stop_mode})
         try:
             model = plain_module(load_task(src_hp).build_model())  # a task may return torch.compile(model)
         except ConfigError as err:
@@ -135,18 +139,31 @@ def target_hparams(source: Source, task: Task, hp: Config | None = None) -> Conf
     return hp or apply_overrides(source.hp, {"task": task.name})
 
 
+def output_size(task: Task, targets: torch.Tensor | None = None) -> int:
+    """The outputs per example a model of `task` gives: its number of classes for a classifier; for a
+    regression, 1 for targets of shape (N,) and K for targets (N, K)."""
+    if task.kind != "regression":
+        return task.num_classes
+    y = dataset_tensors(task.train)[1] if targets is None else targets
+    return 1 if y.ndim <= 1 else int(y[0].numel())
+
+
 def target_model(source: Source, task: Task) -> nn.Module:
-    """A copy of the source model for `task`: its head replaced when the number of classes differs."""
+    """A copy of the source model for `task`: its head replaced when its outputs differ from the task's (the
+    number of classes, or a regression's outputs per example), so a classifier's backbone serves a regression
+    target and the reverse."""
     model = copy.deepcopy(source.model)
-    replace_head(model, task.num_classes)
-    x = dataset_tensors(task.train)[0][:2]
+    x, y = dataset_tensors(task.train)
+    outputs = output_size(task, y)
+    replace_head(model, outputs)
+    x = x[:2]
     try:
         with torch.no_grad():
             out = model.eval()(x.to(next(model.parameters()).device))
     except RuntimeError as err:
         raise ConfigError(f"target: inputs of shape {tuple(x.shape[1:])} do not fit the source model "
                           f"({str(err).splitlines()[0]})") from None
-    if out.ndim != 2 or out.shape[1] != task.num_classes:
+    if out.ndim != 2 or out.shape[1] != outputs:
         raise ConfigError(f"target: the source model gives outputs of shape {tuple(out.shape[1:])}, "
-                          f"expected ({task.num_classes},)")
+                          f"expected ({outputs},)")
     return model

@@ -33,6 +33,7 @@ from torch.utils.data import TensorDataset
 
 from trainlab.checkpoint import load_checkpoint, save_checkpoint
 from trainlab.config import DEFAULT_RUNS_DIR, Config, ConfigError
+from trainlab.metrics import for_task
 from trainlab.optim import build_optimizer
 from trainlab.store import Store
 from trainlab.tasks import Task
@@ -48,10 +49,10 @@ from trainlab.transfer.backbone import (
     pool_features,
     stage_features,
 )
-from trainlab.transfer.source import Source, prepare_target, study_name, target_hparams, target_model
+from trainlab.transfer.source import Source, output_size, prepare_target, study_name, target_hparams, target_model
 
 __all__ = ["STRATEGIES", "StrategyResult", "Plan", "GradualUnfreeze", "FeatureCache", "parse_strategy",
-           "default_strategies", "plan_strategy", "train_strategy", "compare"]
+           "default_strategies", "plan_strategy", "train_strategy", "compare", "judged_by"]
 
 STRATEGIES = ("linear", "probe", "finetune:K", "full", "scratch")
 _STRATEGY = re.compile(r"^(linear|probe|full|scratch|finetune:(\d+))$")
@@ -175,7 +176,10 @@ def _discriminative(stages: Sequence[str], mult: float, prefix: str = "") -> dic
 
 @dataclass
 class StrategyResult:
-    """One strategy on one target: accuracies (validation of the best epoch, test), seconds, the run."""
+    """One strategy on one target: the task's metric on validation (its best epoch) and test, seconds, the run.
+
+    `val_acc` holds the value of `metric` (val/acc for a classifier; a regression's val/loss, its direction
+    `mode`), `test_acc` the test value of the task's headline metric `test_metric` (test/acc, test/mse)."""
 
     strategy: str
     val_acc: float | None
@@ -186,11 +190,14 @@ class StrategyResult:
     model: nn.Module | None = field(default=None, repr=False)
     probes: list[dict] | None = None
     detail: str = ""
+    metric: str = "val/acc"
+    mode: str = "max"
+    test_metric: str = "test/acc"
 
     def row(self) -> dict:
         return {"strategy": self.strategy, "val_acc": self.val_acc, "test_acc": self.test_acc,
                 "seconds": round(self.seconds, 2), "run": self.run_id, "trainable": self.trainable_params,
-                "detail": self.detail}
+                "detail": self.detail, "metric": self.metric, "mode": self.mode, "test_metric": self.test_metric}
 
 
 def _val_of(result: FitResult, key: str = "val/acc") -> float | None:
@@ -200,17 +207,36 @@ def _val_of(result: FitResult, key: str = "val/acc") -> float | None:
     return values[result.best_epoch - 1] if result.best_epoch else values[-1]
 
 
+def judged_by(task: Task, hp: Config) -> tuple[str, str, str]:
+    """(metric, mode, test metric) the strategies on `task` are compared by: val/acc (max) and test/acc for a
+    classifier; a regression's val/loss (min) and its headline test metric (test/mse); the Config's
+    early-stopping metric when it names another (`metrics.for_task`)."""
+    tm = task.task_metrics
+    hp = for_task(hp, tm)[0]
+    return hp.early_stop_metric, hp.mode, f"test/{tm.headline.name if tm.headline else 'loss'}"
+
+
+def _test_of(result: FitResult, test_metric: str) -> float | None:
+    return result.test.get(test_metric.split("/", 1)[1]) if result.test else None
+
+
 def _feature_task(task: Task, label: str, feats: dict[str, torch.Tensor], cache: FeatureCache) -> Task:
-    dim = feats["train"].shape[1]
+    """A linear model on `feats`: a classifier of the task's classes, or a regression onto its outputs, with the
+    task's loss and metrics."""
+    dim, outputs = feats["train"].shape[1], output_size(task, cache.labels("train"))
     data = {s: TensorDataset(feats[s], cache.labels(s)) for s in FeatureCache.SPLITS}
-    return Task(name=f"{task.name}[{label}]", build_model=lambda: nn.Linear(dim, task.num_classes),
+    return Task(name=f"{task.name}[{label}]", build_model=lambda: nn.Linear(dim, outputs),
                 train=data["train"], val=data["val"], test=data["test"], num_classes=task.num_classes,
-                loss=task.loss, info={"features": label, "dim": dim})
+                loss=task.loss, kind=task.kind, metrics=task.metrics, info={"features": label, "dim": dim})
 
 
 def _standardize(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    mean, std = feats["train"].mean(0), feats["train"].std(0).clamp_min(1e-6)
-    return {s: (f - mean) / std for s, f in feats.items()}
+    """Features standardized by the training split's statistics; a feature constant on train (a ReLU unit dead on
+    every training example) is set to 0 everywhere: dividing by its near-zero spread would blow its rare nonzero
+    test values up a million-fold (a regression probe's test mse went to 5e4 that way)."""
+    mean, std = feats["train"].mean(0), feats["train"].std(0)
+    scale = torch.where(std > 1e-6, 1.0 / std.clamp_min(1e-6), torch.zeros_like(std))
+    return {s: (f - mean) * scale for s, f in feats.items()}
 
 
 @dataclass
@@ -275,6 +301,8 @@ def train_strategy(source: Source, task: Task, strategy: str, hp: Config | None 
     model = target_model(source, task)
     stages = backbone_stages(model)
     kind, k = parse_strategy(strategy, len(stages))
+    metric, mode, test_metric = judged_by(task, hp)
+    judged = dict(metric=metric, mode=mode, test_metric=test_metric)
     study = study or study_name(source, task)
     common = dict(store=store, study=study, quiet=quiet, runs_dir=runs_dir)
 
@@ -293,30 +321,34 @@ def train_strategy(source: Source, task: Task, strategy: str, hp: Config | None 
             if res.checkpoint:  # the run's model is the whole network, usable as a source
                 ckpt = load_checkpoint(res.checkpoint)
                 save_checkpoint({**ckpt, "model": model.state_dict()}, res.checkpoint)
-            detail = f"classifier on {clf.in_features} features of the frozen backbone"
+            detail = (f"{'classifier' if task.kind == 'classification' else 'linear regression'} on "
+                      f"{clf.in_features} features of the frozen backbone")
             tag(res, detail)
-            return StrategyResult(strategy, _val_of(res), res.test and res.test["acc"], res.seconds, res.run_id,
-                                  sum(p.numel() for p in clf.parameters()), model, detail=detail)
+            return StrategyResult(strategy, _val_of(res, metric), _test_of(res, test_metric), res.seconds, res.run_id,
+                                  sum(p.numel() for p in clf.parameters()), model, detail=detail, **judged)
         rows, seconds = [], 0.0
         for stage, feats in cache.stages().items():
             res = fit(_feature_task(task, stage, _standardize(feats), cache), hp, name=f"probe:{stage}", **common)
             tag(res, f"probe on {stage}")
             seconds += res.seconds
-            rows.append({"stage": stage, "dim": feats["train"].shape[1], "val_acc": _val_of(res),
-                         "val_loss": _val_of(res, "val/loss"), "test_acc": res.test and res.test["acc"],
+            rows.append({"stage": stage, "dim": feats["train"].shape[1], "val_acc": _val_of(res, metric),
+                         "val_loss": _val_of(res, "val/loss"), "test_acc": _test_of(res, test_metric),
                          "run": res.run_id, "seconds": round(res.seconds, 2)})
-        best = max(rows, key=lambda r: (r["val_acc"] or 0.0, -(r["val_loss"] or 0.0)))
+        sign = 1.0 if mode == "max" else -1.0   # best first by the metric's direction, then the lower loss
+        best = max(rows, key=lambda r: (sign * r["val_acc"] if r["val_acc"] is not None else float("-inf"),
+                                        -(r["val_loss"] or 0.0)))
+        outputs = output_size(task, cache.labels("train"))
         return StrategyResult(strategy, best["val_acc"], best["test_acc"], seconds, best["run"],
-                              best["dim"] * task.num_classes + task.num_classes, None, rows,
-                              detail=f"best stage {best['stage']}")
+                              best["dim"] * outputs + outputs, None, rows,
+                              detail=f"best stage {best['stage']}", **judged)
 
     plan = plan_strategy(model, strategy, hp)
     n_trainable = sum(p.numel() for g in plan.optimizer.param_groups for p in g["params"])
     res = fit(task, hp, model=plan.model, optimizer=plan.optimizer, callbacks=plan.callbacks, name=strategy, **common)
     tag(res, plan.detail)
     final = res.model.module if isinstance(res.model, FrozenStages) else res.model
-    return StrategyResult(strategy, _val_of(res), res.test and res.test["acc"], res.seconds, res.run_id,
-                          n_trainable, final, detail=plan.detail)
+    return StrategyResult(strategy, _val_of(res, metric), _test_of(res, test_metric), res.seconds, res.run_id,
+                          n_trainable, final, detail=plan.detail, **judged)
 
 
 def compare(source: Source, task: Task, hp: Config | None = None, strategies: Sequence[str] | None = None, *,
