@@ -95,8 +95,16 @@ class CostModel:
         there = sizer(seconds - self.overhead(True), self.epoch_seconds(True), self.workers, run_s)
         w = min(self.workers, count(there))
         if w > 1 and count(there) * there["epochs"] > count(here) * here["epochs"]:
-            return there, w
+            cost_there = self.cost(count(there), there["epochs"], w, True)
+            if cost_there <= seconds or cost_there <= self.cost(count(here), here["epochs"], 1, False):
+                return there, w
+            # neither fits (both at their floors): the cheaper way, not the one that would train more
         return here, 1
+
+    def cost(self, trainings: int, epochs: int, workers: int, parallel: bool) -> float:
+        """Seconds of a search of `trainings` x `epochs` on `workers` (worker processes when `parallel`)."""
+        return self.overhead(parallel) + search_rounds(trainings, workers) * (self.run_seconds()
+                                                                             + epochs * self.epoch_seconds(parallel))
 
 
 def measure_search(runs: Sequence[dict], search_seconds: float, n_workers: int) -> dict[str, float]:

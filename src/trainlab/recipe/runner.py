@@ -177,8 +177,21 @@ class _Recipe:
         is too small for the model, the recipe overruns it rather than skip a step."""
         if phase not in self.phase_deadline:
             now = time.time()
-            self.phase_deadline[phase] = now + max(phase_allowance(self.end - now, phase), self.costs().min_work(phase))
+            floor = self.costs().min_work(phase)
+            if phase != "final":  # a search's floor may take the later phases' share, never the final model's
+                floor = min(floor, max(0.0, self.end - now - self.costs().min_work("final")))
+            self.phase_deadline[phase] = now + max(phase_allowance(self.end - now, phase), floor)
         return self.phase_deadline[phase]
+
+    def fits(self, phase: str) -> tuple[bool, str]:
+        """Whether the least useful work of search phase `phase` and then of the final model fit in the
+        budget's time left, and the numbers that say so. A search that does not fit is skipped: overrunning
+        the budget for it would break the promise, and the final model is what the recipe delivers."""
+        costs, left = self.costs(), self.end - time.time()
+        need, final = costs.min_work(phase), costs.min_work("final")
+        why = (f"{max(0.0, left):.0f} s of the budget left; the {phase} search needs about {need:.0f} s at least "
+               f"and the final model {final:.0f} s")
+        return left >= need + final, why
 
     def left(self, phase: str) -> float:
         return max(0.0, self.deadline(phase) - time.time())
@@ -249,9 +262,13 @@ class _Recipe:
         r3 = self.step("lr", 3, steps.lr_step)
         if r3.verdict == "fail" and not self.force:
             return "stopped", f"step 3 failed: {r3.message} (--force goes on anyway)"
-        self.step("coarse", 4, steps.coarse_step)
+        fits, why = (True, "") if "coarse" in self.done else self.fits("coarse")
+        self.step("coarse", 4, steps.coarse_step if fits else lambda call: steps.skip_coarse(call, why))
         incumbent, move = None, None
-        for k in range(1, MAX_ROUNDS + 1):
+        fits, why = (True, "") if "refine-1" in self.done else self.fits("refine")
+        if not fits:
+            incumbent = self.step("refine-1", 5, lambda call: steps.skip_refine(call, why)).evidence["incumbent"]
+        for k in range(1, MAX_ROUNDS + 1 if fits else 1):
             share = FIRST_ROUND_SHARE if k == 1 else 1.0
             r5 = self.step(f"refine-{k}", 5, lambda call, k=k, inc=incumbent, mv=move: steps.refine_step(call, k, inc, mv),
                            phase_share=share)

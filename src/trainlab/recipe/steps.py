@@ -53,7 +53,9 @@ from trainlab.store import Store
 if TYPE_CHECKING:  # for the annotation only: importing trainlab.recipe stays free of torch
     from trainlab.tasks import Task
 
-__all__ = ["Call", "Steps", "search_base", "final_config"]
+__all__ = ["Call", "Steps", "search_base", "final_config", "LR_STEPS_SHORT"]
+
+LR_STEPS_SHORT = 20   # step 3's steps per trial when the budget left cannot hold a 50-step test
 
 
 @dataclass(frozen=True)
@@ -243,8 +245,12 @@ class Steps:
         from trainlab.checks import check_lr_widened
 
         step_s = call.evidence("overfit").get("step_s") or call.evidence("init").get("step_s_estimate") or 0.01
-        # 4 discrete trials of s steps and a sweep of 2s steps, plus a validation per trial
-        steps = int(min(100, max(50, call.seconds / (6.5 * step_s))))   # at least 50: a meaningful test
+        # 4 discrete trials of s steps and a sweep of 2s steps, plus a validation per trial: at least 50 steps,
+        # a meaningful test, unless the budget left cannot hold half of that (a slow model on a short budget,
+        # whose start-up took the checks' share): then 20, which still ranks the rates that move the loss
+        # at once, rather than overrun the budget by the whole test (a 50-step test of mnist1d/resnet: 15-22 s)
+        floor = 50 if call.seconds >= 0.5 * 6.5 * 50 * step_s else LR_STEPS_SHORT
+        steps = int(min(100, max(floor, call.seconds / (6.5 * step_s))))
         t0 = time.time()
         # never stops a model that can learn: widened (more steps, a wider range) before it calls a failure
         r = check_lr_widened(self.task, self.hp, self.store, steps=steps, sweep_steps=max(20, 2 * steps),
@@ -308,7 +314,28 @@ class Steps:
               "counts": res.counts, **measured, **self.judged_by}
         return StepResult("coarse", 4, STEP_TITLES[4], "done", msg, ev)
 
+    def skip_coarse(self, call: Call, why: str) -> StepResult:
+        """Step 4 when the budget cannot hold it (`_Recipe.fits`): step 3's rate goes on."""
+        center = float(call.evidence("lr").get("suggested_lr") or self.hp.lr)
+        best = {"lr": center, "weight_decay": COARSE_WEIGHT_DECAYS[0], "value": None, "status": "not run",
+                "epochs": 0, "run": None}
+        msg = f"{why}; going on with step 3's rate {center:.3g} and weight decay {best['weight_decay']:g}"
+        return StepResult("coarse", 4, STEP_TITLES[4], "skipped", msg,
+                          {"center": center, "rows": [], "ranked": [best], "best": best, "skipped": why})
+
     # ---- steps 5-7: refine, doctor, loop
+    def skip_refine(self, call: Call, why: str) -> StepResult:
+        """Steps 5-7 when the budget cannot hold them: the final model takes step 4's best point."""
+        c = call.evidence("coarse")["best"]
+        point = {"lr": c["lr"], "weight_decay": c["weight_decay"], "width": self.hp.width,
+                 "dropout": self.hp.dropout or 0.0, "epochs": 0}
+        incumbent = {"point": point, "folds": {}, "runs": {}, "status": {}, "mean": math.nan, "std": math.nan,
+                     "complete": False}
+        msg = (f"{why} (steps 6-7 skipped too); the final model takes lr {c['lr']:.3g}, weight decay "
+               f"{c['weight_decay']:g}")
+        return StepResult("refine-1", 5, STEP_TITLES[5], "skipped", msg,
+                          {"candidates": [], "best": incumbent, "incumbent": incumbent, "improved": None, "skipped": why})
+
     def refine_step(self, call: Call, k: int, incumbent: dict | None, move: dict | None) -> StepResult:
         plan = call.plan
         if plan is None:
@@ -441,16 +468,23 @@ class Steps:
                 key, mode = self.metric
                 vals = self.store.metrics(run_id, [key]).get(key, {}).get("value", [])
                 stalls.append(stall_epoch(vals, mode=mode))
-        return place_decay(stalls or [None], constant, fit_epochs)
+        if not stalls:  # step 5 was skipped for the budget: no curve to place the decay from
+            return {"schedule": "cosine", "epochs": fit_epochs, "patience": max(5, fit_epochs // 2), "stall_epoch": None,
+                    "reason": f"no constant-rate curves (step 5 skipped): the longest cosine that fits, {fit_epochs} epochs"}
+        return place_decay(stalls, constant, fit_epochs)
 
     def final_step(self, call: Call, incumbent: dict) -> StepResult:
         from trainlab.ensemble import evaluate_ensemble, members_from_runs
 
         plan = call.plan
         if plan is None:
-            members = max(1, min(self.workers, MAX_MEMBERS))
-            size, workers = self.costs(call).sized(
-                call.seconds, lambda s, e, w, r: size_final(s, e, w, run_s=r, members=members), lambda z: z["members"])
+            costs = self.costs(call)
+            for members in range(max(1, min(self.workers, MAX_MEMBERS)), 0, -1):
+                size, workers = costs.sized(
+                    call.seconds, lambda s, e, w, r: size_final(s, e, w, run_s=r, members=members), lambda z: z["members"])
+                # an ensemble only when its members get their epochs in the time left: else fewer members
+                if costs.cost(size["members"], size["epochs"], workers, workers > 1) <= call.seconds:
+                    break
             plan = {**size, "study": f"{self.study}/final", "trainings": size["members"], "prune": "none",
                     "workers": workers,
                     "point": incumbent["point"], "folds": list(range(size["members"]))}

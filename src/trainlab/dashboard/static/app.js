@@ -318,6 +318,20 @@
   }
   function runLabel(run) { return run.name + " (#" + run.id + ")"; }
 
+  // The doctor's findings every run of the study shares (the API takes them off each run): drawn once,
+  // under the study's name, with how many runs and what to do. Nothing when there are none.
+  function renderShared(data) {
+    const shared = data.shared_findings || [];
+    if (!shared.length) return el("div", { id: "shared-findings", hidden: true });
+    return el("div", { class: "panel shared", id: "shared-findings" },
+      el("h3", { text: "Every run of this study shares " + (shared.length === 1 ? "this finding" : "these findings") }),
+      el("ul", { class: "findings" }, shared.map(f => el("li", { "data-finding": f.name },
+        badges([f]), " ", el("span", { class: "runs", text: "all " + f.runs + " runs" }), " · ", f.message || "",
+        // the API's evidence opens with the count shown just before it: "all 3 runs; e.g. run 7: ..."
+        f.evidence ? el("span", { class: "evidence", text: String(f.evidence).replace(/^all \d+ runs; /, "") }) : null,
+        f.action ? el("span", { class: "action", text: "try: " + f.action }) : null))));
+  }
+
   function renderCard(run) {
     const chart = el("div", { class: "chart" });
     const card = el("div", { class: "card st-" + run.status, "data-run": run.id, "data-status": run.status },
@@ -692,6 +706,7 @@
          el("div", { id: "importance" }, el("p", { class: "muted", text: "computing…" }))));
     app.replaceChildren(
       el("h1", { text: data.study.name }),
+      renderShared(data),
       el("div", { class: "toolbar" }, el("label", {}, "show ", filter),
          el("span", {}, Object.entries(data.status_counts).map(([s, n]) => el("span", { class: "pill s-" + s, text: s + " " + n }))),
          el("span", { class: "legend-note", text: "per chart: training loss per step (faint: min/max per bucket; line: moving average), " +
@@ -787,6 +802,8 @@
     });
     const table = document.getElementById("runs-table");
     if (table) table.replaceWith(renderTable(data, key));
+    const shared = document.getElementById("shared-findings");
+    if (shared) shared.replaceWith(renderShared(data));
     applyFilter();
     pollStudy(gen, key, data);
   }

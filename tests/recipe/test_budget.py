@@ -1,0 +1,59 @@
+"""The recipe's budget promise: total wall time within --budget x 1.05 + 10 s, start-up included, measured
+from outside a real `trainlab recipe` process on a second task/model pair (the recipe's own tests use
+digits/mlp); and the sizing rules that keep it when the time left is short (pure arithmetic)."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trainlab.recipe.costs import CostModel
+from trainlab.recipe.plan import size_final
+from trainlab.store import Store
+
+
+def test_a_search_that_fits_nowhere_takes_the_cheaper_way():
+    """Worker processes train more side by side, but when neither way fits the seconds (both at their floor
+    of one epoch) the recipe takes the one that costs less: here, without the workers' start-up."""
+    slow_start = {"epoch_s": 5.0, "run_s": 0.0, "overhead_s": 12.0, "workers": 2}
+    here = {"epoch_s": 4.0, "run_s": 0.0, "overhead_s": 0.5, "workers": 1}
+    costs = CostModel(2, 100, evidence=(("coarse", slow_start), ("refine-1", here)))
+
+    def final(members):
+        return lambda s, e, w, r: size_final(s, e, w, run_s=r, members=members)
+
+    size, workers = costs.sized(3.0, final(2), lambda z: z["members"])
+    assert (size["epochs"], workers) == (1, 1)  # 2 x 4 s here (8.5 s) beats 12 s of start-up + 5 s
+    assert costs.cost(2, 1, 1, False) == pytest.approx(8.5) and costs.cost(2, 1, 2, True) == pytest.approx(17.0)
+    # with the time for it, the workers train more
+    size, workers = costs.sized(60.0, final(2), lambda z: z["members"])
+    assert workers == 2 and size["epochs"] > 1
+
+
+@pytest.mark.slow
+def test_a_tiny_budget_is_kept_on_digits_cnn(tmp_path):
+    """`trainlab recipe --task digits --set model=cnn --budget 0.5` ends within 0.5 x 60 x 1.05 + 10 s of wall
+    time, start-up and report included, with a final model; a step the budget could not hold says so."""
+    budget_min = 0.5
+    cmd = [sys.executable, "-m", "trainlab", "recipe", "--task", "digits", "--set", "model=cnn", "--budget",
+           str(budget_min), "--db", str(tmp_path / "r.db"), "--out", str(tmp_path / "report"), "--runs-dir",
+           str(tmp_path / "runs"), "--quiet"]
+    load = os.getloadavg()[0]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    wall = time.time() - t0
+    limit = 60 * budget_min * 1.05 + 10
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert wall <= limit, f"{wall:.1f} s for a {60 * budget_min:.0f} s budget (limit {limit:.1f} s, load {load:.1f})"
+    assert (tmp_path / "report" / "index.html").is_file() and (tmp_path / "report" / "final.yaml").is_file()
+    store = Store(tmp_path / "r.db")
+    steps = {r["summary"]["key"]: r for r in store.runs(study="recipe-digits-cnn", kind="step")}
+    store.close()
+    assert {"init", "overfit", "lr", "coarse", "refine-1", "final"} <= set(steps)
+    assert all(r["status"] == "completed" for r in steps.values())
+    for key in ("coarse", "refine-1"):
+        if steps[key]["summary"]["verdict"] == "skipped":  # the budget left could not hold it: the numbers say why
+            assert "s of the budget left" in steps[key]["summary"]["message"]
