@@ -473,6 +473,19 @@ class Steps:
                     "reason": f"no constant-rate curves (step 5 skipped): the longest cosine that fits, {fit_epochs} epochs"}
         return place_decay(stalls, constant, fit_epochs)
 
+    def _final_members(self, res) -> list[dict]:
+        """The final search's members (one per fold), marked as the final model, with their checkpoints."""
+        self._mark([r["run"] for r in res.leaderboard], "final", "the final model")
+        members = []
+        for r in sorted(res.leaderboard, key=lambda r: r["params"]["split_seed"]):
+            run = self.store.run(r["run"]) if r["run"] is not None else None
+            members.append({"run": r["run"], "fold": r["params"]["split_seed"], "val_acc": r["value"],
+                            "status": r["status"], "epochs": r["epochs"],
+                            "best_epoch": run["best_epoch"] if run else None,
+                            "reason": run["reason"] if run else None,
+                            "checkpoint": run["checkpoint"] if run else None})
+        return members
+
     def final_step(self, call: Call, incumbent: dict) -> StepResult:
         from trainlab.ensemble import evaluate_ensemble, members_from_runs
 
@@ -494,16 +507,20 @@ class Steps:
         base = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"], metric=self.metric)
         res = self._search(base, {"split_seed": _grid_text(plan["folds"])}, plan, plan["study"],
                            call.deadline, checkpoints=True)
-        self._mark([r["run"] for r in res.leaderboard], "final", "the final model")
-        members = []
-        for r in sorted(res.leaderboard, key=lambda r: r["params"]["split_seed"]):
-            run = self.store.run(r["run"]) if r["run"] is not None else None
-            members.append({"run": r["run"], "fold": r["params"]["split_seed"], "val_acc": r["value"],
-                            "status": r["status"], "epochs": r["epochs"],
-                            "best_epoch": run["best_epoch"] if run else None,
-                            "reason": run["reason"] if run else None,
-                            "checkpoint": run["checkpoint"] if run else None})
+        members = self._final_members(res)
         usable = [m for m in members if m["checkpoint"]]
+        least = None
+        if not usable:
+            # No member finished an epoch in the time left (a loaded machine, a slow start): the recipe's
+            # deliverable is a model, so the least one, one member here for one epoch, past the deadline, said so.
+            t0 = time.time()
+            one = {**plan, "trainings": 1, "workers": 1, "epochs": 1, "study": f"{plan['study']}-least"}
+            res = self._search(final_config(self.hp, plan["point"], 1, plan["patience"], metric=self.metric),
+                               {"split_seed": _grid_text(plan["folds"][:1])}, one, one["study"], None,
+                               checkpoints=True, workers=1)
+            members = self._final_members(res)
+            usable = [m for m in members if m["checkpoint"]]
+            least = time.time() - t0
         if not usable:
             raise StopRecipe("final model: no member finished an epoch (the budget is too small)")
         # The test split, once, for the final model only.
@@ -522,8 +539,10 @@ class Steps:
                + f", test/{ens.metric} {ens.ensemble_acc:.4f}; {_what_ran(usable, plan['epochs'])}; lr "
                f"{plan['point']['lr']:.3g}, weight decay {plan['point']['weight_decay']:g}; planned: cosine over "
                f"{plan['epochs']} epochs, patience {plan['patience']}"
-               + (f" ({plan['decay']['reason']})" if plan.get("decay") else ""))
-        ev = {**plan, "ran": _what_ran(usable, plan["epochs"]), "members": members, "val_acc": val_mean,
+               + (f" ({plan['decay']['reason']})" if plan.get("decay") else "")
+               + (f"; over the budget: no member finished an epoch in the time left, so one member trained one "
+                  f"epoch ({least:.0f} s)" if least is not None else ""))
+        ev = {**plan, "least_model_s": least, "ran": _what_ran(usable, plan["epochs"]), "members": members, "val_acc": val_mean,
               "val_std": val_std, "test_acc": ens.ensemble_acc,
               "test_loss": ens.ensemble_loss, "test_n": ens.n, "ensemble": len(usable) > 1, "config": hp_final.model_dump(mode="json"),
               "yaml": str(yaml_path), "cv": {"folds": incumbent["folds"], "mean": incumbent["mean"],
