@@ -47,9 +47,11 @@ def describe(logger: Any) -> str:
 
 def _one_line(err: BaseException) -> str:
     """The error and, when it wraps another (MLflow wraps SQLAlchemy's, which wraps sqlite3's), the root
-    cause: one line."""
+    cause: one line. An OSError says what it is itself (what it was handling, e.g. mkdir's first try, is not
+    the cause)."""
     root, seen = err, {id(err)}
-    while (root.__cause__ or root.__context__) is not None and id(root.__cause__ or root.__context__) not in seen:
+    while not isinstance(root, OSError) and (root.__cause__ or root.__context__) is not None \
+            and id(root.__cause__ or root.__context__) not in seen:
         root = root.__cause__ or root.__context__
         seen.add(id(root))
     text = (str(root).strip().splitlines() or [""])[0]
