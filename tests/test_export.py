@@ -199,3 +199,96 @@ def test_train_log_to_tensorboard_from_the_command_line(tmp_path, monkeypatch, c
     acc = _accumulator(tmp_path / "tb" / "no-study" / f"run-{run}-mnist1d-mlp")
     assert len(acc.Scalars("train/loss")) == Store("t.db").run(run)["summary"]["steps"]
     assert (tmp_path / "c" / "runs.csv").read_text().count("\n") == 2
+
+
+def _tb_rows(folder, key):
+    return [(e.step, e.value) for e in _accumulator(folder).Scalars(key)]
+
+
+def test_a_resumed_stream_shows_each_step_once_after_a_crash(tmp_path):
+    """The killed process wrote steps 0..29 (its last checkpoint at 20) and never finished; the resumed one
+    writes 20..39. TensorBoard's reader and the CSV file show each step once, the resumed values from 20."""
+    from trainlab.export import CsvLogger, TensorBoardLogger
+
+    run = {"id": 7, "name": "r", "study": None, "kind": "train", "hparams": {"lr": 0.1}, "status": "running"}
+    first = [TensorBoardLogger(tmp_path / "tb"), CsvLogger(tmp_path / "c")]
+    for logger in first:
+        logger.start(run)
+        logger.log([(s, 1, "train/loss", 1.0) for s in range(30)] + [(9, 1, "val/acc", 0.1), (19, 2, "val/acc", 0.2),
+                                                                      (29, 3, "val/acc", 0.3)])
+    first[0].close()  # the process died: its file ends where it was
+    for logger in (TensorBoardLogger(tmp_path / "tb"), CsvLogger(tmp_path / "c")):
+        logger.start({**run, "resume_step": 20})
+        logger.log([(s, 3, "train/loss", 2.0) for s in range(20, 40)] + [(29, 3, "val/acc", 0.5), (39, 4, "val/acc", 0.6)])
+        logger.finish({**run, "status": "completed", "summary": {"seconds": 3.0}})
+    folder = tmp_path / "tb" / "no-study" / "run-7-r"
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 2  # the same folder, a second file
+    loss = _tb_rows(folder, "train/loss")
+    assert loss == [(s, 1.0) for s in range(20)] + [(s, 2.0) for s in range(20, 40)]
+    acc = _tb_rows(folder, "val/acc")
+    assert [s for s, _ in acc] == [9, 19, 29, 39] and [v for _, v in acc] == pytest.approx([0.1, 0.2, 0.5, 0.6])
+    assert _accumulator(folder).Tensors("status")[-1].tensor_proto.string_val[0] == b"completed"
+    with open(tmp_path / "c" / "metrics" / "run-7-r.csv", newline="") as f:
+        rows = [(int(r["step"]), r["key"], float(r["value"])) for r in csv.DictReader(f)]
+    assert [s for s, k, _ in rows if k == "train/loss"] == list(range(40))
+    assert [(s, v) for s, k, v in rows if k == "val/acc"] == [(9, 0.1), (19, 0.2), (29, 0.5), (39, 0.6)]
+
+
+@pytest.fixture
+def live_and_lost(store_db, tmp_path):
+    """`store_db` plus, in study "st", a run whose process is gone (lost), a failed one, and one running here."""
+    import subprocess
+
+    code = ("from trainlab.store import Store; s = Store(%r); r = s.create_run(name='gone', hparams={'lr': 0.5}, "
+            "study='st'); s.log_metrics(r, [(i, 1, 'train/loss', 1.0) for i in range(5)])" % store_db)
+    subprocess.run([sys.executable, "-c", code], check=True)  # exits without finishing its run
+    store = Store(store_db)
+    failed = store.create_run(name="err", hparams={"lr": 0.6}, study="st")
+    store.log_metrics(failed, [(0, 1, "train/loss", 3.0)])
+    store.finish_run(failed, "failed", reason="RuntimeError: boom")
+    live = store.create_run(name="live", hparams={"lr": 0.7}, study="st")
+    store.log_metrics(live, [(0, 1, "train/loss", 2.0), (1, 1, "train/loss", 1.5)])
+    assert [r["status"] for r in store.runs(study="st")][3:] == ["lost", "failed", "running"]
+    return store_db
+
+
+def test_export_of_running_lost_failed_and_pruned_runs(live_and_lost, tmp_path, capsys):
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    db = live_and_lost
+    assert main(["export", "tensorboard", "--study", "st", "--db", db, "-o", str(tmp_path / "tb")]) == 0
+    err = capsys.readouterr().err
+    assert err.strip() == "run 7 still running: exported its rows so far; export again when it ends"
+    want = {"2": "pruned: trial pruned at epoch 2", "5": "lost: no heartbeat since", "6": "failed: RuntimeError: boom",
+            "7": "running"}
+    for run_id, status in want.items():
+        folder = next((tmp_path / "tb" / "st").glob(f"run-{run_id}-*"))
+        acc = _accumulator(folder)
+        assert acc.Tensors("status")[-1].tensor_proto.string_val[0].decode().startswith(status)
+        assert [e.step for e in acc.Scalars("train/loss")] == _stored(db, int(run_id))["train/loss"]["step"]
+        ended = acc.PluginTagToContent("hparams").get("_hparams_/session_end_info")
+        if run_id == "7":
+            assert ended is None  # a snapshot: the session has not ended
+        else:
+            end = plugin_data_pb2.HParamsPluginData.FromString(ended).session_end_info
+            assert api_pb2.Status.Name(end.status) == {"2": "STATUS_UNKNOWN", "5": "STATUS_UNKNOWN",
+                                                       "6": "STATUS_FAILURE"}[run_id]
+    assert main(["export", "csv", "--study", "st", "--db", db, "-o", str(tmp_path / "c"), "--json"]) == 0
+    result = capsys.readouterr()
+    got = {r["id"]: (r["status"], r["rows"]) for r in __import__("json").loads(result.out)["runs"]}
+    assert got == {1: ("completed", 21), 2: ("pruned", 21), 3: ("diverged", 22), 5: ("lost", 5), 6: ("failed", 1),
+                   7: ("running", 2)}
+    assert "run 7 still running" in result.err
+
+
+@pytest.mark.slow  # MLflow migrates its SQLite store on first open: several seconds
+def test_mlflow_export_of_running_lost_and_failed_runs(live_and_lost, tmp_path):
+    db = live_and_lost
+    assert main(["export", "mlflow", "5", "6", "7", "--db", db, "-o", str(tmp_path / "ml")]) == 0
+    client = mlflow_tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'ml' / 'mlflow.db'}")
+    runs = {r.data.tags["trainlab.run_id"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("st").experiment_id])}
+    got = {k: (r.info.status, r.data.tags["trainlab.status"], r.info.end_time is not None) for k, r in runs.items()}
+    assert got == {"5": ("FAILED", "lost", True), "6": ("FAILED", "failed", True), "7": ("RUNNING", "running", False)}
+    assert runs["5"].data.tags["trainlab.reason"].startswith("no heartbeat since")
+    assert len(client.get_metric_history(runs["7"].info.run_id, "train/loss")) == 2

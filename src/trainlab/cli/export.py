@@ -47,6 +47,9 @@ def cmd_export(args) -> int:
             "mlflow": "; view: mlflow ui --backend-store-uri " + __import__("trainlab.export.mlflow", fromlist=["x"])
             .tracking_uri(dest),
             "csv": ""}[args.format])
+    live = [str(r["id"]) for r in done if r["status"] == "running"]
+    if live:  # a snapshot of what the store has now (a note: stderr)
+        print(f"run {', '.join(live)} still running: exported its rows so far; export again when it ends")
     return 0
 
 

@@ -23,34 +23,34 @@ def _cell(value: Any) -> Any:
 
 
 class CsvLogger:
+    """DEST/runs.csv and DEST/metrics/run-<id>-<name>.csv (see the module's docstring). A resumed run
+    (`resume_step` in `start`) keeps its file's rows before that step and appends the rest."""
+
+    fmt = "csv"
+
     def __init__(self, dest: str | Path, *, replace: bool = False):
         self.root = Path(dest)
         self.replace = replace
         self.where: str | None = None
         self._path: Path | None = None
-        self._trim = False
 
     def start(self, run: dict[str, Any]) -> None:
         (self.root / "metrics").mkdir(parents=True, exist_ok=True)
         self._path = self.root / "metrics" / f"{run_label(run)}.csv"
         self.where = str(self._path)
         self._run = run
-        if self.replace or not self._path.exists():
-            with open(self._path, "w", newline="") as f:
-                csv.writer(f).writerow(["step", "epoch", "key", "value"])
-        else:  # a resumed run: rows from its first new step on are written again, so drop the old ones then
-            self._trim = True
+        resume = run.get("resume_step")
+        if self.replace or resume is None or not self._path.exists():
+            self._atomic(self._path, [["step", "epoch", "key", "value"]])
+        else:  # rows from the resume step on were written by the process that stopped: written again now
+            with open(self._path, newline="") as f:
+                kept = [r for i, r in enumerate(csv.reader(f)) if i == 0 or int(r[0]) < int(resume)]
+            self._atomic(self._path, kept)
         self._write_run(run)
 
     def log(self, rows: Sequence[tuple]) -> None:
         if not rows:
             return
-        if self._trim:
-            first = min(int(r[0]) for r in rows)
-            with open(self._path, newline="") as f:
-                kept = [r for i, r in enumerate(csv.reader(f)) if i == 0 or int(r[0]) < first]
-            self._atomic(self._path, kept)
-            self._trim = False
         with open(self._path, "a", newline="") as f:
             csv.writer(f).writerows((int(s), "" if e is None else int(e), k, float(v)) for s, e, k, v in rows)
 

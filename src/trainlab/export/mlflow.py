@@ -28,26 +28,39 @@ _MAX_PARAM = 6000            # MLflow's longest param value
 _BATCH = 1000                # MLflow's most metrics per log_batch
 
 
-def tracking_uri(dest: str) -> str:
-    """A folder -> sqlite:///<folder>/mlflow.db (created); a URI (has ':' after 2+ letters) as given."""
+def tracking_uri(dest: str, create: bool = False) -> str:
+    """A folder -> sqlite:///<folder>/mlflow.db (the folder made when `create`); a URI (has ':' after 2+
+    letters) as given."""
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", dest):
         return dest
     folder = Path(dest).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 class MlflowLogger:
+    """One MLflow run per trainlab run, in the experiment named after its study. Nothing touches the tracking
+    store before `start` (a target that fails is the run's logger's fault, not the command's). A resumed
+    run (`resume_step` in `start`) goes on in the MLflow run found by its tags (trainlab.run_id and
+    trainlab.store), the same MLflow run id. MLflow cannot delete metric values: rows that a killed process
+    wrote past its last checkpoint stay in MLflow's history beside the resumed run's (after a SIGTERM stop
+    there are none); `trainlab export mlflow RUN` replaces the run with exactly the store's rows."""
+
+    fmt = "mlflow"
+
     def __init__(self, dest: str, *, replace: bool = False, store_url: str | None = None):
         need("mlflow", "mlflow")
         import logging
 
-        from mlflow.tracking import MlflowClient
-
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial MLflow database tables..."
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        # its database errors come to us as exceptions (a streaming logger's fault is one warning line, from
+        # train.loggers); not also logged by MLflow with their traceback
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+        self.dest = dest
         self.uri = tracking_uri(dest)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = None
         self.replace = replace
         self.store_url = store_url
         self.run_id: str | None = None
@@ -63,7 +76,13 @@ class MlflowLogger:
         return self.client.create_experiment(name)
 
     def start(self, run: dict[str, Any]) -> None:
-        self._last_step = 0  # a logger may serve several runs, one after another (train --set seeds=K)
+        from mlflow.tracking import MlflowClient
+
+        if self.client is None:
+            self.uri = tracking_uri(self.dest, create=True)
+            self.client = MlflowClient(tracking_uri=self.uri)
+        # a logger may serve several runs, one after another (train --set seeds=K)
+        self._last_step = max(0, int(run["resume_step"]) - 1) if run.get("resume_step") is not None else 0
         experiment = self._experiment(run.get("study") or NO_STUDY)
         earlier = []
         self.store_url = self.store_url or run.get("store")  # streaming: fit names the store
@@ -114,4 +133,7 @@ class MlflowLogger:
         status = run.get("status") or "completed"
         self.client.set_tag(self.run_id, "trainlab.status", status)
         self.client.set_tag(self.run_id, "trainlab.reason", (run.get("reason") or "")[:5000])
-        self.client.set_terminated(self.run_id, RUN_STATUS.get(status, "FAILED"))
+        if status == "running":  # an export of a run still training: a snapshot, not ended
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            self.client.set_terminated(self.run_id, RUN_STATUS.get(status, "FAILED"))

@@ -3,13 +3,16 @@
 DIR/<study>/run-<id>-<name>/ holds each metric series as scalars under its own name (train/loss, val/acc,
 lr, ratio/<layer>, ...), the hyperparameters for TensorBoard's HParams tab (the run's status as the
 session's end status), the summary's numbers under summary/<key> at the last step, and a text entry
-"status" with the status and reason. `tensorboard --logdir DIR` shows them.
+"status" with the status and reason. `tensorboard --logdir DIR` shows them. A resumed run goes on in the
+same folder, in a new event file (see `TensorBoardLogger`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +29,12 @@ SESSION_STATUS = {"completed": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "di
 METRICS = ("val/acc", "val/loss", "train/loss", "summary/test/acc")  # shown in the HParams table
 
 
+def _stamp(name: str) -> int:
+    """The seconds in an event file's name (events.out.tfevents.<seconds>.<host>...), 0 if none."""
+    part = name.split(".")[3] if name.count(".") >= 3 else ""
+    return int(part) if part.isdigit() else 0
+
+
 def _hparam_value(value: Any):
     """A number, string or bool as TensorBoard's hparams take them; anything else as JSON text."""
     if isinstance(value, (bool, int, float, str)):
@@ -34,7 +43,15 @@ def _hparam_value(value: Any):
 
 
 class TensorBoardLogger:
-    """Writes one run's event file under `root`/<study>/run-<id>-<name>/ (see the module's docstring)."""
+    """Writes one run's event file under `root`/<study>/run-<id>-<name>/ (see the module's docstring).
+
+    Written synchronously with TensorBoard's record writer (not its background-thread writer), so a write
+    that fails (a full disk, a folder gone) raises to the caller, once, instead of in a thread. A resumed
+    run (`resume_step` in `start`) adds a new event file to the same folder that opens with TensorBoard's
+    restart marker at that step (what `torch.utils.tensorboard.SummaryWriter(purge_step=)` writes): readers
+    drop whatever the stopped process wrote from that step on, so each step is shown once, in order."""
+
+    fmt = "tensorboard"
 
     def __init__(self, root: str | Path, *, replace: bool = False):
         need("tensorboard", "tensorboard")
@@ -45,22 +62,39 @@ class TensorBoardLogger:
         self.where: str | None = None
 
     def start(self, run: dict[str, Any]) -> None:
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog, SourceMetadata
+        from tensorboard.summary.writer.record_writer import RecordWriter
 
-        self._last_step = 0  # a logger may serve several runs, one after another (train --set seeds=K)
+        self.close()  # a logger may serve several runs, one after another (train --set seeds=K)
         folder = self.root / (run.get("study") or "no-study") / run_label(run)
+        self.where = str(folder)
         if self.replace and folder.is_dir():  # an earlier export of this run: replaced, not doubled
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.where = str(folder)
-        self._writer = EventFileWriter(str(folder), flush_secs=30)
-        self._write_hparams(run)
+        earlier = sorted(folder.glob("events.out.tfevents.*"))
+        resume = run.get("resume_step")
+        resume = int(resume) if resume is not None and earlier else None
+        self._last_step = max(0, resume - 1) if resume is not None else 0
+        # TensorBoard reads a folder's event files in name order: this one must sort after those already there
+        stamp = max([int(time.time())] + [_stamp(f.name) + 1 for f in earlier])
+        name = f"events.out.tfevents.{stamp:010d}.{socket.gethostname()}.{os.getpid()}.trainlab"
+        self._writer = RecordWriter(open(folder / name, "wb"))
+        self._write(Event(wall_time=time.time(), step=resume or 0, file_version="brain.Event:2",
+                          source_metadata=SourceMetadata(writer="trainlab")))
+        if resume is not None:  # the restart marker: readers drop the events of steps >= resume_step
+            self._write(Event(wall_time=time.time(), step=resume, session_log=SessionLog(status=SessionLog.START)))
+        if not resume:  # a resume keeps the hparams written at step 0 (a resume at step 0 dropped them)
+            self._write_hparams(run)
+        self._writer.flush()
+
+    def _write(self, event) -> None:
+        self._writer.write(event.SerializeToString())
 
     def _event(self, step: int, values: list) -> None:
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        self._writer.add_event(Event(wall_time=time.time(), step=int(step), summary=Summary(value=values)))
+        self._write(Event(wall_time=time.time(), step=int(step), summary=Summary(value=values)))
 
     def log(self, rows: Sequence[tuple]) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
@@ -81,8 +115,14 @@ class TensorBoardLogger:
             self._event(self._last_step, values)
         status = run.get("status") or "completed"
         self._event(self._last_step, [self._text("status", status + (f": {run['reason']}" if run.get("reason") else ""))])
-        self._event(self._last_step, [self._session_end(status)])
-        self._writer.close()
+        if status != "running":  # an export of a run still training: a snapshot, its session not ended
+            self._event(self._last_step, [self._session_end(status)])
+        self.close()
+
+    def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     # --- the hparams plugin's protos (what torch.utils.tensorboard writes, without torch) -------------
 

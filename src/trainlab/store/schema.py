@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 from trainlab.store.engine import write_engine
 from trainlab.store.locks import xact_lock
 
-__all__ = ["RUN_STATUSES", "STORED_STATUSES", "ADDED_RUN_COLUMNS", "missing_columns", "METRIC_BLOCK", "metadata", "tl_studies", "tl_runs", "tl_metrics", "tl_metric_blocks",
+__all__ = ["RUN_STATUSES", "STORED_STATUSES", "ADDED_RUN_COLUMNS", "missing_columns", "survey", "METRIC_BLOCK", "metadata", "tl_studies", "tl_runs", "tl_metrics", "tl_metric_blocks",
            "missing_tables", "create_tables", "METRIC_COLUMNS", "insert_metrics", "blocks_of_rows", "rebuild_blocks"]
 
 STORED_STATUSES = ("running", "completed", "stopped", "diverged", "failed", "pruned")
@@ -99,21 +99,28 @@ tl_metric_blocks = sa.Table(
 )
 
 
-def missing_tables(engine: Engine) -> set[str]:
-    """The names of the store's tables that ``engine``'s database lacks; only reads."""
+def survey(engine: Engine) -> tuple[set[str], set[str]]:
+    """(the store's tables that ``engine``'s database lacks, the ADDED_RUN_COLUMNS an existing tl_runs lacks),
+    on one connection with two cheap queries (the table names; tl_runs' columns); only reads. Every command
+    opens a store, so this is on the start-up path of each."""
     with engine.connect() as conn:
         inspector = sa.inspect(conn)
-        return {t.name for t in metadata.sorted_tables if not inspector.has_table(t.name)}
+        have_tables = set(inspector.get_table_names())
+        missing = {t.name for t in metadata.sorted_tables if t.name not in have_tables}
+        if tl_runs.name in missing:
+            return missing, set()
+        have = {c["name"] for c in inspector.get_columns(tl_runs.name)}
+    return missing, {name for name, _ in ADDED_RUN_COLUMNS if name not in have}
+
+
+def missing_tables(engine: Engine) -> set[str]:
+    """The names of the store's tables that ``engine``'s database lacks; only reads."""
+    return survey(engine)[0]
 
 
 def missing_columns(engine: Engine) -> set[str]:
     """The columns of ADDED_RUN_COLUMNS that an existing tl_runs lacks (none when there is no tl_runs)."""
-    with engine.connect() as conn:
-        inspector = sa.inspect(conn)
-        if not inspector.has_table(tl_runs.name):
-            return set()
-        have = {c["name"] for c in inspector.get_columns(tl_runs.name)}
-    return {name for name, _ in ADDED_RUN_COLUMNS if name not in have}
+    return survey(engine)[1]
 
 
 def create_tables(engine: Engine) -> bool:
@@ -123,7 +130,7 @@ def create_tables(engine: Engine) -> bool:
     long ago shows as lost. Returns whether tl_metric_blocks is there afterwards: False for an older store
     this connection may not write (read, then, without blocks).
     Raises sqlalchemy's DBAPIError when a table other than the blocks is missing and cannot be made."""
-    before, columns = missing_tables(engine), missing_columns(engine)
+    before, columns = survey(engine)
     if not before and not columns:
         return True
     try:

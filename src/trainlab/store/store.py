@@ -48,7 +48,7 @@ from trainlab.store.schema import (
     create_tables,
     insert_metrics,
     missing_columns,
-    missing_tables,
+    survey,
     rebuild_blocks,
     tl_metric_blocks,
     tl_metrics,
@@ -108,16 +108,18 @@ class Store:
     def _open_tables(self) -> bool:
         """Check the tables (read-only) or create the missing ones; whether the summary blocks are there."""
         try:
+            missing, self._lacks = survey(self._engine)  # one connection, two cheap queries: on every command's start
             if not self.read_only:
-                blocks = create_tables(self._engine)
+                blocks = True
+                if missing or self._lacks:
+                    blocks = create_tables(self._engine)
+                    # an older store that this connection may not migrate is read without the liveness columns
+                    self._lacks = missing_columns(self._engine)
             else:
-                missing = missing_tables(self._engine)
                 if missing - {tl_metric_blocks.name}:
                     raise ValueError(f"db: {self._shown_url!r} holds no trainlab store (missing table "
                                      f"{', '.join(sorted(missing))}; train something first, or pass --db)")
                 blocks = not missing  # an older store is read without its summary blocks (plots read every row)
-            # an older store that this connection may not migrate is read without the liveness columns
-            self._lacks = missing_columns(self._engine)
         except sa.exc.DBAPIError as err:
             fault = classify(err, self._shown_url, "cannot open")
             if fault is None:

@@ -26,7 +26,9 @@ every method writes nothing to a store.
 Loggers (`fit(..., loggers=[...])`, `train.loggers`: TensorBoard, MLflow, CSV from `trainlab.export`) get the
 same rows, with or without a store: the buffer is wrapped in a `LoggedBuffer`, whose rows are handed to the
 loggers at the points where the loop already reads its numbers (each read of the per-step losses, each epoch's
-end), never per step. They `start` with the run (new or resumed) and `finish` with its end, failures included.
+end), never per step. They `start` with the run (a resumed one once it is claimed, with the step it goes on
+from) and `finish` with its end, failures included. A logger that raises is dropped with one warning line; the
+run's outcome never depends on one.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ class Recorder:
         self.buffer = MetricBuffer(store, run_id, retry=True, limit=MAX_BUFFERED_ROWS, beat=True) \
             if store is not None else None
         # where rows are added: the store's buffer, wrapped when loggers listen (they get the rows at publish())
-        self.logged = LoggedBuffer(self.buffer, loggers) if loggers else None
+        self.logged = LoggedBuffer(self.buffer, loggers, run_id) if loggers else None
+        self._started = False  # the loggers' start: at open, or for a resumed run once it is claimed
         self._sink = self.logged if self.logged is not None else self.buffer
         self.run_info = {"id": run_id, "status": "running", **(run_info or {})}  # what loggers start and end with
         self._flushed_at = time.monotonic()
@@ -131,9 +134,13 @@ class Recorder:
         rec = cls(store, run_id, run_dir, loggers, info)
         if resume is None:
             rec._beat()
-        for logger in loggers:
-            logger.start(dict(rec.run_info))
+            rec._start_loggers()
         return rec
+
+    def _start_loggers(self, **extra: Any) -> None:
+        if self.logged is not None:
+            self.logged.call("start", {**self.run_info, **extra})
+            self._started = True
 
     def resumed(self, step: int, dist: Dist | None = None) -> None:
         """The run goes on from update `step`: claimed for this process (`Store.claim_run`: refused when
@@ -152,6 +159,7 @@ class Recorder:
         if self.store is not None:
             self._beat()
             self.store.delete_metrics_after(self.run_id, step - 1)
+        self._start_loggers(resume_step=step)  # only now: a refused resume must not touch the run's logs
 
     def halt_reason(self) -> str | None:
         """Why the run must stop now: rows held past the bound during an outage, or the run taken over."""
@@ -250,6 +258,8 @@ class Recorder:
                    "ratio_warnings": [w.to_dict() for w in warnings], **summary}
         if test is not None:
             summary.update({f"test/{k}": v for k, v in test.items()})
+        if self.logged is not None and self.logged.faults:  # loggers dropped so far (see train.loggers)
+            summary["logger_faults"] = list(self.logged.faults)
         if self.store is not None:
             self._quiet()
             if not self._lease_lost():
@@ -257,12 +267,11 @@ class Recorder:
                                                          best_epoch=best_epoch, epochs=epochs, checkpoint=checkpoint,
                                                          summary=summary), f"ended {status} at step {steps}",
                            FINISH_WAIT_S)
-        if self.logged is not None:
+        if self.logged is not None and self._started:
             self.publish()
             end = {"status": status, "reason": reason, "best_metric": best, "best_epoch": best_epoch,
                    "epochs": epochs, "summary": summary}
-            for logger in self.logged.loggers:
-                logger.finish({**self.run_info, **end})
+            self.logged.call("finish", {**self.run_info, **end})
 
     def _lease_lost(self) -> bool:
         """Another process resumed this run (its heartbeat found it taken): this one writes nothing more."""
@@ -295,14 +304,7 @@ class Recorder:
     def _loggers_failed(self, reason: str) -> None:
         """The loggers' end of a run that failed: the rows so far and status "failed"; their own errors are
         dropped (the error that ended the run is the one to report)."""
-        if self.logged is None:
+        if self.logged is None or not self._started:
             return
-        try:
-            self.logged.publish()
-        except Exception:
-            pass
-        for logger in self.logged.loggers:
-            try:
-                logger.finish({**self.run_info, "status": "failed", "reason": reason})
-            except Exception:
-                pass
+        self.logged.publish()
+        self.logged.call("finish", {**self.run_info, "status": "failed", "reason": reason})
