@@ -74,6 +74,24 @@ def test_tensorboard_export_of_a_study_reads_back(store_db, tmp_path, capsys):
     assert len(_accumulator(folders[2]).Scalars("val/acc")) == 3
 
 
+def test_tensorboard_hparams_columns_follow_the_runs_metric(tmp_path):
+    """A regression run's HParams table is judged by val/loss and shows its test mse, not accuracy columns."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    db = str(tmp_path / "r.db")
+    store = Store(db)
+    run = store.create_run(name="sine", hparams={"lr": 0.01, "early_stop_metric": "val/loss", "early_stop_mode": "min"})
+    store.log_metrics(run, [(0, 1, "train/loss", 1.0), (0, 1, "val/loss", 0.9), (0, 1, "val/mse", 0.9)], epochs=1)
+    store.finish_run(run, "completed", best_metric=0.9, best_epoch=1, epochs=1, summary={"test/mse": 0.8, "test/mae": 0.7})
+    store.close()
+    assert main(["export", "tensorboard", str(run), "--db", db, "-o", str(tmp_path / "tb")]) == 0
+    (folder,) = [p for p in (tmp_path / "tb").rglob("run-1-sine") if p.is_dir()]
+    content = _accumulator(folder).PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    tags = [m.name.tag for m in experiment.metric_infos]
+    assert tags == ["val/loss", "train/loss", "summary/best_metric", "summary/test/mse", "summary/test/mae"]
+
+
 @pytest.mark.slow  # MLflow migrates its SQLite store on first open: several seconds
 def test_mlflow_export_reads_back_with_mlflow_client(store_db, tmp_path, capsys):
     out = tmp_path / "ml"

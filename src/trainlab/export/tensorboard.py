@@ -26,7 +26,12 @@ __all__ = ["TensorBoardLogger", "SESSION_STATUS"]
 SESSION_STATUS = {"completed": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "diverged": "STATUS_FAILURE",
                   "stopped": "STATUS_UNKNOWN", "pruned": "STATUS_UNKNOWN", "lost": "STATUS_UNKNOWN",
                   "running": "STATUS_RUNNING"}
-METRICS = ("val/acc", "val/loss", "train/loss", "summary/test/acc")  # shown in the HParams table
+def hparams_metrics(run: dict[str, Any]) -> list[str]:
+    """The HParams table's metric columns for `run`: the metric it is judged by (val/acc, or a regression's
+    val/loss, or the task's own), the losses, the best value, and the test numbers its summary holds."""
+    judged = (run.get("hparams") or {}).get("early_stop_metric") or "val/acc"
+    tests = [f"summary/{k}" for k in scalars(run.get("summary")) if k.startswith("test/")]
+    return list(dict.fromkeys([judged, "val/loss", "train/loss", "summary/best_metric", *tests]))
 
 
 def _stamp(name: str) -> int:
@@ -145,7 +150,7 @@ class TensorBoardLogger:
                 kind = "DATA_TYPE_STRING"
             infos.append(api_pb2.HParamInfo(name=name, type=api_pb2.DataType.Value(kind)))
         experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=[
-            api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in METRICS])
+            api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in hparams_metrics(run)])
         for tag, data in ((metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
                           (metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start))):
             data.version = metadata.PLUGIN_DATA_VERSION
