@@ -44,9 +44,9 @@ MAIN = textwrap.dedent("""
             raise RuntimeError("the run failed")
         return 3
 
-    trainlab.cli.main = command
+    trainlab.cli.main = command  # entry() calls it
     atexit.register(lambda: print("teardown ran", flush=True))
-    runpy.run_module("trainlab", run_name="__main__")
+    runpy.run_module("trainlab", run_name="__main__")  # trainlab.cli.entry()
 """)
 
 
