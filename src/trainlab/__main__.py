@@ -1,5 +1,5 @@
 import sys
 
-from trainlab.cli import main
+from trainlab.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -362,7 +362,6 @@ def _worker(root: int, rank: int) -> int | None:
 
 
 @pytest.mark.slow
-@pytest.mark.flaky(reruns=2)  # a restarted rank aborted once in 4 CI runs: under investigation
 def test_train_nproc_2_survives_a_killed_worker_with_max_restarts(task, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: mlp\nwidth: 32\noptimizer: momentum\nlr: 0.05\nmonitor_every: 0\nbatch_size: 16\n"

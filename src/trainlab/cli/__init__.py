@@ -17,7 +17,7 @@ from importlib import import_module
 
 from trainlab.cli.common import GLOBALS, Streams, UsageError, printable, top_level_globals
 
-__all__ = ["main", "parse", "build_parser", "COMMANDS"]
+__all__ = ["main", "entry", "parse", "build_parser", "COMMANDS"]
 
 # command -> (module under trainlab.cli that builds it with add_<command>(parser), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -135,6 +135,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(list(sys.argv[1:] if argv is None else argv))
     with Streams():
         return _run(args)
+
+
+def entry() -> int:
+    """The `trainlab` program (`python -m trainlab`, the console script): main()'s exit status. A torchrun
+    worker that joined a process group ends on every path through `trainlab.parallel.ddp.exit_process`: the
+    interpreter's teardown would race the group's threads (docs/data-parallel.md, "How a worker ends")."""
+    try:
+        code = main()
+    except BaseException as err:
+        if not _joined_group():
+            raise
+        if isinstance(err, SystemExit):
+            code = err.code if isinstance(err.code, int) else int(err.code is not None)
+        elif isinstance(err, KeyboardInterrupt):
+            code = 130
+        else:
+            sys.excepthook(type(err), err, err.__traceback__)  # the traceback Python would print
+            code = 1
+    if _joined_group():
+        sys.modules["trainlab.parallel.ddp"].exit_process(code)
+    return code
+
+
+def _joined_group() -> bool:
+    ddp = sys.modules.get("trainlab.parallel.ddp")  # not imported (nor torch) unless the command trained
+    return ddp is not None and ddp.joined_group()
 
 
 def _run(args) -> int:
