@@ -138,8 +138,9 @@ def joined_group() -> bool:
     return _joined
 
 
-def exit_process(code: int) -> NoReturn:
-    """End this process now with exit status `code`: stdout, stderr and logging flushed, then `os._exit`.
+def exit_process(code: int, run_atexit: bool = False) -> NoReturn:
+    """End this process now with exit status `code`: stdout, stderr and logging flushed (after the atexit
+    handlers when `run_atexit`), then `os._exit`.
 
     For a torchrun worker once its work is stored (fit() has ended the run, its checkpoints and heartbeat
     closed) and `cleanup` ran. The interpreter's teardown is skipped on purpose: DDP keeps the gloo group
@@ -148,8 +149,14 @@ def exit_process(code: int) -> NoReturn:
     shuts down) aborts the process with SIGABRT, "terminate called without an active exception"; the
     other ranks then see "connection reset" and torchrun counts a failure (a restart spent, or the launch
     failed). Reproduced with two gloo ranks in 3 of 6 launches; none with this exit.
+    `trainlab recipe` ends this way too (with its atexit handlers): the teardown of torch's ~2,000 modules
+    takes 1-4 s of wall time, which the budget's promise counts and nobody waits on for anything.
     """
+    import atexit
     import logging
+
+    if run_atexit:
+        atexit._run_exitfuncs()
 
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
