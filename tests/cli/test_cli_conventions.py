@@ -156,6 +156,7 @@ def test_light_commands_import_no_torch(tmp_path):
 
 
 def test_dashboard_starts_without_torch(tmp_path):
+    """Serving starts with neither torch nor numpy: the doctor and the downsampling load them on first use."""
     db = _store_with_a_run(tmp_path)
     proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "trainlab", "dashboard", "--port", "0",
                              "--db", db], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -169,7 +170,7 @@ def test_dashboard_starts_without_torch(tmp_path):
         err = proc.stderr.read()
         proc.wait()
     imported = [line.split("|")[-1].strip() for line in err.splitlines() if line.startswith("import time:")]
-    assert "uvicorn" in imported and "torch" not in imported
+    assert "uvicorn" in imported and "torch" not in imported and "numpy" not in imported
 
 
 def test_every_command_on_the_cli_page_parses():

@@ -14,7 +14,6 @@ from typing import Any
 from trainlab.dashboard.cache import SeriesCache
 from trainlab.dashboard.downsample import MAX_POINTS, json_safe, plot_series
 from trainlab.dashboard.findings import Doctor, status_findings
-from trainlab.doctor.diagnose import shared_names
 from trainlab.doctor.ratio import RATIO_BAND
 from trainlab.store import RUN_STATUSES, Store
 
@@ -173,6 +172,8 @@ def _shared_badges(items: list[dict]) -> list[dict[str, Any]]:
     """The doctor's badges every run of the study has (2+ runs), taken off each run and returned once, with
     the number of runs: a badge all runs share describes the study (`doctor.diagnose.shared_names`)."""
     per_run = {i["id"]: [b["name"] for b in i["badges"] if b.get("source") == "doctor"] for i in items}
+    from trainlab.doctor.diagnose import shared_names
+
     common = shared_names(per_run)
     if not common:
         return []

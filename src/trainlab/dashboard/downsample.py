@@ -14,9 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
-from trainlab.doctor.curves import json_safe, moving_average
+from trainlab.doctor.jsonsafe import json_safe
 
 __all__ = ["MAX_POINTS", "SMOOTH_FRACTION", "json_safe", "plot_series"]
 
@@ -26,6 +24,8 @@ SMOOTH_FRACTION = 0.05  # the moving average spans this fraction of the series' 
 
 def _plain(values, digits: int | None) -> list[float | None]:
     """Floats for JSON: non-finite (and None) as None, rounded to ``digits`` significant digits, in numpy."""
+    import numpy as np  # on the first chart, not at the dashboard's start
+
     a = np.array([math.nan if v is None else v for v in values], dtype=float)
     ok = np.isfinite(a)
     if digits is not None and ok.any():
@@ -64,5 +64,7 @@ def plot_series(buckets: dict[str, Any], *, smooth: bool = False, digits: int | 
     if smooth:
         window = max(1, round(SMOOTH_FRACTION * len(out["x"])))
         means = [math.nan if v is None else v for v in buckets["mean"]]
+        from trainlab.doctor.curves import moving_average
+
         out["avg"] = _plain(moving_average(means, window), digits) if means else []
     return out

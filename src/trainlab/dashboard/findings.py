@@ -20,7 +20,6 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable
 
-from trainlab.doctor.diagnose import diagnose_run
 
 __all__ = ["Doctor", "status_findings"]
 
@@ -50,6 +49,8 @@ def status_findings(run: dict) -> list[dict[str, Any]]:
 
 
 def _doctor(store: Any, run: dict) -> list:
+    from trainlab.doctor.diagnose import diagnose_run  # numpy and the rules: on the first diagnosis, not at start
+
     return diagnose_run(store, run["id"]).findings
 
 

@@ -3,10 +3,28 @@
 `curves` smooths and measures trends, `rules` holds the curve rules and their thresholds, `init_loss` the
 initial-loss verdicts, `ratio` the update/weight-ratio rule, `lr_range` analyses the
 learning-rate tests, `diagnose` reads a run from the store and applies the rules.
+
+Names are imported on first use (PEP 562), so a reader of `doctor.ratio` (the dashboard's start) does not
+pay for numpy until a rule runs.
 """
 
-from trainlab.doctor.diagnose import CURVE_KEYS, Diagnosis, StudyDiagnosis, diagnose_run, diagnose_study
-from trainlab.doctor.ratio import RatioWarning, ratio_warnings
-from trainlab.doctor.rules import Finding, diagnose
+from importlib import import_module
 
-__all__ = ["diagnose_run", "diagnose_study", "StudyDiagnosis", "Diagnosis", "CURVE_KEYS", "Finding", "RatioWarning", "diagnose", "ratio_warnings"]
+__all__ = ["diagnose_run", "diagnose_study", "StudyDiagnosis", "Diagnosis", "CURVE_KEYS", "Finding", "RatioWarning",
+           "diagnose", "ratio_warnings"]
+
+_WHERE = {
+    "diagnose_run": "diagnose", "diagnose_study": "diagnose", "StudyDiagnosis": "diagnose", "Diagnosis": "diagnose",
+    "CURVE_KEYS": "diagnose", "Finding": "rules", "diagnose": "rules", "RatioWarning": "ratio",
+    "ratio_warnings": "ratio",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module 'trainlab.doctor' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -5,9 +5,11 @@ function takes lists or numpy arrays.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from trainlab.doctor.jsonsafe import json_safe  # noqa: F401  (kept importable from here)
 
 __all__ = ["moving_average", "ema_smooth", "smoothing_window", "json_safe", "slope_rise", "loss_trend"]
 
@@ -46,22 +48,6 @@ def ema_smooth(values, beta: float = 0.98) -> np.ndarray:
             weight = beta * weight + (1 - beta)
         out[i] = avg / weight if weight > 0 else np.nan
     return out
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with every NaN/Inf float (numpy's too) turned into None, through dicts, lists and tuples:
-    strict JSON, and PostgreSQL's JSON type, have no NaN.
-
-    >>> json_safe({"a": [1.0, float("nan")], "b": np.float64("inf")})
-    {'a': [1.0, None], 'b': None}
-    """
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def smoothing_window(n_points: int) -> int:
