@@ -38,12 +38,17 @@ def query(db: Path, sql: str) -> list:
         return []
 
 
-def wait_running(proc: subprocess.Popen, db: Path, n: int, timeout_s: float = 240) -> None:
-    """Until `n` runs are training (the workers started and claimed their trials)."""
+def wait_running(proc: subprocess.Popen, db: Path, n: int, timeout_s: float = 240, stepping: bool = False) -> None:
+    """Until `n` runs are training (the workers started and claimed their trials); `stepping`: and each has
+    stored losses, so it is past its setup (torch's first optimizer can take seconds) and acts on a signal at
+    its next update."""
+    sql = ("SELECT count(DISTINCT r.id) FROM tl_runs r JOIN tl_metrics m ON m.run_id = r.id "
+           "WHERE r.status = 'running' AND m.key = 'train/loss'") if stepping else \
+        "SELECT count(*) FROM tl_runs WHERE status = 'running'"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        if query(db, "SELECT count(*) FROM tl_runs WHERE status = 'running'") == [(n,)]:
+        if query(db, sql) == [(n,)]:
             return
         time.sleep(0.5)
     proc.kill()
@@ -106,7 +111,7 @@ def test_signal_to_the_parent_alone_stops_workers_and_requeues(tmp_path, sig):
 def test_a_frozen_worker_is_killed_after_the_grace_and_its_trial_requeued(tmp_path):
     db = tmp_path / "s.db"
     proc = start_search(tmp_path, workers=2, trials=4, grace_s=2)
-    wait_running(proc, db, 2)
+    wait_running(proc, db, 2, stepping=True)  # the worker left running must be able to stop within the grace
     pids = frozen_workers(proc)
     assert len(pids) == 2
     os.kill(pids[0], signal.SIGSTOP)  # stuck: it cannot act on the parent's SIGTERM
