@@ -313,7 +313,10 @@ def test_final_schedule_is_placed_from_step_5_and_the_headline_says_what_ran(res
     decay = final["decay"]
     assert decay["epochs"] == final["epochs"] and decay["reason"] in after["final"]["summary"]["message"]
     if decay["stall_epoch"] is not None:   # placed: 2x the epoch where step 5's constant-rate curves stalled
-        assert decay["epochs"] <= max(2, math.ceil(2 * decay["stall_epoch"]))
+        assert decay["placed_epochs"] <= max(2, math.ceil(2 * decay["stall_epoch"]))
+        # time left over stretches it to at most twice that, and adds members (one per fold)
+        assert decay["placed_epochs"] <= decay["epochs"] <= math.ceil(2 * decay["placed_epochs"])
+        assert len(final["members"]) == decay["members"] == len(final["folds"])
     store = Store(d / "r.db")
     for m in final["members"]:
         run = store.run(m["run"])

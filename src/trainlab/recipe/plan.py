@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 __all__ = ["PHASES", "PHASE_OF_STEP", "STEP_TITLES", "plan_budget", "phase_allowance", "search_rounds", "epochs_fitting",
            "size_coarse", "size_refine", "size_final", "log_grid", "coarse_grid", "refine_grid", "rank_coarse",
            "mean_std", "rank_candidates", "choose_move", "MOVES", "COARSE_WEIGHT_DECAYS", "stall_epoch", "place_decay",
-           "PURPOSES"]
+           "PURPOSES", "spend_final", "MAX_SPENT_MEMBERS", "MAX_STRETCH"]
 
 PHASES = (("checks", 0.10), ("coarse", 0.25), ("refine", 0.35), ("final", 0.30))
 PHASE_OF_STEP = {1: "checks", 2: "checks", 3: "checks", 4: "coarse", 5: "refine", 6: "refine", 7: "refine",
@@ -28,6 +28,8 @@ FIRST_ROUND_SHARE = 0.75                       # of the refine phase, for round 
                                                # the final model when the loop stops after round 1)
 MAX_FINAL_EPOCHS = 200
 MAX_MEMBERS = 3
+MAX_SPENT_MEMBERS = 4   # the final ensemble may grow to this when the placed decay leaves time over
+MAX_STRETCH = 2.0       # ... and the placed cosine to this many times its length (4 x the stall epoch)
 STEP_TITLES = {1: "initial loss", 2: "overfit a small sample", 3: "learning-rate test", 4: "coarse grid",
                5: "refine", 6: "doctor", 7: "loop", 8: "final model"}
 
@@ -371,3 +373,37 @@ def place_decay(stalls: Sequence[int | None], constant_epochs: int, fit_epochs: 
                   f"the longest cosine that fits, {epochs} epochs")
     return {"schedule": "cosine", "epochs": epochs, "patience": max(5, epochs // 2), "stall_epoch": stall,
             "reason": reason}
+
+
+def spend_final(seconds: float, decay: dict[str, Any], members: int, cost: Callable[[int, int], float],
+                max_members: int = MAX_SPENT_MEMBERS, stretch: float = MAX_STRETCH,
+                max_epochs: int = MAX_FINAL_EPOCHS, safety: float = FINAL_SAFETY) -> dict[str, Any]:
+    """The final model's time, spent: when the placed cosine (`decay`, from `place_decay`) is shorter than
+    what `seconds` hold, more members first (an ensemble of more folds: less variance, the surest gain),
+    up to `max_members`, then a longer cosine for them, up to `stretch` x the placed length (the stall
+    epoch measured on a short constant-rate run is a lower bound: the same decay, later). `cost(members,
+    epochs)`: seconds of that final search. Returns `decay` with "epochs", "patience" and "members" set,
+    "placed_epochs" the length before, and the reason extended; unchanged when nothing more fits.
+
+    >>> d = spend_final(100, {"epochs": 10, "patience": 5, "stall_epoch": 5, "reason": "r"}, 2,
+    ...                 lambda m, e: math.ceil(m / 2) * (2 + e * 2))
+    >>> d["members"], d["epochs"], d["placed_epochs"], d["reason"]
+    (4, 20, 10, 'r; time left over: 4 members instead of 2, cosine over 20 epochs instead of 10')
+    """
+    placed = int(decay["epochs"])
+    out = {**decay, "members": members, "placed_epochs": placed}
+    if decay.get("stall_epoch") is None:   # already the longest cosine that fits
+        return out
+    limit = safety * seconds
+    m = members
+    while m < max_members and cost(m + 1, placed) <= limit:
+        m += 1
+    epochs, longest = placed, min(max_epochs, math.ceil(stretch * placed))
+    while epochs < longest and cost(m, epochs + 1) <= limit:
+        epochs += 1
+    if (m, epochs) == (members, placed):
+        return out
+    said = ([f"{m} members instead of {members}"] if m != members else []) + (
+        [f"cosine over {epochs} epochs instead of {placed}"] if epochs != placed else [])
+    return {**out, "members": m, "epochs": epochs, "patience": max(5, epochs // 2),
+            "reason": f"{decay['reason']}; time left over: {', '.join(said)}"}

@@ -46,6 +46,7 @@ from trainlab.recipe.plan import (
     size_coarse,
     size_final,
     size_refine,
+    spend_final,
 )
 from trainlab.recipe.records import Interrupted, StepResult, StopRecipe
 from trainlab.store import Store
@@ -525,11 +526,17 @@ class Steps:
                 # an ensemble only when its members get their epochs in the time left: else fewer members
                 if costs.cost(size["members"], size["epochs"], workers, workers > 1) <= call.seconds:
                     break
-            plan = {**size, "study": f"{self.study}/final", "trainings": size["members"], "prune": "none",
-                    "workers": workers,
-                    "point": incumbent["point"], "folds": list(range(size["members"]))}
-            plan["decay"] = self._place_decay(incumbent, size["epochs"])
-            plan["epochs"], plan["patience"] = plan["decay"]["epochs"], plan["decay"]["patience"]
+            decay = self._place_decay(incumbent, size["epochs"])
+            if self.final_schedule == "placed":
+                parallel = workers > 1
+                decay = spend_final(call.seconds, decay, size["members"], lambda m, e: costs.cost(
+                    m, e, min(self.workers, m) if parallel else 1, parallel))
+                if parallel:
+                    workers = min(self.workers, decay["members"])
+            members = decay.get("members", size["members"])
+            plan = {**size, "members": members, "study": f"{self.study}/final", "trainings": members,
+                    "prune": "none", "workers": workers, "point": incumbent["point"], "folds": list(range(members)),
+                    "decay": decay, "epochs": decay["epochs"], "patience": decay["patience"]}
             self.save_plan(call, plan)
         base = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"], metric=self.metric)
         res = self._search(base, {"split_seed": _grid_text(plan["folds"])}, plan, plan["study"],
