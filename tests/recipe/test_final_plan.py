@@ -41,3 +41,28 @@ def test_members_are_capped_and_one_worker_pays_for_each():
     # one worker: 3 members x (2 + 6 x 2) = 42 s fit in 0.9 x 50 s, 4 do not; then 3 x (2 + 2E) <= 45 -> E = 6
     one = spend_final(50, decay, 1, rounds_cost(1))
     assert (one["members"], one["epochs"]) == (3, 6) and "cosine" not in one["reason"].split("time left over")[1]
+
+
+def test_a_config_with_step_decay_gets_milestones_at_the_stall_and_halfway_through_the_rest():
+    from trainlab.recipe.plan import shaped
+    from trainlab.recipe.steps import final_config
+    from trainlab.config import load_config
+    from trainlab.schedules import from_config
+
+    decay = place_decay([6, 6], 10, 60)                        # 12 epochs placed
+    cos = shaped(decay, "cosine", 0.1)
+    assert cos["schedule"] == "cosine" and cos["described"] == "cosine over 12 epochs"
+    for kind in ("step", "multistep"):
+        d = shaped(decay, kind, 0.2)
+        assert d["schedule"] == "multistep" and d["milestones_epochs"] == [6.0, 9.0] and d["gamma"] == 0.2
+        assert "lr x0.2 at epochs 6 and 9" in d["described"]
+    # stretched by the time left over, the milestones move with the length: the same decay, later
+    spent = spend_final(1000, decay, 2, rounds_cost(2))
+    assert shaped(spent, "multistep", 0.1)["milestones_epochs"] == [12.0, 18.0] and spent["epochs"] == 24
+    # the final config trains exactly that schedule: lr x1 before epoch 6, x0.2 until 9, x0.04 after
+    hp = final_config(load_config(None, ["task=digits", "schedule=step"]), {"lr": 0.1, "weight_decay": 0.0}, 12, 6,
+                      decay=shaped(decay, "step", 0.2))
+    assert (hp.schedule, hp.milestones_epochs, hp.gamma, hp.epochs) == ("multistep", [6.0, 9.0], 0.2, 12)
+    f, _ = from_config(hp, 10, 120, 0)
+    assert [round(f(s), 6) for s in (0, 59, 60, 89, 90, 119)] == [1.0, 1.0, 0.2, 0.2, 0.04, 0.04]
+    assert final_config(load_config(None, ["task=digits"]), {"lr": 0.1, "weight_decay": 0.0}, 12, 6).schedule == "cosine"

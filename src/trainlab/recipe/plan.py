@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 __all__ = ["PHASES", "PHASE_OF_STEP", "STEP_TITLES", "plan_budget", "phase_allowance", "search_rounds", "epochs_fitting",
            "size_coarse", "size_refine", "size_final", "log_grid", "coarse_grid", "refine_grid", "rank_coarse",
            "mean_std", "rank_candidates", "choose_move", "MOVES", "COARSE_WEIGHT_DECAYS", "stall_epoch", "place_decay",
-           "PURPOSES", "spend_final", "MAX_SPENT_MEMBERS", "MAX_STRETCH"]
+           "PURPOSES", "spend_final", "MAX_SPENT_MEMBERS", "MAX_STRETCH", "STEP_DECAYS", "step_milestones", "shaped"]
 
 PHASES = (("checks", 0.10), ("coarse", 0.25), ("refine", 0.35), ("final", 0.30))
 PHASE_OF_STEP = {1: "checks", 2: "checks", 3: "checks", 4: "coarse", 5: "refine", 6: "refine", 7: "refine",
@@ -29,7 +29,7 @@ FIRST_ROUND_SHARE = 0.75                       # of the refine phase, for round 
 MAX_FINAL_EPOCHS = 200
 MAX_MEMBERS = 3
 MAX_SPENT_MEMBERS = 4   # the final ensemble may grow to this when the placed decay leaves time over
-MAX_STRETCH = 2.0       # ... and the placed cosine to this many times its length (4 x the stall epoch)
+MAX_STRETCH = 2.0       # ... and the placed decay to this many times its length (4 x the stall epoch)
 STEP_TITLES = {1: "initial loss", 2: "overfit a small sample", 3: "learning-rate test", 4: "coarse grid",
                5: "refine", 6: "doctor", 7: "loop", 8: "final model"}
 
@@ -348,14 +348,15 @@ def stall_epoch(values: Sequence[float], share: float = STALL_SHARE, mode: str =
 
 def place_decay(stalls: Sequence[int | None], constant_epochs: int, fit_epochs: int,
                 factor: float = DECAY_FACTOR) -> dict[str, Any]:
-    """The final model's schedule from step 5's constant-rate curves: {"schedule", "epochs", "patience",
+    """The final model's decay from step 5's constant-rate curves: {"schedule", "epochs", "patience",
     "stall_epoch", "reason"}. `stalls`: each chosen run's `stall_epoch`; `constant_epochs`: their length;
     `fit_epochs`: the most epochs the final phase's time allows.
 
-    Where the constant rate stalled at epoch S (the mean over the folds), the cosine runs `factor` x S
+    Where the constant rate stalled at epoch S (the mean over the folds), the schedule runs `factor` x S
     epochs: its first half near the peak rate covers what the constant rate needed, its second half is the
-    decay (the lecture: decay when the loss plateaus); the time left over is not spent. Where no run stalled,
-    progress was still coming: the longest cosine that fits.
+    decay (the lecture: decay when the loss plateaus); `spend_final` spends the time left over. Where no run
+    stalled, progress was still coming: the longest schedule that fits. A cosine; `shaped` turns it into
+    step decay for a config that trains with one.
 
     >>> place_decay([4, 5], 12, 60)["epochs"], place_decay([None, 5], 12, 60)["epochs"]
     (9, 60)
@@ -365,14 +366,43 @@ def place_decay(stalls: Sequence[int | None], constant_epochs: int, fit_epochs: 
         stall = statistics.fmean(found)
         epochs = max(2, min(fit_epochs, math.ceil(factor * stall)))
         reason = (f"at a constant rate validation stopped gaining at epoch {stall:.3g} of {constant_epochs} "
-                  f"(step 5, mean over {len(found)} fold{'s' if len(found) > 1 else ''}): cosine over "
+                  f"(step 5, mean over {len(found)} fold{'s' if len(found) > 1 else ''}): decay over "
                   f"{factor:g} x that = {epochs} epochs" + (" (all that fits)" if epochs == fit_epochs else ""))
     else:
         stall, epochs = None, max(1, fit_epochs)
         reason = (f"at a constant rate validation was still gaining after {constant_epochs} epochs (step 5): "
-                  f"the longest cosine that fits, {epochs} epochs")
+                  f"the longest schedule that fits, {epochs} epochs")
     return {"schedule": "cosine", "epochs": epochs, "patience": max(5, epochs // 2), "stall_epoch": stall,
             "reason": reason}
+
+
+STEP_DECAYS = ("step", "multistep")   # a config with one of these gets its final decay as milestones
+
+
+def step_milestones(epochs: int) -> list[float]:
+    """Step decay's milestones for a placed length of `epochs` = 2 x the stall epoch S: at S (where the
+    constant rate stopped gaining) and halfway through the rest (1.5 S), as a cosine is at half and a
+    quarter of its rate there.
+
+    >>> step_milestones(10), step_milestones(9), step_milestones(2)
+    ([5.0, 8.0], [5.0, 7.0], [1.0, 2.0])
+    """
+    first = max(1, math.floor(epochs / 2 + 0.5))
+    return [float(first), float(max(first + 1, math.floor(0.75 * epochs + 0.5)))]
+
+
+def shaped(decay: dict[str, Any], kind: str, gamma: float) -> dict[str, Any]:
+    """`decay` (from `place_decay`, after `spend_final`) as the schedule the final model trains: a cosine,
+    or, when the config trains with step decay (`kind` in STEP_DECAYS), milestones placed by
+    `step_milestones` with the config's `gamma`; "described" names it for the report."""
+    epochs = int(decay["epochs"])
+    if kind not in STEP_DECAYS:
+        return {**decay, "schedule": "cosine", "described": f"cosine over {epochs} epochs"}
+    marks = step_milestones(epochs)
+    said = " and ".join(f"{m:g}" for m in marks)
+    return {**decay, "schedule": "multistep", "milestones_epochs": marks, "gamma": gamma,
+            "described": f"step decay over {epochs} epochs (lr x{gamma:g} at epochs {said}: "
+                         f"the stall and halfway through the rest, scaled to the length)"}
 
 
 def spend_final(seconds: float, decay: dict[str, Any], members: int, cost: Callable[[int, int], float],
@@ -388,7 +418,7 @@ def spend_final(seconds: float, decay: dict[str, Any], members: int, cost: Calla
     >>> d = spend_final(100, {"epochs": 10, "patience": 5, "stall_epoch": 5, "reason": "r"}, 2,
     ...                 lambda m, e: math.ceil(m / 2) * (2 + e * 2))
     >>> d["members"], d["epochs"], d["placed_epochs"], d["reason"]
-    (4, 20, 10, 'r; time left over: 4 members instead of 2, cosine over 20 epochs instead of 10')
+    (4, 20, 10, 'r; time left over: 4 members instead of 2, 20 epochs instead of 10')
     """
     placed = int(decay["epochs"])
     out = {**decay, "members": members, "placed_epochs": placed}
@@ -404,6 +434,6 @@ def spend_final(seconds: float, decay: dict[str, Any], members: int, cost: Calla
     if (m, epochs) == (members, placed):
         return out
     said = ([f"{m} members instead of {members}"] if m != members else []) + (
-        [f"cosine over {epochs} epochs instead of {placed}"] if epochs != placed else [])
+        [f"{epochs} epochs instead of {placed}"] if epochs != placed else [])
     return {**out, "members": m, "epochs": epochs, "patience": max(5, epochs // 2),
             "reason": f"{decay['reason']}; time left over: {', '.join(said)}"}

@@ -182,7 +182,7 @@ def plot_cv_spread(candidates: Sequence[dict], path: str | Path, chosen: dict | 
             ax.errorbar([i + 0.12], [c["mean"]], yerr=[c["std"] or 0.0], fmt="_", ms=16, color=color, capsize=4)
     if final_members:
         i = len(candidates)
-        labels.append("final\n(cosine)")
+        labels.append("final\nmodel")
         vals = [m["val_acc"] for m in final_members if m.get("val_acc") is not None]
         ax.scatter([i] * len(vals), vals, color="tab:green", s=28, marker="D", zorder=3)
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
@@ -453,7 +453,8 @@ def write_report(store: Store, study: str, out: str | Path, *, result=None) -> P
         if ev.get("ran"):   # what the final trainings did, not only what was planned
             decay = (ev.get("decay") or {}).get("reason")
             head.append(f"<p class='big'>final run: {_e(ev['ran'])}</p>"
-                        + (f"<p>schedule: cosine over {ev['epochs']} epochs: {_e(decay)}</p>" if decay else ""))
+                        + (f"<p>schedule: {_e(ev['decay'].get('described') or 'cosine over ' + str(ev['epochs']) + ' epochs')}: "
+                           f"{_e(decay)}</p>" if decay else ""))
     if result is not None:
         used = sum(s.get("seconds") or 0.0 for s in steps)
         plan_rows = []

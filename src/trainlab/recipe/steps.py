@@ -46,6 +46,7 @@ from trainlab.recipe.plan import (
     size_coarse,
     size_final,
     size_refine,
+    shaped,
     spend_final,
 )
 from trainlab.recipe.records import Interrupted, StepResult, StopRecipe
@@ -107,12 +108,16 @@ def search_base(hp: Config, **changes: Any) -> Config:
 
 
 def final_config(hp: Config, point: dict, epochs: int, patience: int, split_seed: int = FOLDS[0],
-                 metric: tuple[str, str] = ("val/acc", "max")) -> Config:
-    """The final model's config: the chosen point with cosine decay and early stopping on validation
-    (`metric`: the (name, mode) the recipe judges by: val/acc, or the task's own, e.g. val/loss, min)."""
+                 metric: tuple[str, str] = ("val/acc", "max"), decay: dict | None = None) -> Config:
+    """The final model's config: the chosen point with its decay (`decay`: a `plan.shaped` schedule; a
+    cosine when None) and early stopping on validation (`metric`: the (name, mode) the recipe judges by:
+    val/acc, or the task's own, e.g. val/loss, min)."""
+    schedule = {"schedule": "cosine"}
+    if decay and decay.get("schedule") == "multistep":
+        schedule = {"schedule": "multistep", "milestones_epochs": decay["milestones_epochs"], "gamma": decay["gamma"]}
     return apply_overrides(hp, {"lr": point["lr"], "weight_decay": point["weight_decay"],
                                 "width": point.get("width"), "dropout": point.get("dropout") or 0.0,
-                                "schedule": "cosine", "epochs": epochs, "patience": patience,
+                                **schedule, "epochs": epochs, "patience": patience,
                                 "early_stop_metric": metric[0], "early_stop_mode": metric[1], "steps": None,
                                 "split_seed": split_seed, "seeds": 1})
 
@@ -498,7 +503,7 @@ class Steps:
                 stalls.append(stall_epoch(vals, mode=mode))
         if not stalls:  # step 5 was skipped for the budget: no curve to place the decay from
             return {"schedule": "cosine", "epochs": fit_epochs, "patience": max(5, fit_epochs // 2), "stall_epoch": None,
-                    "reason": f"no constant-rate curves (step 5 skipped): the longest cosine that fits, {fit_epochs} epochs"}
+                    "reason": f"no constant-rate curves (step 5 skipped): the longest schedule that fits, {fit_epochs} epochs"}
         return place_decay(stalls, constant, fit_epochs)
 
     def _final_members(self, res) -> list[dict]:
@@ -533,12 +538,14 @@ class Steps:
                     m, e, min(self.workers, m) if parallel else 1, parallel))
                 if parallel:
                     workers = min(self.workers, decay["members"])
+            decay = shaped(decay, self.hp.schedule if self.final_schedule == "placed" else "cosine", self.hp.gamma)
             members = decay.get("members", size["members"])
             plan = {**size, "members": members, "study": f"{self.study}/final", "trainings": members,
                     "prune": "none", "workers": workers, "point": incumbent["point"], "folds": list(range(members)),
                     "decay": decay, "epochs": decay["epochs"], "patience": decay["patience"]}
             self.save_plan(call, plan)
-        base = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"], metric=self.metric)
+        base = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"], metric=self.metric,
+                            decay=plan.get("decay"))
         res = self._search(base, {"split_seed": _grid_text(plan["folds"])}, plan, plan["study"],
                            call.deadline, checkpoints=True)
         members = self._final_members(res)
@@ -560,7 +567,8 @@ class Steps:
         # The test split, once, for the final model only.
         ens = evaluate_ensemble(members_from_runs(self.store, [m["run"] for m in usable]), split="test")
         val_mean, val_std = mean_std([m["val_acc"] for m in usable])
-        hp_final = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"], metric=self.metric)
+        hp_final = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"], metric=self.metric,
+                                decay=plan.get("decay"))
         yaml_path = self.out / "final.yaml"
         self.out.mkdir(parents=True, exist_ok=True)
         header = (f"# trainlab recipe, study {self.study}: the final config (train it with: trainlab train {yaml_path.name})\n"
@@ -569,10 +577,11 @@ class Steps:
                   f"final model {self.metric[0]} {val_mean:.4f}, test/{ens.metric} {ens.ensemble_acc:.4f}\n")
         yaml_path.write_text(header + hp_final.to_yaml())
         kind = f"ensemble of {len(usable)} (one per validation fold)" if len(usable) > 1 else "one model"
+        described = (plan.get("decay") or {}).get("described") or f"cosine over {plan['epochs']} epochs"
         msg = (f"{kind}: {self.metric[0]} {val_mean:.4f}" + (f" +- {val_std:.4f}" if len(usable) > 1 else "")
                + f", test/{ens.metric} {ens.ensemble_acc:.4f}; {_what_ran(usable, plan['epochs'])}; lr "
-               f"{plan['point']['lr']:.3g}, weight decay {plan['point']['weight_decay']:g}; planned: cosine over "
-               f"{plan['epochs']} epochs, patience {plan['patience']}"
+               f"{plan['point']['lr']:.3g}, weight decay {plan['point']['weight_decay']:g}; planned: "
+               f"{described}, patience {plan['patience']}"
                + (f" ({plan['decay']['reason']})" if plan.get("decay") else "")
                + (f"; over the budget: no member finished an epoch in the time left, so one member trained one "
                   f"epoch ({least:.0f} s)" if least is not None else ""))
