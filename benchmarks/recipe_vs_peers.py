@@ -8,7 +8,8 @@ For each pair (task/model): mnist1d/resnet, mnist1d/mlp, mnist1d-shuffle/mlp, di
            cosine trials with median pruning, 2 workers, as many trials as the budget allows; the best
            trial by validation accuracy is evaluated on test
 Every method chooses on validation only and sees the test split once. Each run gets a fresh store.
-Prints mean and spread of test accuracy and wall time side by side; writes
+Per seed the methods run one after another in a rotated order (load drifts over a long run); the JSON is
+written after every run. Prints mean and spread of test accuracy and wall time side by side; writes
 benchmarks/results/recipe_vs_peers.json (recipe_vs_peers_quick.json with --quick).
 
     python benchmarks/recipe_vs_peers.py                    # 5 min x 4 pairs x 3 methods x 3 seeds: 3 hours
@@ -91,6 +92,28 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _write(path: Path, budget: float, seeds: list[int], workers: int, machine: dict, pairs: list[str],
+           methods: list[str], rows: list[dict], final: bool) -> None:
+    """The JSON after every run (a long benchmark stopped half-way keeps what it measured); the table at the end."""
+    summary = []
+    if final:
+        print(f"\n{'pair':20} {'method':8} {'test acc mean +- std':>22} {'wall s mean +- std':>20}  n")
+    for pair in pairs:
+        for method in methods:
+            sel = [r for r in rows if r["pair"] == pair and r["method"] == method]
+            if not sel:
+                continue
+            acc_m, acc_s = _stats([r["test_acc"] for r in sel if r.get("test_acc") is not None])
+            sec_m, sec_s = _stats([r["seconds"] for r in sel])
+            summary.append({"pair": pair, "method": method, "test_acc_mean": acc_m, "test_acc_std": acc_s,
+                            "seconds_mean": sec_m, "seconds_std": sec_s, "n": len(sel)})
+            if final:
+                print(f"{pair:20} {method:8} {acc_m:12.4f} +- {acc_s:.4f} {sec_m:10.1f} +- {sec_s:5.1f}  {len(sel)}")
+    machine = {**machine, "loadavg_end": os.getloadavg(), "complete": final}
+    path.write_text(json.dumps({"budget_min": budget, "seeds": seeds, "workers": workers, "machine": machine,
+                                "summary": summary, "rows": rows}, indent=2, default=str))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=None, help="minutes per run (default 5; --quick 0.5)")
@@ -110,36 +133,27 @@ def main() -> int:
                "loadavg_start": os.getloadavg()}
     print(f"budget {budget:g} min per run; seeds {seeds}; pairs {pairs}; methods {methods}; {args.workers} workers; "
           f"{machine['cores']} cores, load average {machine['loadavg_start'][0]:.1f}", flush=True)
-    rows = []
+    RESULTS.mkdir(exist_ok=True)
+    path = Path(args.out) if args.out else RESULTS / ("recipe_vs_peers_quick.json" if args.quick else "recipe_vs_peers.json")
+    rows: list[dict] = []
     for pair in pairs:
         task, model = pair.split("/")
-        for method in methods:
-            for seed in seeds:
+        for seed in seeds:
+            # methods side by side per seed, their order rotated: a machine whose load drifts hits them alike
+            for method in methods[seed % len(methods):] + methods[:seed % len(methods)]:
                 hp = Config(task=task, model=model, seed=seed)
                 with tempfile.TemporaryDirectory() as tmp:
                     t0 = time.time()
                     out = RUNNERS[method](hp, budget, args.workers, Path(tmp))
                     seconds = time.time() - t0
-                row = {"pair": pair, "method": method, "seed": seed, "seconds": seconds, **out}
+                row = {"pair": pair, "method": method, "seed": seed, "seconds": seconds,
+                       "loadavg": os.getloadavg()[0], **out}
                 rows.append(row)
                 acc = f"{row['test_acc']:.4f}" if row.get("test_acc") is not None else "-"
                 print(f"{pair:20} {method:8} seed {seed}: test {acc}  val {row.get('val_acc') or float('nan'):.4f}  "
                       f"{seconds:6.1f} s  {row.get('status')}", flush=True)
-    summary = []
-    print(f"\n{'pair':20} {'method':8} {'test acc mean +- std':>22} {'wall s mean +- std':>20}  n")
-    for pair in pairs:
-        for method in methods:
-            sel = [r for r in rows if r["pair"] == pair and r["method"] == method]
-            acc_m, acc_s = _stats([r["test_acc"] for r in sel if r.get("test_acc") is not None])
-            sec_m, sec_s = _stats([r["seconds"] for r in sel])
-            summary.append({"pair": pair, "method": method, "test_acc_mean": acc_m, "test_acc_std": acc_s,
-                            "seconds_mean": sec_m, "seconds_std": sec_s, "n": len(sel)})
-            print(f"{pair:20} {method:8} {acc_m:12.4f} +- {acc_s:.4f} {sec_m:10.1f} +- {sec_s:5.1f}  {len(sel)}")
-    machine["loadavg_end"] = os.getloadavg()
-    RESULTS.mkdir(exist_ok=True)
-    path = Path(args.out) if args.out else RESULTS / ("recipe_vs_peers_quick.json" if args.quick else "recipe_vs_peers.json")
-    path.write_text(json.dumps({"budget_min": budget, "seeds": seeds, "workers": args.workers, "machine": machine,
-                                "summary": summary, "rows": rows}, indent=2, default=str))
+                _write(path, budget, seeds, args.workers, machine, pairs, methods, rows, final=False)
+    _write(path, budget, seeds, args.workers, machine, pairs, methods, rows, final=True)
     print(f"wrote {path}")
     return 0
 
