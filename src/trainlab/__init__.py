@@ -4,7 +4,7 @@ Names are imported on first use (PEP 562), so `import trainlab.store` in a dashb
 worker does not pay for importing torch.
 """
 
-from importlib import import_module
+from trainlab._lazy import lazy
 
 __all__ = ["Config", "ConfigError", "load_config", "Store", "MetricBuffer", "RunNotFound", "Task", "load_task",
            "fit", "FitResult", "Stop", "evaluate", "predict"]
@@ -17,11 +17,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module 'trainlab' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy(__name__, _WHERE, __all__)

@@ -6,7 +6,7 @@ keeps rendered series) and security.py for the safety rules. Names are imported
 on first use, so the command line reads the defaults below without importing the web stack.
 """
 
-from importlib import import_module
+from trainlab._lazy import lazy
 
 __all__ = ["create_app", "open_read_only", "Server", "bind", "allowed_hosts", "is_loopback", "DEFAULT_HOST",
            "DEFAULT_PORT"]
@@ -18,11 +18,4 @@ _WHERE = {"create_app": "app", "open_read_only": "app", "Server": "server", "bin
           "allowed_hosts": "server", "is_loopback": "server"}
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy(__name__, _WHERE, __all__)

@@ -8,7 +8,7 @@ Names are imported on first use (PEP 562), so a reader of `doctor.ratio` (the da
 pay for numpy until a rule runs.
 """
 
-from importlib import import_module
+from trainlab._lazy import lazy
 
 __all__ = ["diagnose_run", "diagnose_study", "StudyDiagnosis", "Diagnosis", "CURVE_KEYS", "Finding", "RatioWarning",
            "diagnose", "ratio_warnings"]
@@ -20,11 +20,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module 'trainlab.doctor' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy(__name__, _WHERE, __all__)

@@ -13,7 +13,7 @@ CSV needs nothing. Nothing here imports torch.
 
 from __future__ import annotations
 
-from importlib import import_module
+from trainlab._lazy import lazy
 
 __all__ = ["FORMATS", "DEFAULT_OUT", "MissingExtra", "export_runs", "logger_from_spec", "make_logger",
            "TensorBoardLogger", "MlflowLogger", "CsvLogger"]
@@ -23,11 +23,4 @@ _WHERE = {"MissingExtra": "base", "export_runs": "replay", "logger_from_spec": "
           "CsvLogger": "csv"}
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy(__name__, _WHERE, __all__)
