@@ -31,9 +31,6 @@ from trainlab.train import fit
 import helpers
 
 TINY = dict(helpers.TINY, width=16, batch_size=64, monitor_every=50)  # 57 steps per epoch on mnist1d
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 HOST = "testserver"  # what TestClient sends as Host
 
 
@@ -605,101 +602,90 @@ def server(trained):
 
 
 @pytest.mark.slow
-def test_the_page_in_chromium(trained, server, tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing (scripts/system-deps.sh installs Debian's chromium)")
-    from playwright.sync_api import expect, sync_playwright
+def test_the_page_in_chromium(trained, server, tmp_path, chromium_page):
+    from playwright.sync_api import expect
 
     runs = trained["runs"]
-    problems = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
-                if msg.type in ("error", "warning") else None)
-        page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
-        page.on("requestfailed", lambda req: problems.append(f"request failed: {req.url}"))
-        page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    page, problems = chromium_page(viewport={"width": 1280, "height": 900})
 
-        page.goto(server)
-        page.wait_for_selector("body[data-ready=studies]", timeout=30_000)
-        assert page.locator("#studies tbody tr").count() == 2
-        page.click("#studies a:text-is('sweep')")
-        page.wait_for_selector("body[data-ready=study]", timeout=30_000)
+    page.goto(server)
+    page.wait_for_selector("body[data-ready=studies]", timeout=30_000)
+    assert page.locator("#studies tbody tr").count() == 2
+    page.click("#studies a:text-is('sweep')")
+    page.wait_for_selector("body[data-ready=study]", timeout=30_000)
 
-        # one chart (one canvas) per run, and the scatter of val/acc per varying hyperparameter
-        assert page.locator("#cards .card").count() == 3
-        assert page.locator("#cards canvas").count() == 3
-        assert page.locator("#cards .card .chart canvas").count() == 3
-        assert page.locator("#scatters canvas").count() == 2  # lr (log axis) and optimizer
-        assert page.locator("#scatters h3").all_inner_texts() == ["optimizer", "lr (log axis)"]
-        # badges: the diverged run's status (with its reason), then the doctor's findings, filled in by polling
-        card = page.locator(f'.card[data-run="{runs["sgd-huge-lr"]}"]')
-        assert card.locator(".badge").first.inner_text() == "diverged"
-        assert "learning rate too high" in card.locator(".badge").first.get_attribute("title")
-        assert card.locator(".pill").count() == 0  # the badge stands for the status, not shown twice
-        expect(page.locator("#live")).to_have_text("", timeout=60_000)  # the doctor is done
-        key = re.search(r"#/study/(\w+)", page.url).group(1)
-        with TestClient(create_app(trained["path"], [HOST])) as c:
-            while _ok(c, f"/api/studies/{key}")["doctor"]["pending"]:
-                time.sleep(0.2)
-            api_runs = _ok(c, f"/api/studies/{key}")["runs"]
-        for run in api_runs:
-            shown = page.locator(f'.card[data-run="{run["id"]}"] .badge').all_inner_texts()
-            assert shown == list(dict.fromkeys(b["name"] for b in run["badges"])), run["name"]
-        assert "diverged" not in page.locator(f'.card[data-run="{runs["adam-1e-2"]}"]').inner_text()
-        page.screenshot(path=str(tmp_path / "study.png"), full_page=True)
+    # one chart (one canvas) per run, and the scatter of val/acc per varying hyperparameter
+    assert page.locator("#cards .card").count() == 3
+    assert page.locator("#cards canvas").count() == 3
+    assert page.locator("#cards .card .chart canvas").count() == 3
+    assert page.locator("#scatters canvas").count() == 2  # lr (log axis) and optimizer
+    assert page.locator("#scatters h3").all_inner_texts() == ["optimizer", "lr (log axis)"]
+    # badges: the diverged run's status (with its reason), then the doctor's findings, filled in by polling
+    card = page.locator(f'.card[data-run="{runs["sgd-huge-lr"]}"]')
+    assert card.locator(".badge").first.inner_text() == "diverged"
+    assert "learning rate too high" in card.locator(".badge").first.get_attribute("title")
+    assert card.locator(".pill").count() == 0  # the badge stands for the status, not shown twice
+    expect(page.locator("#live")).to_have_text("", timeout=60_000)  # the doctor is done
+    key = re.search(r"#/study/(\w+)", page.url).group(1)
+    with TestClient(create_app(trained["path"], [HOST])) as c:
+        while _ok(c, f"/api/studies/{key}")["doctor"]["pending"]:
+            time.sleep(0.2)
+        api_runs = _ok(c, f"/api/studies/{key}")["runs"]
+    for run in api_runs:
+        shown = page.locator(f'.card[data-run="{run["id"]}"] .badge').all_inner_texts()
+        assert shown == list(dict.fromkeys(b["name"] for b in run["badges"])), run["name"]
+    assert "diverged" not in page.locator(f'.card[data-run="{runs["adam-1e-2"]}"]').inner_text()
+    page.screenshot(path=str(tmp_path / "study.png"), full_page=True)
 
-        # sorting the table reorders it: by best val/acc, descending, then ascending (missing last)
-        def order():
-            return [int(x) for x in page.locator("#runs-table tbody tr").evaluate_all(
-                "rows => rows.map(r => r.dataset.run)")]
+    # sorting the table reorders it: by best val/acc, descending, then ascending (missing last)
+    def order():
+        return [int(x) for x in page.locator("#runs-table tbody tr").evaluate_all(
+            "rows => rows.map(r => r.dataset.run)")]
 
-        store = Store(trained["path"])
-        best = {r: store.run(r)["best_metric"] for r in (runs["adam-1e-2"], runs["adam-1e-3"], runs["sgd-huge-lr"])}
-        assert order() == sorted(best)  # by id at first
-        page.click("#runs-table th[data-key=best_metric]")
-        finished = sorted((r for r in best if best[r] is not None), key=lambda r: -best[r])
-        assert order() == finished + [runs["sgd-huge-lr"]]
-        page.click("#runs-table th[data-key=best_metric]")
-        assert order() == finished[::-1] + [runs["sgd-huge-lr"]]
-        page.click("#runs-table th[data-key='hp:lr']")
-        assert order() == [runs["sgd-huge-lr"], runs["adam-1e-2"], runs["adam-1e-3"]]  # lr 50, 1e-2, 1e-3
+    store = Store(trained["path"])
+    best = {r: store.run(r)["best_metric"] for r in (runs["adam-1e-2"], runs["adam-1e-3"], runs["sgd-huge-lr"])}
+    assert order() == sorted(best)  # by id at first
+    page.click("#runs-table th[data-key=best_metric]")
+    finished = sorted((r for r in best if best[r] is not None), key=lambda r: -best[r])
+    assert order() == finished + [runs["sgd-huge-lr"]]
+    page.click("#runs-table th[data-key=best_metric]")
+    assert order() == finished[::-1] + [runs["sgd-huge-lr"]]
+    page.click("#runs-table th[data-key='hp:lr']")
+    assert order() == [runs["sgd-huge-lr"], runs["adam-1e-2"], runs["adam-1e-3"]]  # lr 50, 1e-2, 1e-3
 
-        # the status filter hides the others
-        page.select_option("#status-filter", "diverged")
-        assert page.locator("#cards .card:visible").count() == 1
-        assert page.locator("#runs-table tbody tr:visible").count() == 1
-        assert "status=diverged" in page.url
-        page.select_option("#status-filter", "")
-        assert page.locator("#cards .card:visible").count() == 3
+    # the status filter hides the others
+    page.select_option("#status-filter", "diverged")
+    assert page.locator("#cards .card:visible").count() == 1
+    assert page.locator("#runs-table tbody tr:visible").count() == 1
+    assert "status=diverged" in page.url
+    page.select_option("#status-filter", "")
+    assert page.locator("#cards .card:visible").count() == 3
 
-        # clicking a run opens its page with its charts
-        page.click(f'.card[data-run="{runs["adam-1e-2"]}"] a.name')
-        page.wait_for_selector("body[data-ready=run]", timeout=30_000)
-        assert page.url.endswith(f"#/run/{runs['adam-1e-2']}")
-        charts = page.locator("#run-charts .panel")
-        titles = charts.locator("h3").all_inner_texts()
-        for title in ("loss", "accuracy", "learning rate", "update/weight ratio per layer", "gradient norm"):
-            assert title in titles
-            assert page.locator(f'#run-charts .panel[data-chart="{title}"] canvas').count() == 1, title
-        hparams = dict(zip(page.locator("#hparams dt").all_inner_texts(), page.locator("#hparams dd").all_inner_texts()))
-        assert hparams["lr"] == "0.01" and hparams["model"] == "mlp" and hparams["width"] == "16"
-        assert store.run(runs["adam-1e-2"])["checkpoint"] in page.locator("#result").inner_text()
-        page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
+    # clicking a run opens its page with its charts
+    page.click(f'.card[data-run="{runs["adam-1e-2"]}"] a.name')
+    page.wait_for_selector("body[data-ready=run]", timeout=30_000)
+    assert page.url.endswith(f"#/run/{runs['adam-1e-2']}")
+    charts = page.locator("#run-charts .panel")
+    titles = charts.locator("h3").all_inner_texts()
+    for title in ("loss", "accuracy", "learning rate", "update/weight ratio per layer", "gradient norm"):
+        assert title in titles
+        assert page.locator(f'#run-charts .panel[data-chart="{title}"] canvas').count() == 1, title
+    hparams = dict(zip(page.locator("#hparams dt").all_inner_texts(), page.locator("#hparams dd").all_inner_texts()))
+    assert hparams["lr"] == "0.01" and hparams["model"] == "mlp" and hparams["width"] == "16"
+    assert store.run(runs["adam-1e-2"])["checkpoint"] in page.locator("#result").inner_text()
+    page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
 
-        # the diverged run's page shows its finding with the evidence
-        page.goto(f"{server}#/run/{runs['sgd-huge-lr']}")
-        page.wait_for_selector("body[data-ready=run]", timeout=30_000)
-        assert "learning rate too high" in page.locator(".findings").inner_text()
-        assert problems == []  # no console errors or warnings, no failed request, on every page so far
+    # the diverged run's page shows its finding with the evidence
+    page.goto(f"{server}#/run/{runs['sgd-huge-lr']}")
+    page.wait_for_selector("body[data-ready=run]", timeout=30_000)
+    assert "learning rate too high" in page.locator(".findings").inner_text()
+    assert problems == []  # no console errors or warnings, no failed request, on every page so far
 
-        # an unknown run is an error message, not a broken page
-        page.goto(f"{server}#/run/999999")
-        page.wait_for_selector("body[data-ready=error]", timeout=30_000)
-        assert "no run with id 999999" in page.locator(".error-box").inner_text()
-        assert page.locator("a:text-is('back to the studies')").count() == 1
-        browser.close()
+    # an unknown run is an error message, not a broken page
+    page.goto(f"{server}#/run/999999")
+    page.wait_for_selector("body[data-ready=error]", timeout=30_000)
+    assert "no run with id 999999" in page.locator(".error-box").inner_text()
+    assert page.locator("a:text-is('back to the studies')").count() == 1
     # only the two 404s asked for (run and metrics), as the browser reports them
     assert sorted(problems) == sorted(
         [f"HTTP 404: {server}api/runs/999999", f"HTTP 404: {server}api/runs/999999/metrics"]
@@ -712,11 +698,9 @@ def test_the_page_in_chromium(trained, server, tmp_path):
 
 
 @pytest.mark.slow
-def test_runs_in_progress_update_without_a_reload(trained, tmp_path):
+def test_runs_in_progress_update_without_a_reload(trained, tmp_path, chromium_page):
     """A run written while its study page and its run page are open shows its new state by polling alone."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing (scripts/system-deps.sh installs Debian's chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from trainlab.dashboard import Server, bind
 
@@ -728,42 +712,37 @@ def test_runs_in_progress_update_without_a_reload(trained, tmp_path):
     server = Server(create_app(path, allowed_hosts("127.0.0.1"), poll_s=0.5), bind("127.0.0.1", 0)).start()
     base = f"http://127.0.0.1:{server.port}/"
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            errors = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(base + "#/")
-            page.wait_for_selector("body[data-ready=studies]")
-            page.click("#studies a:text-is('live')")
-            page.wait_for_selector("body[data-ready=study]")
-            card = page.locator(f'.card[data-run="{run}"]')
-            expect(card.locator(".pill")).to_have_text("running")
-            expect(page.locator("#live")).to_contain_text("live: runs in progress")
-            page.evaluate("() => { window.stillHere = true; }")  # gone if the page reloaded
+        page, errors = chromium_page()
+        page.goto(base + "#/")
+        page.wait_for_selector("body[data-ready=studies]")
+        page.click("#studies a:text-is('live')")
+        page.wait_for_selector("body[data-ready=study]")
+        card = page.locator(f'.card[data-run="{run}"]')
+        expect(card.locator(".pill")).to_have_text("running")
+        expect(page.locator("#live")).to_contain_text("live: runs in progress")
+        page.evaluate("() => { window.stillHere = true; }")  # gone if the page reloaded
 
-            writer.log_metrics(run, [(s, 2, "train/loss", 1.8 - s / 1000) for s in range(50, 100)]
-                               + [(99, 2, "val/acc", 0.61)])
-            writer.finish_run(run, "completed", best_metric=0.61, best_epoch=2, epochs=2)
-            expect(card.locator(".pill")).to_have_text("completed", timeout=20_000)
-            expect(card.locator(".card-sub")).to_contain_text("best 0.61")
-            expect(page.locator(f'#runs-table tr[data-run="{run}"]')).to_contain_text("0.61")
-            expect(page.locator("#live")).to_have_text("", timeout=20_000)  # polling stops when all are done
-            assert page.evaluate("() => window.stillHere") is True
+        writer.log_metrics(run, [(s, 2, "train/loss", 1.8 - s / 1000) for s in range(50, 100)]
+                           + [(99, 2, "val/acc", 0.61)])
+        writer.finish_run(run, "completed", best_metric=0.61, best_epoch=2, epochs=2)
+        expect(card.locator(".pill")).to_have_text("completed", timeout=20_000)
+        expect(card.locator(".card-sub")).to_contain_text("best 0.61")
+        expect(page.locator(f'#runs-table tr[data-run="{run}"]')).to_contain_text("0.61")
+        expect(page.locator("#live")).to_have_text("", timeout=20_000)  # polling stops when all are done
+        assert page.evaluate("() => window.stillHere") is True
 
-            # the run page of a running run follows it too
-            second = writer.create_run(name="second", hparams={"lr": 0.2}, study="live")
-            writer.log_metrics(second, [(s, 1, "train/loss", 2.0) for s in range(10)])
-            page.goto(base + f"#/run/{second}")
-            page.wait_for_selector("body[data-ready=run]")
-            expect(page.locator("h1 .pill")).to_have_text("running")
-            page.evaluate("() => { window.stillHere = true; }")
-            writer.log_metrics(second, [(9, 1, "val/acc", 0.3)])
-            writer.finish_run(second, "diverged", reason="loss became NaN at step 10 (lr 0.2)")
-            expect(page.locator("h1 .badge")).to_have_text("diverged", timeout=20_000)
-            expect(page.locator(".findings")).to_contain_text("loss became NaN at step 10")
-            assert page.evaluate("() => window.stillHere") is True
-            browser.close()
+        # the run page of a running run follows it too
+        second = writer.create_run(name="second", hparams={"lr": 0.2}, study="live")
+        writer.log_metrics(second, [(s, 1, "train/loss", 2.0) for s in range(10)])
+        page.goto(base + f"#/run/{second}")
+        page.wait_for_selector("body[data-ready=run]")
+        expect(page.locator("h1 .pill")).to_have_text("running")
+        page.evaluate("() => { window.stillHere = true; }")
+        writer.log_metrics(second, [(9, 1, "val/acc", 0.3)])
+        writer.finish_run(second, "diverged", reason="loss became NaN at step 10 (lr 0.2)")
+        expect(page.locator("h1 .badge")).to_have_text("diverged", timeout=20_000)
+        expect(page.locator(".findings")).to_contain_text("loss became NaN at step 10")
+        assert page.evaluate("() => window.stillHere") is True
         assert errors == []
     finally:
         server.stop()

@@ -13,9 +13,6 @@ import pytest
 from trainlab.doctor.diagnose import diagnose_run
 from trainlab.store import Store
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 STEPS_PER_EPOCH = 40
 
 
@@ -62,66 +59,58 @@ def studies(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_finding_every_run_shares_is_drawn_once_in_the_study_header(studies, tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing (scripts/system-deps.sh installs Debian's chromium)")
-    from playwright.sync_api import expect, sync_playwright
+def test_a_finding_every_run_shares_is_drawn_once_in_the_study_header(studies, tmp_path, chromium_page):
+    from playwright.sync_api import expect
 
     from trainlab.dashboard import Server, bind, create_app
     from trainlab.dashboard.server import allowed_hosts
 
     server = Server(create_app(studies["path"], allowed_hosts("127.0.0.1"), poll_s=0.3), bind("127.0.0.1", 0)).start()
     base = f"http://127.0.0.1:{server.port}/"
-    errors = []
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type in ("error", "warning") else None)
-            page.goto(base + "#/")
-            page.wait_for_selector("body[data-ready=studies]")
-            page.click("#studies a:text-is('short')")
-            page.wait_for_selector("body[data-ready=study]")
-            # the first answer comes before the doctor: the header appears once it has diagnosed every run
-            header = page.locator("#shared-findings")
-            expect(header.locator("li")).to_have_count(1, timeout=30_000)
-            expect(page.locator("#live")).to_have_text("", timeout=30_000)
-            item = header.locator("li[data-finding=train_longer]")
-            assert item.locator(".badge").inner_text() == "train_longer"
-            text = item.inner_text()
-            assert "all 3 runs" in text and "still learning at the end of the run" in text
-            assert "try: train longer (more epochs)" in text
-            # and not as a problem on each run: no card, no table row carries the badge
-            assert page.locator("#cards .card").count() == 3
-            assert page.locator("#cards .badge").count() == 0
-            assert page.locator("#runs-table .badge").count() == 0
-            assert page.locator("#cards .card .pill").all_inner_texts() == ["completed"] * 3
-            page.screenshot(path=str(tmp_path / "shared.png"), full_page=True)
+        page, errors = chromium_page(viewport={"width": 1280, "height": 900})
+        page.goto(base + "#/")
+        page.wait_for_selector("body[data-ready=studies]")
+        page.click("#studies a:text-is('short')")
+        page.wait_for_selector("body[data-ready=study]")
+        # the first answer comes before the doctor: the header appears once it has diagnosed every run
+        header = page.locator("#shared-findings")
+        expect(header.locator("li")).to_have_count(1, timeout=30_000)
+        expect(page.locator("#live")).to_have_text("", timeout=30_000)
+        item = header.locator("li[data-finding=train_longer]")
+        assert item.locator(".badge").inner_text() == "train_longer"
+        text = item.inner_text()
+        assert "all 3 runs" in text and "still learning at the end of the run" in text
+        assert "try: train longer (more epochs)" in text
+        # and not as a problem on each run: no card, no table row carries the badge
+        assert page.locator("#cards .card").count() == 3
+        assert page.locator("#cards .badge").count() == 0
+        assert page.locator("#runs-table .badge").count() == 0
+        assert page.locator("#cards .card .pill").all_inner_texts() == ["completed"] * 3
+        page.screenshot(path=str(tmp_path / "shared.png"), full_page=True)
 
-            # a study seen again comes from the doctor's cache: the header is there on the first drawing
-            page.goto(base + "#/")
-            page.wait_for_selector("body[data-ready=studies]")
-            page.click("#studies a:text-is('short')")
-            page.wait_for_selector("body[data-ready=study]")
-            assert header.locator("li").count() == 1
+        # a study seen again comes from the doctor's cache: the header is there on the first drawing
+        page.goto(base + "#/")
+        page.wait_for_selector("body[data-ready=studies]")
+        page.click("#studies a:text-is('short')")
+        page.wait_for_selector("body[data-ready=study]")
+        assert header.locator("li").count() == 1
 
-            # runs that differ: no header block, each run keeps its own badges
-            page.goto(base + "#/")
-            page.wait_for_selector("body[data-ready=studies]")
-            page.click("#studies a:text-is('mixed')")
-            page.wait_for_selector("body[data-ready=study]")
-            expect(page.locator("#live")).to_have_text("", timeout=30_000)
-            rising, flat = studies["mixed"]
-            expect(page.locator(f'.card[data-run="{rising}"] .badge')).to_have_text(["train_longer"])
-            expect(page.locator(f'.card[data-run="{flat}"] .badge')).to_have_text(studies["found"][flat])
-            assert page.locator("#shared-findings li").count() == 0
-            assert not page.locator("#shared-findings").is_visible()
-            page.screenshot(path=str(tmp_path / "mixed.png"), full_page=True)
-            browser.close()
+        # runs that differ: no header block, each run keeps its own badges
+        page.goto(base + "#/")
+        page.wait_for_selector("body[data-ready=studies]")
+        page.click("#studies a:text-is('mixed')")
+        page.wait_for_selector("body[data-ready=study]")
+        expect(page.locator("#live")).to_have_text("", timeout=30_000)
+        rising, flat = studies["mixed"]
+        expect(page.locator(f'.card[data-run="{rising}"] .badge')).to_have_text(["train_longer"])
+        expect(page.locator(f'.card[data-run="{flat}"] .badge')).to_have_text(studies["found"][flat])
+        assert page.locator("#shared-findings li").count() == 0
+        assert not page.locator("#shared-findings").is_visible()
+        page.screenshot(path=str(tmp_path / "mixed.png"), full_page=True)
+        assert errors == []  # checked while the server is up: the page polls it
     finally:
         server.stop()
-    assert errors == []
     shots = os.environ.get("TRAINLAB_SCREENSHOTS")
     if shots:  # keep them to look at
         for name in ("shared.png", "mixed.png"):
