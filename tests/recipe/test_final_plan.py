@@ -45,7 +45,7 @@ def test_members_are_capped_and_one_worker_pays_for_each():
 
 def test_a_config_with_step_decay_gets_milestones_at_the_stall_and_halfway_through_the_rest():
     from trainlab.recipe.plan import shaped
-    from trainlab.recipe.steps import final_config
+    from trainlab.recipe.configs import final_config
     from trainlab.config import load_config
     from trainlab.schedules import from_config
 

@@ -83,7 +83,7 @@ def test_cost_model_from_the_run_plan_then_from_measurements():
     updates per epoch (their RunPlan: accumulation and batch size count); after one, from what it measured."""
     from trainlab.config import Config
     from trainlab.recipe.costs import CostModel
-    from trainlab.recipe.steps import search_base
+    from trainlab.recipe.configs import search_base
     from trainlab.train.plan import RunPlan
 
     hp = Config(batch_size=32, accum_steps=2, warmup_steps=5, schedule="cosine")

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from trainlab.recipe.steps import next_overfit_lr
+from trainlab.recipe.plan import next_overfit_lr
 
 
 def _a(lr, cause):

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 __all__ = ["PHASES", "PHASE_OF_STEP", "STEP_TITLES", "plan_budget", "phase_allowance", "search_rounds", "epochs_fitting",
            "size_coarse", "size_refine", "size_final", "log_grid", "coarse_grid", "refine_grid", "rank_coarse",
            "mean_std", "rank_candidates", "choose_move", "MOVES", "COARSE_WEIGHT_DECAYS", "stall_epoch", "place_decay",
-           "PURPOSES", "spend_final", "MAX_SPENT_MEMBERS", "MAX_STRETCH", "STEP_DECAYS", "step_milestones", "shaped"]
+           "PURPOSES", "next_overfit_lr", "spend_final", "MAX_SPENT_MEMBERS", "MAX_STRETCH", "STEP_DECAYS", "step_milestones", "shaped"]
 
 PHASES = (("checks", 0.10), ("coarse", 0.25), ("refine", 0.35), ("final", 0.30))
 PHASE_OF_STEP = {1: "checks", 2: "checks", 3: "checks", 4: "coarse", 5: "refine", 6: "refine", 7: "refine",
@@ -437,3 +437,27 @@ def spend_final(seconds: float, decay: dict[str, Any], members: int, cost: Calla
         [f"{epochs} epochs instead of {placed}"] if epochs != placed else [])
     return {**out, "members": m, "epochs": epochs, "patience": max(5, epochs // 2),
             "reason": f"{decay['reason']}; time left over: {', '.join(said)}"}
+
+
+def next_overfit_lr(attempts: Sequence[dict], low: float = 1e-6, high: float = 10.0) -> float | None:
+    """The next learning rate for step 2's remedies, from the attempts so far ({"lr", "cause"}), one decade at a
+    time inside the bracket they set: a rate whose loss exploded bounds it from above, one whose loss did not
+    from below. Too slow or flat: ten times higher, or halfway (in log) to the lowest exploding rate when that
+    is closer; exploding: ten times lower, or halfway to the highest rate that did not explode. None when the
+    bracket is closed (within a factor 2) or every candidate was tried.
+
+    >>> next_overfit_lr([{"lr": 0.03, "cause": "too slow"}, {"lr": 0.3, "cause": "loss exploding"}])
+    0.09486832980505137
+    """
+    tried = [a["lr"] for a in attempts]
+    bad = [a["lr"] for a in attempts if a.get("cause") == "loss exploding"]
+    ok = [a["lr"] for a in attempts if a.get("cause") != "loss exploding"]
+    hi, lo = (min(bad) if bad else math.inf), (max(ok) if ok else 0.0)
+    lr, cause = attempts[-1]["lr"], attempts[-1].get("cause")
+    if cause == "loss exploding":
+        nxt = lr / 10 if lr / 10 > lo else math.sqrt(lo * hi)
+    else:
+        nxt = lr * 10 if lr * 10 < hi else math.sqrt(lr * hi)
+    if hi / max(lo, 1e-300) <= 2 or not low <= nxt <= high or any(math.isclose(nxt, t, rel_tol=1e-3) for t in tried):
+        return None
+    return nxt

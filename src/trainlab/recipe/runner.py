@@ -63,7 +63,8 @@ from trainlab.recipe.plan import (
 )
 from trainlab.recipe.records import Interrupted, RecipeResult, StepResult, StopRecipe
 from trainlab.recipe.report import write_report
-from trainlab.recipe.steps import Call, Steps, search_base
+from trainlab.recipe.configs import search_base
+from trainlab.recipe.steps import Call, Steps
 from trainlab.search.workers import default_workers
 from trainlab.store import Store, normalize_url
 

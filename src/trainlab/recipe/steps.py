@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from trainlab.config import Config, apply_overrides
+from trainlab.recipe.configs import final_config, search_base
 from trainlab.recipe.costs import CostModel, measure_search
 from trainlab.recipe.plan import (
     COARSE_WEIGHT_DECAYS,
@@ -37,6 +38,7 @@ from trainlab.recipe.plan import (
     coarse_grid,
     epochs_fitting,
     mean_std,
+    next_overfit_lr,
     place_decay,
     rank_candidates,
     rank_coarse,
@@ -55,7 +57,7 @@ from trainlab.store import Store
 if TYPE_CHECKING:  # for the annotation only: importing trainlab.recipe stays free of torch
     from trainlab.tasks import Task
 
-__all__ = ["Call", "Steps", "search_base", "final_config", "LR_STEPS_SHORT"]
+__all__ = ["Call", "Steps", "LR_STEPS_SHORT"]
 
 LR_STEPS_SHORT = 20   # step 3's steps per trial when the budget left cannot hold a 50-step test
 
@@ -99,29 +101,6 @@ def _grid_text(values: Sequence[Any]) -> str:
     return "grid(" + ", ".join(repr(float(v)) if isinstance(v, float) else str(v) for v in values) + ")"
 
 
-def search_base(hp: Config, **changes: Any) -> Config:
-    """The config the recipe's searches train (steps 4 and 5): a constant rate, no warmup, no early stop,
-    no averaging, one seed, epochs rather than steps; `changes` on top."""
-    return apply_overrides(hp, {"schedule": "constant", "warmup_steps": 0, "warmup_epochs": 0.0,
-                                "patience": None, "ema": None, "snapshots": False, "seeds": 1,
-                                "steps": None, **changes})
-
-
-def final_config(hp: Config, point: dict, epochs: int, patience: int, split_seed: int = FOLDS[0],
-                 metric: tuple[str, str] = ("val/acc", "max"), decay: dict | None = None) -> Config:
-    """The final model's config: the chosen point with its decay (`decay`: a `plan.shaped` schedule; a
-    cosine when None) and early stopping on validation (`metric`: the (name, mode) the recipe judges by:
-    val/acc, or the task's own, e.g. val/loss, min)."""
-    schedule = {"schedule": "cosine"}
-    if decay and decay.get("schedule") == "multistep":
-        schedule = {"schedule": "multistep", "milestones_epochs": decay["milestones_epochs"], "gamma": decay["gamma"]}
-    return apply_overrides(hp, {"lr": point["lr"], "weight_decay": point["weight_decay"],
-                                "width": point.get("width"), "dropout": point.get("dropout") or 0.0,
-                                **schedule, "epochs": epochs, "patience": patience,
-                                "early_stop_metric": metric[0], "early_stop_mode": metric[1], "steps": None,
-                                "split_seed": split_seed, "seeds": 1})
-
-
 def _what_ran(members: Sequence[dict], planned: int) -> str:
     """What the final trainings actually did: epochs run, why they stopped, their best epoch."""
     parts = []
@@ -134,28 +113,6 @@ def _what_ran(members: Sequence[dict], planned: int) -> str:
 
 # --- the steps --------------------------------------------------------------------------------------------
 
-def next_overfit_lr(attempts: Sequence[dict], low: float = 1e-6, high: float = 10.0) -> float | None:
-    """The next learning rate for step 2's remedies, from the attempts so far ({"lr", "cause"}), one decade at a
-    time inside the bracket they set: a rate whose loss exploded bounds it from above, one whose loss did not
-    from below. Too slow or flat: ten times higher, or halfway (in log) to the lowest exploding rate when that
-    is closer; exploding: ten times lower, or halfway to the highest rate that did not explode. None when the
-    bracket is closed (within a factor 2) or every candidate was tried.
-
-    >>> next_overfit_lr([{"lr": 0.03, "cause": "too slow"}, {"lr": 0.3, "cause": "loss exploding"}])
-    0.09486832980505137
-    """
-    tried = [a["lr"] for a in attempts]
-    bad = [a["lr"] for a in attempts if a.get("cause") == "loss exploding"]
-    ok = [a["lr"] for a in attempts if a.get("cause") != "loss exploding"]
-    hi, lo = (min(bad) if bad else math.inf), (max(ok) if ok else 0.0)
-    lr, cause = attempts[-1]["lr"], attempts[-1].get("cause")
-    if cause == "loss exploding":
-        nxt = lr / 10 if lr / 10 > lo else math.sqrt(lo * hi)
-    else:
-        nxt = lr * 10 if lr * 10 < hi else math.sqrt(lr * hi)
-    if hi / max(lo, 1e-300) <= 2 or not low <= nxt <= high or any(math.isclose(nxt, t, rel_tol=1e-3) for t in tried):
-        return None
-    return nxt
 
 
 @dataclass
