@@ -1,6 +1,9 @@
-"""The final model spends the time the placed decay leaves over (plan.spend_final): pure arithmetic."""
+"""The final model: the time the placed decay leaves over (plan.spend_final), step-decay milestones, and
+the peak rate its decay starts from (plan.pick_peak, Steps._peak_check)."""
 
 import math
+
+import pytest
 
 from trainlab.recipe.plan import MAX_SPENT_MEMBERS, place_decay, spend_final
 
@@ -66,3 +69,59 @@ def test_a_config_with_step_decay_gets_milestones_at_the_stall_and_halfway_throu
     f, _ = from_config(hp, 10, 120, 0)
     assert [round(f(s), 6) for s in (0, 59, 60, 89, 90, 119)] == [1.0, 1.0, 0.2, 0.2, 0.04, 0.04]
     assert final_config(load_config(None, ["task=digits"]), {"lr": 0.1, "weight_decay": 0.0}, 12, 6).schedule == "cosine"
+
+
+def _peak_rows(values):
+    """Leaderboard rows of a peak check at lr 0.01: {(factor, fold): value}."""
+    return [{"params": {"lr": 0.01 * f, "split_seed": fold}, "value": v} for (f, fold), v in values.items()]
+
+
+def test_the_peak_rate_is_the_best_mean_over_both_folds_the_lower_on_a_tie():
+    from trainlab.recipe.plan import pick_peak
+
+    rows = _peak_rows({(1, 0): 0.90, (1, 1): 0.92, (2, 0): 0.95, (2, 1): 0.93, (4, 0): 0.97, (4, 1): 0.89})
+    assert pick_peak(rows, 0.01)["factor"] == 2.0                        # 0.94 beats 0.93 and 0.91
+    tie = _peak_rows({(1, 0): 0.9, (1, 1): 0.9, (2, 0): 0.9, (2, 1): 0.9, (4, 0): 0.9, (4, 1): 0.9})
+    assert pick_peak(tie, 0.01) == {"factor": 1.0, "lr": 0.01, "means": {1.0: 0.9, 2.0: 0.9, 4.0: 0.9}}
+    # a loss (mode min): the lowest mean; a factor with a fold missing (the deadline, a divergence) is out
+    loss = _peak_rows({(1, 0): 0.30, (1, 1): 0.32, (2, 0): 0.20, (2, 1): None, (4, 0): 0.25, (4, 1): 0.27})
+    picked = pick_peak(loss, 0.01, mode="min")
+    assert picked["factor"] == 4.0 and picked["means"][2.0] is None and math.isclose(picked["lr"], 0.04)
+    assert pick_peak(_peak_rows({(2, 0): 0.9}), 0.01)["factor"] == 1.0   # nothing complete: the chosen rate
+    assert pick_peak(_peak_rows({(1, 0): float("nan"), (1, 1): 0.9, (2, 0): 0.5, (2, 1): 0.5}), 0.01)["factor"] == 2.0
+
+
+@pytest.mark.slow
+def test_the_peak_check_trains_the_final_decay_from_each_rate_on_both_folds(tmp_path):
+    """Steps._peak_check for real (digits, a small MLP, in this process): six trainings of the placed
+    schedule, rate x1/x2/x4 on folds 0 and 1, filed in `<study>/final-peak` with the final's purpose; the
+    pick is the best mean of those runs. When the check and the members do not fit it trains nothing."""
+    import time
+
+    from trainlab.config import load_config
+    from trainlab.recipe.plan import PEAK_FACTORS, pick_peak
+    from trainlab.recipe.steps import Call, Steps
+    from trainlab.store import Store
+    from trainlab.tasks import load_task
+
+    hp = load_config(None, ["task=digits", "model=mlp", "width=16", "batch_size=64"])
+    store = Store(tmp_path / "r.db")
+    steps = Steps(hp, load_task(hp), store, str(tmp_path / "r.db"), "peak", tmp_path / "out", str(tmp_path / "runs"),
+                  workers=1, updates_per_epoch=20)
+    decay = place_decay([1.5, 1.5], 4, 30)                   # 3 epochs placed
+    call = Call(run_id=0, plan=None, seconds=600.0, deadline=time.time() + 600, earlier=())
+    assert steps._peak_check(call, {"lr": 0.01, "weight_decay": 0.0}, decay, 2, lambda m, e: 300.0) is None
+    assert store.runs(study="peak/final-peak") == []
+
+    peak = steps._peak_check(call, {"lr": 0.01, "weight_decay": 0.0}, decay, 2, lambda m, e: 1.0)
+    runs = store.runs(study="peak/final-peak")
+    assert len(runs) == len(PEAK_FACTORS) * 2 and all(r["status"] == "completed" for r in runs)
+    assert sorted(round(r["hparams"]["lr"] / 0.01, 6) for r in runs) == [1, 1, 2, 2, 4, 4]
+    assert {r["hparams"]["split_seed"] for r in runs} == {0, 1}
+    assert all(r["hparams"]["schedule"] == "cosine" and r["hparams"]["epochs"] == 3 for r in runs)
+    assert all(r["summary"]["purpose"]["phase"] == "final" for r in runs)
+    rows = [{"params": {"lr": r["hparams"]["lr"], "split_seed": r["hparams"]["split_seed"]}, "value": r["best_metric"]}
+            for r in runs]
+    assert {k: peak[k] for k in ("factor", "lr", "means")} == pick_peak(rows, 0.01)
+    assert f"peak rate x{peak['factor']:g} of the constant rate 0.01" in peak["reason"]
+    store.close()

@@ -13,7 +13,8 @@ from typing import Any, Callable, Sequence
 __all__ = ["PHASES", "PHASE_OF_STEP", "STEP_TITLES", "plan_budget", "phase_allowance", "search_rounds", "epochs_fitting",
            "size_coarse", "size_refine", "size_final", "log_grid", "coarse_grid", "refine_grid", "rank_coarse",
            "mean_std", "rank_candidates", "choose_move", "MOVES", "COARSE_WEIGHT_DECAYS", "stall_epoch", "place_decay",
-           "PURPOSES", "next_overfit_lr", "spend_final", "MAX_SPENT_MEMBERS", "MAX_STRETCH", "STEP_DECAYS", "step_milestones", "shaped"]
+           "PURPOSES", "next_overfit_lr", "spend_final", "MAX_SPENT_MEMBERS", "MAX_STRETCH", "STEP_DECAYS", "step_milestones", "shaped",
+           "PEAK_FACTORS", "pick_peak"]
 
 PHASES = (("checks", 0.10), ("coarse", 0.25), ("refine", 0.35), ("final", 0.30))
 PHASE_OF_STEP = {1: "checks", 2: "checks", 3: "checks", 4: "coarse", 5: "refine", 6: "refine", 7: "refine",
@@ -461,3 +462,33 @@ def next_overfit_lr(attempts: Sequence[dict], low: float = 1e-6, high: float = 1
     if hi / max(lo, 1e-300) <= 2 or not low <= nxt <= high or any(math.isclose(nxt, t, rel_tol=1e-3) for t in tried):
         return None
     return nxt
+
+
+PEAK_FACTORS = (1.0, 2.0, 4.0)   # the final decay's peak rate tried at the chosen constant rate and above it
+
+
+def pick_peak(rows: Sequence[dict], lr: float, mode: str = "max", folds: Sequence[int] = FOLDS) -> dict[str, Any]:
+    """The final schedule's peak rate from the peak check's runs: the best constant rate of steps 4-5 is not
+    the best peak of a decayed schedule (a rate too high to hold is fine to start a decay from), so the final
+    decay is tried from `lr` x each of PEAK_FACTORS on the validation folds. `rows`: leaderboard rows with
+    params lr and split_seed and their value. Returns {"factor", "lr", "means"}: the factor whose mean over
+    `folds` is best, among those with a finite value on every fold; the lower factor on a tie, x1 when none
+    is complete. `means`: {factor: mean or None}.
+
+    >>> rows = [{"params": {"lr": lr, "split_seed": f}, "value": v} for lr, f, v in
+    ...         [(0.01, 0, 0.90), (0.01, 1, 0.92), (0.02, 0, 0.95), (0.02, 1, 0.93), (0.04, 0, 0.94), (0.04, 1, None)]]
+    >>> pick_peak(rows, 0.01)
+    {'factor': 2.0, 'lr': 0.02, 'means': {1.0: 0.91, 2.0: 0.94, 4.0: None}}
+    """
+    sign = _better_first(mode)
+    means: dict[float, float | None] = {}
+    for factor in PEAK_FACTORS:
+        vals = {}
+        for r in rows:
+            if math.isclose(r["params"]["lr"], lr * factor, rel_tol=1e-6) and r.get("value") is not None:
+                vals[r["params"]["split_seed"]] = float(r["value"])
+        ok = len(vals) == len(folds) and all(math.isfinite(v) for v in vals.values())
+        means[factor] = round(statistics.fmean(vals.values()), 10) if ok else None
+    done = [(sign * m, f) for f, m in means.items() if m is not None]
+    factor = min(done)[1] if done else 1.0
+    return {"factor": factor, "lr": lr * factor, "means": means}

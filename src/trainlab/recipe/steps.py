@@ -30,8 +30,10 @@ from trainlab.recipe.plan import (
     COARSE_WEIGHT_DECAYS,
     FOLDS,
     MAX_MEMBERS,
+    FINAL_SAFETY,
     MAX_ROUNDS,
     MIN_REFINE_EPOCHS,
+    PEAK_FACTORS,
     PURPOSES,
     STEP_TITLES,
     choose_move,
@@ -39,6 +41,7 @@ from trainlab.recipe.plan import (
     epochs_fitting,
     mean_std,
     next_overfit_lr,
+    pick_peak,
     place_decay,
     rank_candidates,
     rank_coarse,
@@ -476,6 +479,31 @@ class Steps:
                             "checkpoint": run["checkpoint"] if run else None})
         return members
 
+    def _peak_check(self, call: Call, point: dict, decay: dict, members: int,
+                    cost: Callable[[int, int], float]) -> dict | None:
+        """The final decay's peak rate (`plan.pick_peak`): the placed schedule trained from the chosen
+        constant rate x each of PEAK_FACTORS on both validation folds, when that and the final members
+        (`members` x the placed epochs; `cost(trainings, epochs)` in seconds) fit in the final's time.
+        None when they do not: the final model starts its decay at the chosen rate, as before."""
+        epochs, n = int(decay["epochs"]), len(PEAK_FACTORS) * len(FOLDS)
+        if cost(n, epochs) + cost(members, epochs) > FINAL_SAFETY * call.seconds:
+            return None
+        t0 = time.time()
+        lrs = [point["lr"] * f for f in PEAK_FACTORS]
+        shape = shaped(decay, self.hp.schedule, self.hp.gamma)
+        base = final_config(self.hp, point, epochs, decay["patience"], metric=self.metric, decay=shape)
+        plan = {"epochs": epochs, "trainings": n, "prune": "none", "workers": self.workers}
+        res = self._search(base, {"lr": _grid_text(lrs), "split_seed": _grid_text(list(FOLDS))}, plan,
+                           f"{self.study}/final-peak", call.deadline, checkpoints=False)
+        self._mark([r["run"] for r in res.leaderboard], "final",
+                   f"the final decay's peak rate: {shape['described']} from the chosen constant rate "
+                   f"x {', x'.join(f'{f:g}' for f in PEAK_FACTORS)}")
+        picked = pick_peak(res.leaderboard, point["lr"], self.metric[1])
+        said = ", ".join(f"x{f:g} {_acc(m)}" for f, m in picked["means"].items())
+        return {**picked, "constant_lr": point["lr"], "seconds": time.time() - t0, "study": f"{self.study}/final-peak",
+                "reason": f"peak rate x{picked['factor']:g} of the constant rate {point['lr']:.3g} = {picked['lr']:.3g} "
+                          f"(mean {self.metric[0]} over folds {', '.join(map(str, FOLDS))}: {said})"}
+
     def final_step(self, call: Call, incumbent: dict) -> StepResult:
         from trainlab.ensemble import evaluate_ensemble, members_from_runs
 
@@ -489,17 +517,24 @@ class Steps:
                 if costs.cost(size["members"], size["epochs"], workers, workers > 1) <= call.seconds:
                     break
             decay = self._place_decay(incumbent, size["epochs"])
+            point, peak = dict(incumbent["point"]), None
             if self.final_schedule == "placed":
                 parallel = workers > 1
-                decay = spend_final(call.seconds, decay, size["members"], lambda m, e: costs.cost(
-                    m, e, min(self.workers, m) if parallel else 1, parallel))
+
+                def cost(m: int, e: int) -> float:
+                    return costs.cost(m, e, min(self.workers, m) if parallel else 1, parallel)
+
+                peak = self._peak_check(call, point, decay, size["members"], cost)
+                if peak is not None:
+                    point["lr"] = peak["lr"]
+                decay = spend_final(call.left() if peak is not None else call.seconds, decay, size["members"], cost)
                 if parallel:
                     workers = min(self.workers, decay["members"])
             decay = shaped(decay, self.hp.schedule if self.final_schedule == "placed" else "cosine", self.hp.gamma)
             members = decay.get("members", size["members"])
             plan = {**size, "members": members, "study": f"{self.study}/final", "trainings": members,
-                    "prune": "none", "workers": workers, "point": incumbent["point"], "folds": list(range(members)),
-                    "decay": decay, "epochs": decay["epochs"], "patience": decay["patience"]}
+                    "prune": "none", "workers": workers, "point": point, "folds": list(range(members)),
+                    "decay": decay, "epochs": decay["epochs"], "patience": decay["patience"], "peak": peak}
             self.save_plan(call, plan)
         base = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"], metric=self.metric,
                             decay=plan.get("decay"))
@@ -540,6 +575,7 @@ class Steps:
                f"{plan['point']['lr']:.3g}, weight decay {plan['point']['weight_decay']:g}; planned: "
                f"{described}, patience {plan['patience']}"
                + (f" ({plan['decay']['reason']})" if plan.get("decay") else "")
+               + (f"; {plan['peak']['reason']}" if plan.get("peak") else "")
                + (f"; over the budget: no member finished an epoch in the time left, so one member trained one "
                   f"epoch ({least:.0f} s)" if least is not None else ""))
         ev = {**plan, "least_model_s": least, "ran": _what_ran(usable, plan["epochs"]), "members": members, "val_acc": val_mean,
