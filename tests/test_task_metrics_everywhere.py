@@ -5,9 +5,6 @@ the options only a classifier can honour (label smoothing, top-k)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -161,15 +158,11 @@ def load_task_with(task: Task, **changes) -> Task:
 
 # --- the recipe on a regression, through the command line ----------------------------------------
 
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
-    """`trainlab recipe --budget 0.5` on the sine regression, once for the tests below."""
-    cwd = tmp_path_factory.mktemp("recipe")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "trainlab", "recipe", "--set", f"task={SINE}", "--budget", "0.5",
-                        "--json"], cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return {"cwd": cwd, "result": json.loads(r.stdout), "stderr": r.stderr}
+@pytest.fixture
+def recipe(regression_recipe):
+    """`trainlab recipe --budget 0.5` on the sine regression: the session's one run (tests/conftest.py), which
+    tests/test_own_job.py reads too."""
+    return regression_recipe
 
 
 @pytest.mark.slow

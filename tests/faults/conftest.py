@@ -86,6 +86,17 @@ def trainlab(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
+def in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """`trainlab ARGS` through `trainlab.cli.main` in this process: (exit status, stdout, stderr). For a
+    command whose error line is the point (no signal, pipe or process group in play), without the seconds
+    of a fresh interpreter importing torch."""
+    from trainlab.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def wait_for(what, timeout: float = 120.0, every: float = 0.02):
     """Poll `what()` until it returns something true; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -10,7 +10,7 @@ import errno
 import pytest
 import torch
 
-from conftest import TINY_YAML, one_line_error, trainlab
+from conftest import TINY_YAML, in_process, one_line_error
 from trainlab.checkpoint import CheckpointWriteError, load_checkpoint
 from trainlab.config import Config
 from trainlab.store import Store
@@ -74,28 +74,26 @@ def test_a_checkpoint_that_cannot_be_written_fails_the_run_at_the_next_one(task,
     assert loss == list(range(len(loss))) and len(loss) >= 3 * 113
 
 
-def test_a_read_only_runs_folder_is_one_line_before_any_epoch(tmp_path, small_fs):
+def test_a_read_only_runs_folder_is_one_line_before_any_epoch(tmp_path, small_fs, capsys):
     small_fs.read_only()
     cfg = tmp_path / "c.yaml"
     cfg.write_text(TINY_YAML + "epochs: 50\n")
-    proc = trainlab("train", str(cfg), "--db", str(tmp_path / "t.db"), "--runs-dir", str(small_fs.path / "runs"),
-                    "--quiet")
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 2, err
+    code, _, err = in_process(capsys, "train", str(cfg), "--db", str(tmp_path / "t.db"), "--runs-dir",
+                              str(small_fs.path / "runs"), "--quiet")
+    assert code == 2, err
     line = one_line_error(err)
     assert f"cannot write '{small_fs.path / 'runs'}" in line and "Read-only file system" in line
     run = Store(tmp_path / "t.db").run(1)
     assert run["status"] == "failed" and run["epochs"] == 0 and "Read-only file system" in run["reason"]
 
 
-def test_runs_dir_naming_a_file_is_one_line(tmp_path):
+def test_runs_dir_naming_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "afile").write_text("not a folder")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(TINY_YAML + "epochs: 50\n")
-    proc = trainlab("train", str(cfg), "--db", str(tmp_path / "t.db"), "--runs-dir", str(tmp_path / "afile"),
-                    "--quiet")
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 2, err
+    code, _, err = in_process(capsys, "train", str(cfg), "--db", str(tmp_path / "t.db"), "--runs-dir",
+                              str(tmp_path / "afile"), "--quiet")
+    assert code == 2, err
     line = one_line_error(err)
     assert str(tmp_path / "afile") in line and ("Not a directory" in line or "File exists" in line), line
     assert (tmp_path / "afile").read_text() == "not a folder"

@@ -60,9 +60,10 @@ def test_sigterm_stops_cleanly_and_the_resume_is_exact(tmp_path):
     assert result["test"] is not None, "the best weights were restored and tested"
 
     resumed = trainlab("train", "--resume", "1", "--db", str(db), "--runs-dir", str(runs), "--quiet")
+    # the uninterrupted reference, alongside the resume (it needs nothing of the stop)
+    ref = trainlab("train", str(cfg), "--db", str(tmp_path / "ref.db"), "--runs-dir", str(tmp_path / "ref"), "--quiet")
     out, err = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, err
-    ref = trainlab("train", str(cfg), "--db", str(tmp_path / "ref.db"), "--runs-dir", str(tmp_path / "ref"), "--quiet")
     out, err = ref.communicate(timeout=240)
     assert ref.returncode == 0, err
     store, ref_store = Store(db), Store(tmp_path / "ref.db")

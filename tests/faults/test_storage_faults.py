@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from conftest import one_line_error, trainlab
+from conftest import in_process, one_line_error, trainlab
 from trainlab.checkpoint import load_checkpoint
 from trainlab.config import Config
 from trainlab.store import Store
@@ -40,8 +40,20 @@ def _corrupt(tmp_path):
     return db
 
 
+def _command(command: list[str], db: str, tmp_path, capsys) -> tuple[int, str]:
+    """(exit status, stderr) of `trainlab COMMAND --db DB`: the light commands as real processes; `train` in this
+    process (its error line is the same; a fresh interpreter would spend seconds importing torch first)."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    if command[0] == "train":
+        code, _, err = in_process(capsys, *args, "--db", db, "--runs-dir", str(tmp_path / "runs"))
+        return code, err
+    proc = trainlab(*args, "--db", db, cwd=tmp_path)
+    _, err = proc.communicate(timeout=240)
+    return proc.returncode, err
+
+
 @pytest.mark.parametrize("what", ["random-bytes", "corrupted"])
-def test_an_unusable_database_file_is_one_line_and_exit_2_from_every_command(tmp_path, what):
+def test_an_unusable_database_file_is_one_line_and_exit_2_from_every_command(tmp_path, what, capsys):
     if what == "random-bytes":
         db = tmp_path / "x.db"
         db.write_bytes(bytes(range(256)) * 64)
@@ -49,33 +61,29 @@ def test_an_unusable_database_file_is_one_line_and_exit_2_from_every_command(tmp
         db = _corrupt(tmp_path)
     before = db.read_bytes()
     for command in COMMANDS:
-        args = [a.replace("{tmp}", str(tmp_path)) for a in command]
-        proc = trainlab(*args, "--db", str(db), cwd=tmp_path)
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 2, (command, err)
+        code, err = _command(command, str(db), tmp_path, capsys)
+        assert code == 2, (command, err)
         line = one_line_error(err)
         assert str(db) in line and ("not a database" in line or "malformed" in line), (command, line)
     assert db.read_bytes() == before, "nothing written to the file"
 
 
-def test_an_unreachable_server_is_one_line_and_exit_1(tmp_path):
+def test_an_unreachable_server_is_one_line_and_exit_1(tmp_path, capsys):
     url = "postgresql+psycopg2://user:secret@127.0.0.1:1/nothing"
     for command in COMMANDS:
-        args = [a.replace("{tmp}", str(tmp_path)) for a in command]
-        proc = trainlab(*args, "--db", url, cwd=tmp_path)
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 1, (command, err)
+        code, err = _command(command, url, tmp_path, capsys)
+        assert code == 1, (command, err)
         line = one_line_error(err)
         assert "Connection refused" in line and "secret" not in line, line
 
 
-def test_a_full_disk_under_the_database_is_one_line_and_exit_1(tmp_path, small_fs):
+def test_a_full_disk_under_the_database_is_one_line_and_exit_1(tmp_path, small_fs, capsys):
     small_fs.fill()
     db = small_fs.path / "t.db"
-    proc = trainlab("train", "--set", "epochs=1", "--db", str(db), "--runs-dir", str(tmp_path / "runs"), "--quiet")
-    out, err = proc.communicate(timeout=240)
+    code, _, err = in_process(capsys, "train", "--set", "epochs=1", "--db", str(db), "--runs-dir",
+                              str(tmp_path / "runs"), "--quiet")
     line = one_line_error(err)
-    assert proc.returncode == 1 and ("disk is full" in line or "No space left" in line), line
+    assert code == 1 and ("disk is full" in line or "No space left" in line), line
 
 
 class _Outage:

@@ -75,7 +75,7 @@ def test_the_final_model_is_never_given_up_when_the_time_ran_out(tmp_path, monke
     monkeypatch.setattr(_Recipe, "deadline",
                         lambda self, phase: time.time() - 1 if phase == "final" else deadline(self, phase))
     hp = Config(task="digits", model="mlp", width=16, batch_size=64)
-    result = run_recipe(hp, budget_minutes=0.25, workers=1, out=tmp_path / "report", db=tmp_path / "r.db",
+    result = run_recipe(hp, budget_minutes=0.1, workers=1, out=tmp_path / "report", db=tmp_path / "r.db",
                         runs_dir=tmp_path / "runs", quiet=True)
     assert result.status == "completed", result.to_dict()
     store = Store(tmp_path / "r.db")

@@ -336,7 +336,7 @@ def test_two_worker_processes_one_sigkilled_mid_trial_finish_exactly_the_trials(
 
 
 @pytest.mark.slow
-def test_postgresql_two_workers_share_one_study(tmp_path, pg_url):  # noqa: F811
+def test_postgresql_two_workers_share_one_study(tmp_path, pg_url, capsys):  # noqa: F811
     space = tmp_path / "space.yaml"
     space.write_text("lr: grid(3e-3, 1e-2, 3e-2)\nweight_decay: grid(0, 1e-4)\n")
     cmd = [TRAINLAB, "search", "--space", str(space), "--strategy", "grid", "--study", "shared", "--storage", pg_url,
@@ -353,11 +353,10 @@ def test_postgresql_two_workers_share_one_study(tmp_path, pg_url):  # noqa: F811
     runs = Store(pg_url).runs(study="shared")
     assert len(runs) == 6 and len({r["name"] for r in runs}) == 6
     assert all(r["status"] == "completed" for r in runs)
-    # A third process joins by name alone, with the study's own settings: nothing is left to do.
-    joined = subprocess.run([TRAINLAB, "search", "--study", "shared", "--storage", pg_url, "--json", "--quiet"],
-                            capture_output=True, text=True, timeout=300)
-    assert joined.returncode == 0, joined.stderr
-    assert len(json.loads(joined.stdout)["leaderboard"]) == 6
+    # A third joins by name alone (in this process), with the study's own settings: nothing is left to do.
+    capsys.readouterr()
+    assert main(["search", "--study", "shared", "--storage", pg_url, "--json", "--quiet"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["leaderboard"]) == 6
     assert len(load_study("shared", pg_url).trials) == 6
 
 

@@ -87,7 +87,7 @@ def trials_by_state(db: Path) -> dict[str, int]:
 def test_signal_to_the_parent_alone_stops_workers_and_requeues(tmp_path, sig):
     db = tmp_path / "s.db"
     proc = start_search(tmp_path, workers=6, trials=2)  # capped: 2 trials, so 2 processes, not 6
-    wait_running(proc, db, 2)
+    wait_running(proc, db, 2, stepping=True)  # each past its setup, so each stops its own trial at an update
     pids = frozen_workers(proc)
     assert len(pids) == 2, pids
     os.kill(proc.pid, sig)  # the parent alone, as `kill -INT PID` does (a terminal's Ctrl-C reaches all)

@@ -125,10 +125,6 @@ def test_resume_after_sigkill_is_exact(tmp_path, mid_epoch):
     if mid_epoch:
         lines.append("checkpoint_every_minutes: 0.001")
     cfg.write_text("\n".join(lines) + "\n")
-    ref = _trainlab("train", str(cfg), "--db", str(tmp_path / "ref.db"), "--runs-dir", str(tmp_path / "ref"), "--quiet")
-    out, _ = ref.communicate(timeout=240)
-    assert ref.returncode == 0, out
-
     db, runs = tmp_path / "kill.db", tmp_path / "kill"
     victim = _trainlab("train", str(cfg), "--db", str(db), "--runs-dir", str(runs), "--quiet")
     deadline = time.monotonic() + 120
@@ -147,8 +143,12 @@ def test_resume_after_sigkill_is_exact(tmp_path, mid_epoch):
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
     resumed = _trainlab("train", "--resume", "1", "--db", str(db), "--runs-dir", str(runs), "--quiet")
+    # the uninterrupted reference, alongside the resume (it needs nothing of the kill)
+    ref = _trainlab("train", str(cfg), "--db", str(tmp_path / "ref.db"), "--runs-dir", str(tmp_path / "ref"), "--quiet")
     out, _ = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, out
+    out, _ = ref.communicate(timeout=240)
+    assert ref.returncode == 0, out
 
     ref_store = Store(tmp_path / "ref.db")
     assert store.run(1)["status"] == "completed" and store.run(1)["epochs"] == epochs
