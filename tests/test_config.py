@@ -40,6 +40,9 @@ def test_bad_values_name_the_field_and_value(override, message):
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match=r"^config: no such file '.*missing.yaml'$"):
         load_config(tmp_path / "missing.yaml")
+    # a name the file system refuses (ENAMETOOLONG) is one line too, the name shortened
+    with pytest.raises(ConfigError, match=r"^config: cannot read '.*\(\d+ characters\): File name too long$"):
+        load_config(tmp_path / ("y" * 300 + ".yaml"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: [0.1\n")
     with pytest.raises(ConfigError, match=r"is not valid YAML at line"):

@@ -341,8 +341,12 @@ def read_yaml_mapping(path: str | Path, field: str, what: str) -> dict[str, Any]
     """The mapping in a YAML file (empty for an empty file); else one ConfigError line naming `field`: no
     such file, not valid YAML (with the line), or not a mapping of `what`."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{field}: no such file {str(path)!r}")
+    try:
+        is_file = p.is_file()
+    except OSError as err:   # a name too long for the file system, say: is_file() only hides "not there"
+        raise ConfigError(f"{field}: cannot read {short_repr(str(path))}: {err.strerror or err}") from None
+    if not is_file:
+        raise ConfigError(f"{field}: no such file {short_repr(str(path))}")
     try:
         if p.stat().st_size > 4 * MAX_YAML_BYTES:  # before reading it (a config is a few hundred bytes)
             raise ConfigError(f"{field}: {str(path)!r} holds {p.stat().st_size} bytes, more than a config may")

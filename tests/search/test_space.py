@@ -75,6 +75,10 @@ def test_to_dict_round_trips():
     ("lr", "uniform(0, 0.1)", r"^lr: uniform\(0, 0.1\): input should be greater than 0, got 0"),
     ("optimizer", "choice(adam, sgdd)", r"^optimizer: choice\(adam, sgdd\): input should be 'sgd', .*got 'sgdd'$"),
     ("batch_size", "grid(32, 0)", r"^batch_size: grid\(32, 0\): input should be greater than or equal to 1, got 0$"),
+    # an integer too large for a float is not a finite number (it raised OverflowError: found by the fuzz test)
+    ("lr", f"loguniform(1, {10**400})", r"^lr: loguniform\(1, 1000.*: expected loguniform\(low, high\) with two finite"),
+    ("lr", f"uniform(0, {10**400})", r"^lr: uniform\(0, 1000.*: expected uniform\(low, high\) with two finite"),
+    ("lr", f"logspace(1, {10**400}, 3)", r"^lr: logspace\(1, 1000.*: expected logspace\(low, high, n\)"),
 ])
 def test_bad_param_is_one_line_naming_key_and_value(key, spec, message):
     with pytest.raises(ConfigError, match=message) as info:
