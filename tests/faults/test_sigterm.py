@@ -103,3 +103,44 @@ def test_sigterm_to_train_nproc_2_stops_every_rank_at_one_step(tmp_path):
     run = run_row(db)
     assert run["status"] == "completed"
     assert Store(db).metrics(1, ["train/loss"])["train/loss"]["step"] == list(range(6 * 113))
+
+
+SIGTERM_AT_THE_ROW = """
+import os, signal, sys
+from trainlab import Config, fit, load_task
+from trainlab.store import Store
+
+class TermAtTheRow(Store):
+    '''A SIGTERM the moment the run's row is written (created, or claimed by a resume), before any update.'''
+    def create_run(self, *a, **k):
+        run = super().create_run(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return run
+
+    def claim_run(self, *a, **k):
+        super().claim_run(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+db, runs = sys.argv[1], sys.argv[2]
+hp = Config(task="digits", model="mlp", width=8, batch_size=64, epochs=2)
+first = fit(load_task(hp), hp, store=TermAtTheRow(db), runs_dir=runs, quiet=True)
+again = fit(load_task(hp), hp, store=TermAtTheRow(db), runs_dir=runs, quiet=True, resume=first.run_id)
+print(first.status, first.steps, again.status, again.steps)
+"""
+
+
+@pytest.mark.slow
+def test_a_sigterm_as_soon_as_the_row_exists_stops_the_run_it_does_not_lose_it(tmp_path):
+    """The handler is in place before the run's row is written (fresh) or claimed (resume): a SIGTERM in
+    that window is a clean stop at the first update, not a dead process whose run later reads `lost`."""
+    import subprocess
+    import sys
+
+    db, runs = tmp_path / "t.db", tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_AT_THE_ROW, str(db), str(runs)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, first_steps, again, again_steps = proc.stdout.split()
+    assert (first, again) == ("stopped", "stopped") and int(first_steps) == 1 and int(again_steps) == 2
+    row = Store(db).run(1)
+    assert row["status"] == "stopped" and "SIGTERM" in row["reason"]

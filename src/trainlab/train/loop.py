@@ -126,32 +126,33 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     plan = RunPlan.resolve(hp, len(task.train), data_world, factor=schedule, execution=ex)  # derived once
     batches = Batches(task.train, hp.batch_size, device, data_rank, data_world, feed, task.train_transform, hp.seed)
     data, label = held_out(task, device, dist, feed), model_label(task, hp, model)
-    rec = Recorder.open(store, hp, plan, name=name or f"{task.name}-{label}", study=study, kind=kind,
-                        resume=resume, runs_dir=runs_dir if checkpoints else None, dist=dist,
-                        metrics=task.task_metrics.summary(), loggers=loggers)
-    state = LoopState(hp, task, model, optimizer, device, rec.run_id, rec.run_dir, plan.updates_per_epoch,
-                      plan.total_updates, rank=rank, world_size=world, plan=plan)
-    stopper = EarlyStopping(hp.early_stop_metric, hp.mode, hp.patience, hp.min_delta)
-    pos, scaler = Position(), ex.scaler()  # fp16 only: the scaler's state is checkpointed with the run
-    if resume is not None:
-        pos = resume_run(resume, rec.run_dir, model=model, optimizer=optimizer, stopper=stopper,
-                         callbacks=callbacks, device=device, dist=dist, world_size=world, scaler=scaler)
-        rec.resumed(pos.step, dist)  # claims the run: refused while another live process trains it
-    ckpts = Checkpoints(rec.run_dir, hp, model, optimizer, stopper, callbacks, world, flush=rec.flush, scaler=scaler,
-                        gather=pipe.gather if pipe else None)
-    if not quiet:
-        print("\n".join(plan.describe(hp, f"run {rec.run_id}" if rec.run_id is not None else "run", task.name, label)))
-        if metric_note:
-            print(f"  {metric_note}")
     halt = Halt()  # SIGTERM, the store's memory bound: a clean stop at the next update
-    steps = Steps(net, model, optimizer, task, hp, plan, batches, rec, callbacks, state, ckpts, dist, pos.step, quiet,
-                  halt, execution=ex, scaler=scaler, pipe=pipe, startup=startup)
-    end_epoch = EpochEnd(task, hp, model, device, dist, data, callbacks, stopper, rec, ckpts, not quiet, halt,
-                         autocast=ex.autocast, feed=feed)
+    with halt:  # from before the run's row exists: a SIGTERM at any point after it stops the run cleanly
+        rec = Recorder.open(store, hp, plan, name=name or f"{task.name}-{label}", study=study, kind=kind,
+                            resume=resume, runs_dir=runs_dir if checkpoints else None, dist=dist,
+                            metrics=task.task_metrics.summary(), loggers=loggers)
+        state = LoopState(hp, task, model, optimizer, device, rec.run_id, rec.run_dir, plan.updates_per_epoch,
+                          plan.total_updates, rank=rank, world_size=world, plan=plan)
+        stopper = EarlyStopping(hp.early_stop_metric, hp.mode, hp.patience, hp.min_delta)
+        pos, scaler = Position(), ex.scaler()  # fp16 only: the scaler's state is checkpointed with the run
+        if resume is not None:
+            pos = resume_run(resume, rec.run_dir, model=model, optimizer=optimizer, stopper=stopper,
+                             callbacks=callbacks, device=device, dist=dist, world_size=world, scaler=scaler)
+            rec.resumed(pos.step, dist)  # claims the run: refused while another live process trains it
+        ckpts = Checkpoints(rec.run_dir, hp, model, optimizer, stopper, callbacks, world, flush=rec.flush,
+                            scaler=scaler, gather=pipe.gather if pipe else None)
+        if not quiet:
+            where = f"run {rec.run_id}" if rec.run_id is not None else "run"
+            print("\n".join(plan.describe(hp, where, task.name, label)))
+            if metric_note:
+                print(f"  {metric_note}")
+        steps = Steps(net, model, optimizer, task, hp, plan, batches, rec, callbacks, state, ckpts, dist, pos.step,
+                      quiet, halt, execution=ex, scaler=scaler, pipe=pipe, startup=startup)
+        end_epoch = EpochEnd(task, hp, model, device, dist, data, callbacks, stopper, rec, ckpts, not quiet, halt,
+                             autocast=ex.autocast, feed=feed)
 
-    status, reason = "completed", None
-    try:
-        with halt:
+        status, reason = "completed", None
+        try:
             ckpts.prepare()  # a runs folder that cannot hold checkpoints fails now, not after an epoch
             if ddp and resume is None:  # a torchrun restart resumes from last.pt, so there is one from the start
                 ckpts.save("last.pt", pos)
@@ -171,10 +172,10 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
                 steps.read_losses(state.epoch, pos, collective=False)
                 status, reason = "stopped", f"interrupted at step {pos.step}" + resume_hint(rec.run_id, rec.run_dir)
             ckpts.close()  # the last writes landed, or the run fails on their error
-    except BaseException as err:
-        ckpts.close(raise_errors=False)
-        rec.failed(err, callback_summary(callbacks), ckpts.on_disk())
-        raise
+        except BaseException as err:
+            ckpts.close(raise_errors=False)
+            rec.failed(err, callback_summary(callbacks), ckpts.on_disk())
+            raise
 
     if pos.best_state is not None:
         model.load_state_dict(pos.best_state)
