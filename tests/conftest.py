@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -42,10 +43,14 @@ def regression_recipe(tmp_path_factory):
     """`trainlab recipe --set task=examples/regression.py:build --budget 0.5 --json` as a real process, once per
     session (it fills its 30 s budget): tests/test_own_job.py runs every example through the recipe and
     tests/test_task_metrics_everywhere.py reads what this one chose, stored and drew. Read-only afterwards:
-    {"cwd": its folder (trainlab.db, recipe-report/), "result": the JSON, "stdout", "stderr"}."""
+    {"cwd": its folder (trainlab.db, recipe-report/), "result": the JSON, "stdout", "stderr", "budget_min",
+    "wall": its seconds from the outside, start-up included, "load": the higher load average of its start and end}."""
     cwd = tmp_path_factory.mktemp("regression-recipe")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    load, t0 = os.getloadavg()[0], time.time()
     r = subprocess.run([sys.executable, "-m", "trainlab", "recipe", "--set", f"task={SINE}", "--budget", "0.5",
                         "--json"], cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
+    wall = time.time() - t0
     assert r.returncode == 0, r.stdout + r.stderr
-    return {"cwd": cwd, "result": json.loads(r.stdout), "stdout": r.stdout, "stderr": r.stderr}
+    return {"cwd": cwd, "result": json.loads(r.stdout), "stdout": r.stdout, "stderr": r.stderr, "budget_min": 0.5,
+            "wall": wall, "load": max(load, os.getloadavg()[0])}
