@@ -71,6 +71,18 @@ def frozen_workers(proc: subprocess.Popen) -> list[int]:
         os.kill(proc.pid, signal.SIGCONT)
 
 
+def freeze_outside_a_write(db: Path, pid: int) -> None:
+    """SIGSTOP `pid` while this test holds the store's write lock, so the frozen process cannot be holding it
+    (frozen mid-write, it would block every other process's last write until the parent kills it too)."""
+    conn = sqlite3.connect(db, timeout=60, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        os.kill(pid, signal.SIGSTOP)
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
 def gone(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"  # a zombie has exited
@@ -110,18 +122,18 @@ def test_signal_to_the_parent_alone_stops_workers_and_requeues(tmp_path, sig):
 @pytest.mark.slow
 def test_a_frozen_worker_is_killed_after_the_grace_and_its_trial_requeued(tmp_path):
     db = tmp_path / "s.db"
-    proc = start_search(tmp_path, workers=2, trials=4, grace_s=2)
+    proc = start_search(tmp_path, workers=2, trials=4, grace_s=3)
     wait_running(proc, db, 2, stepping=True)  # the worker left running must be able to stop within the grace
     pids = frozen_workers(proc)
     assert len(pids) == 2
-    os.kill(pids[0], signal.SIGSTOP)  # stuck: it cannot act on the parent's SIGTERM
+    freeze_outside_a_write(db, pids[0])  # stuck: it cannot act on the parent's SIGTERM
     os.kill(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert all(gone(p) for p in pids)
     reasons = sorted(r for (r,) in query(db, "SELECT reason FROM tl_runs WHERE status = 'stopped'"))
     assert len(reasons) == 2 and query(db, "SELECT count(*) FROM tl_runs WHERE status != 'stopped'") == [(0,)]
-    assert any(f"worker {os.uname().nodename}:{pids[0]} killed after 2 s" in r for r in reasons), reasons
+    assert any(f"worker {os.uname().nodename}:{pids[0]} killed after 3 s" in r for r in reasons), reasons
     assert any(r.startswith("search interrupted at step ") for r in reasons), reasons
     assert trials_by_state(db) == {"FAIL": 2, "WAITING": 2}
 
