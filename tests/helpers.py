@@ -43,3 +43,21 @@ class InterruptAt:
 
     def on_fit_end(self, state):
         return None
+
+
+def noisy_task(signal, n=4000, d=40, c=4, seed=0, zero_inputs=False):
+    """Four classes whose inputs are a faint prototype (`signal`) under unit Gaussian noise: learnable, slowly."""
+    import torch
+
+    from trainlab.models import build_model
+    from trainlab.tasks import Task
+
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(c, d, generator=g)
+
+    def make(m):
+        y = torch.randint(0, c, (m,), generator=g)
+        x = signal * protos[y] + torch.randn(m, d, generator=g)
+        return torch.utils.data.TensorDataset((x * (not zero_inputs)).reshape(m, 1, d), y)
+
+    return Task("noisy", lambda: build_model("mlp", (1, d), c, 64, 0.0), make(n), make(1000), c, val=make(1000))

@@ -10,7 +10,7 @@ import torch
 from trainlab import Config, Store, fit, load_task
 from trainlab.checks import LECTURE_LRS, check_init, check_lr, check_overfit
 from trainlab.cli import main
-from helpers import strict_json
+from helpers import noisy_task, strict_json
 
 
 
@@ -230,22 +230,6 @@ def test_plot_ratios(tmp_path, mlp, capsys):
               checkpoints=False)
     assert main(["plot", str(off.run_id), "--ratios", "-o", str(png), "--db", db]) == 2
     assert f"run {off.run_id} has no update/weight ratios" in capsys.readouterr().err
-
-
-def noisy_task(signal, n=4000, d=40, c=4, seed=0, zero_inputs=False):
-    """Four classes whose inputs are a faint prototype (`signal`) under unit Gaussian noise: learnable, slowly."""
-    from trainlab.models import build_model
-    from trainlab.tasks import Task
-
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.randn(c, d, generator=g)
-
-    def make(m):
-        y = torch.randint(0, c, (m,), generator=g)
-        x = signal * protos[y] + torch.randn(m, d, generator=g)
-        return torch.utils.data.TensorDataset((x * (not zero_inputs)).reshape(m, 1, d), y)
-
-    return Task("noisy", lambda: build_model("mlp", (1, d), c, 64, 0.0), make(n), make(1000), c, val=make(1000))
 
 
 @pytest.mark.slow

@@ -91,6 +91,10 @@ def test_cost_model_from_the_run_plan_then_from_measurements():
     assert updates == 16                                       # ceil(ceil(1000 / 32) / 2)
     before = CostModel(1, updates, evidence=(("lr", {"step_s": 0.01}),))
     assert before.epoch_seconds() == pytest.approx(0.01 * 16 * 1.15)
+    # step 2's training seconds per update (its epochs' times, no set-up or validation) win over the LR test's
+    timed = CostModel(2, updates, evidence=(("overfit", {"step_s": 0.03, "train_step_s": 0.004}), ("lr", {"step_s": 0.01})))
+    assert timed.epoch_seconds(False) == pytest.approx(0.004 * 16 * 1.15)
+    assert timed.epoch_seconds(True) == pytest.approx(0.004 * 16 * 1.15 * 1.3)
     measured = {"epoch_s": 2.0, "run_s": 1.0, "overhead_s": 3.0, "workers": 1}
     after = CostModel(1, updates, evidence=(("lr", {"step_s": 0.01}), ("coarse", measured)))
     assert after.epoch_seconds() == 2.0 and after.training_cost(4, 3) == 3.0 + 4 * (1.0 + 3 * 2.0)

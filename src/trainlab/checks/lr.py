@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -192,7 +193,7 @@ def _record_lr(store: Store, hp: Config, result: LRTestResult, rows: list[dict],
 
 def check_lr_widened(task: Task | None, hp: Config, store: Store | None = None, *, steps: int = TRIAL_STEPS,
                      sweep_steps: int = SWEEP_STEPS, max_steps: int = 3 * TRIAL_STEPS,
-                     study: str | None = None) -> LRTestResult:
+                     study: str | None = None, seconds: float | None = None) -> LRTestResult:
     """`check_lr`, widened before it calls a failure. When neither the discrete trials nor the sweep see the
     loss drop, the lecture's remedies in order: (1) the same rates for 3x the steps (a slow start or a noisy
     task needs longer to show a drop), (2) a wider range (WIDER_LRS, 1 .. 1e-5, and a sweep over
@@ -200,16 +201,33 @@ def check_lr_widened(task: Task | None, hp: Config, store: Store | None = None, 
     (`lr_range.pick_moving_lr`) is picked even if it fell less than 10%: slow learning is learning. The
     verdict is "fail" only when no rate moved the loss in any of them; the message then lists each rate's
     loss change. `settings["attempts"]` records every try.
+
+    `seconds`: the time the whole test may take (None: no limit). A widened try is then shortened to what
+    fits, at the first try's measured seconds per step, and left out when not even 1.5x the first try's
+    steps fit: the result then has no suggestion and `settings["cut"]` says why (not a failure: the caller
+    knows what else showed the model learning).
     """
-    long, sweep_long = min(3 * steps, max_steps), min(3 * sweep_steps, 2 * max_steps)
-    tries = [(LECTURE_LRS, steps, sweep_steps, SWEEP_RANGE, "the lecture's test"),
-             (LECTURE_LRS, long, sweep_long, SWEEP_RANGE, f"{long} steps per rate"),
-             (WIDER_LRS, long, sweep_long, WIDER_SWEEP_RANGE,
-              f"{long} steps over a wider range (lr 1 .. 1e-5, sweep {WIDER_SWEEP_RANGE[0]:g} .. {WIDER_SWEEP_RANGE[1]:g})")]
+    t_start = time.time()
+    tries = [(LECTURE_LRS, 1.0, SWEEP_RANGE, "the lecture's test"),
+             (LECTURE_LRS, 3.0, SWEEP_RANGE, "{n} steps per rate"),
+             (WIDER_LRS, 3.0, WIDER_SWEEP_RANGE,
+              f"{{n}} steps over a wider range (lr 1 .. 1e-5, sweep {WIDER_SWEEP_RANGE[0]:g} .. {WIDER_SWEEP_RANGE[1]:g})")]
     attempts: list[dict[str, Any]] = []
-    result = None
-    for lrs, n, ns, rng, what in tries:
+    result, unit_s, cut = None, None, None
+    for lrs, factor, rng, what in tries:
+        if unit_s is not None and seconds is not None:   # a widened try: as long as the time left holds
+            left = seconds - (time.time() - t_start)
+            factor = min(factor, left / (unit_s * (len(lrs) * steps + sweep_steps)))
+            if factor < 1.5:
+                cut = (f"no time to widen the test ({max(0.0, left):.0f} s left of {seconds:.0f} s; "
+                       f"{steps} more steps per rate take about {unit_s * (len(lrs) * steps + sweep_steps):.0f} s)")
+                break
+        n = min(max(steps, int(factor * steps)), max_steps)
+        ns = min(max(sweep_steps, int(factor * sweep_steps)), 2 * max_steps)
+        what = what.format(n=n)
+        t0 = time.time()
         result = check_lr(task, hp, store, lrs=lrs, steps=n, sweep_steps=ns, sweep_range=rng, study=study)
+        unit_s = (time.time() - t0) / (len(lrs) * n + ns)
         attempts.append({"what": what, "steps": n, "lrs": list(lrs), "sweep_range": list(rng),
                          "suggested_lr": result.suggested_lr, "run": result.run_id,
                          "table": [{k: row.get(k) for k in ("lr", "status", "drop", "z")} for row in result.table]})
@@ -225,6 +243,12 @@ def check_lr_widened(task: Task | None, hp: Config, store: Store | None = None, 
                               f"{what}) (not applied)")
             attempts[-1]["suggested_lr"] = moving
             break
+    assert result is not None
+    result.settings["attempts"] = attempts
+    if cut is not None and result.suggested_lr is None:
+        result.settings["cut"] = cut
+        result.message = (f"no rate dropped the loss within {attempts[-1]['steps']} steps per rate, and {cut}")
+        return result
     if len(attempts) > 1 and result.verdict == "pass" and result.rule.startswith("discrete"):
         result.message = result.message.replace(" (not applied)", f"; after widening: {attempts[-1]['what']} (not applied)")
     if result.suggested_lr is None:
@@ -233,5 +257,4 @@ def check_lr_widened(task: Task | None, hp: Config, store: Store | None = None, 
                           for r in result.table)
         result.message = (f"no rate moves the loss, after {len(attempts)} tries ({'; '.join(a['what'] for a in attempts)}): "
                           f"{moved}; check the model and the data (labels, inputs, gradients reaching every layer)")
-    result.settings["attempts"] = attempts
     return result

@@ -38,15 +38,17 @@ class CostModel:
 
     def epoch_seconds(self, parallel: bool | None = None) -> float:
         """Seconds per epoch of one training, in worker processes side by side (`parallel`) or in this
-        process: as last measured on a search run that way; else, in this process, from the LR test's
-        seconds per step, and x1.3 for workers side by side (they share memory bandwidth; on a machine
+        process: as last measured on a search run that way; else, in this process, from step 2's training
+        seconds per update (its check run's epoch times; the LR test's seconds per step, which carry its
+        trials' set-up and validations, only without them), and x1.3 for workers side by side (they share memory bandwidth; on a machine
         that other jobs load, much more: then the measurement after the first search says so)."""
         parallel = self.workers > 1 if parallel is None else parallel
         for _, ev in reversed(self.evidence):
             measured = ev.get("epoch_s")
             if measured and (ev.get("workers", 1) > 1) == parallel:
                 return float(measured)
-        step_s = self._of("lr").get("step_s") or self._of("overfit").get("step_s") or 0.01
+        step_s = (self._of("overfit").get("train_step_s") or self._of("lr").get("step_s")
+                  or self._of("overfit").get("step_s") or 0.01)
         return float(step_s) * self.updates_per_epoch * 1.15 * (1.3 if parallel else 1.0)
 
     def run_seconds(self) -> float:

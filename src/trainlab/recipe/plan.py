@@ -10,13 +10,15 @@ import math
 import statistics
 from typing import Any, Callable, Sequence
 
-__all__ = ["PHASES", "PHASE_OF_STEP", "STEP_TITLES", "plan_budget", "phase_allowance", "search_rounds", "epochs_fitting",
+__all__ = ["PHASES", "CHECKS_CAP", "MIN_OVERFIT_STEPS", "PHASE_OF_STEP", "STEP_TITLES", "plan_budget", "phase_allowance", "search_rounds", "epochs_fitting",
            "size_coarse", "size_refine", "size_final", "log_grid", "coarse_grid", "refine_grid", "rank_coarse",
            "mean_std", "rank_candidates", "choose_move", "MOVES", "COARSE_WEIGHT_DECAYS", "stall_epoch", "place_decay",
            "PURPOSES", "next_overfit_lr", "spend_final", "MAX_SPENT_MEMBERS", "MAX_STRETCH", "STEP_DECAYS", "step_milestones", "shaped",
            "PEAK_FACTORS", "pick_peak"]
 
 PHASES = (("checks", 0.10), ("coarse", 0.25), ("refine", 0.35), ("final", 0.30))
+CHECKS_CAP = 0.20           # of the budget: the most steps 1-3 take, their floors included (a slow model)
+MIN_OVERFIT_STEPS = 30      # step 2's least steps under that cap: enough to see the loss fall
 PHASE_OF_STEP = {1: "checks", 2: "checks", 3: "checks", 4: "coarse", 5: "refine", 6: "refine", 7: "refine",
                  8: "final"}
 COARSE_WEIGHT_DECAYS = (1e-4, 1e-5, 0.0)

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from trainlab.config import DEFAULT_RUNS_DIR, Config, ConfigError, apply_overrides
 from trainlab.recipe.costs import CostModel
 from trainlab.recipe.plan import (
+    CHECKS_CAP,
     FIRST_ROUND_SHARE,
     MAX_ROUNDS,
     PHASE_OF_STEP,
@@ -149,6 +150,7 @@ class _Recipe:
         self.reserve_s = max(2.0, report_s - (0.05 * budget_s + 8.0))
         self.started = time.time() if started is None else started
         self.end = self.started - spent_before + budget_s - self.reserve_s
+        self.checks_end = self.started - spent_before + CHECKS_CAP * budget_s   # the checks' hard cap
         self.results: list[StepResult] = []
         self.done = self._finished_steps()
         self.interrupted = False
@@ -185,12 +187,17 @@ class _Recipe:
         return self.phase_deadline[phase]
 
     def fits(self, phase: str) -> tuple[bool, str]:
-        """Whether the least useful work of search phase `phase` and then of the final model fit in the
-        budget's time left, and the numbers that say so. A search that does not fit is skipped: overrunning
-        the budget for it would break the promise, and the final model is what the recipe delivers."""
-        costs, left = self.costs(), self.end - time.time()
-        need, final = costs.min_work(phase), costs.min_work("final")
-        why = (f"{max(0.0, left):.0f} s of the budget left; the {phase} search needs about {need:.0f} s at least "
+        """Whether the least useful work of search phase `phase` (two epochs of one training) fits in its share
+        of the budget's time left, and then the final model's in the rest, and the numbers that say so. A
+        search that does not fit is skipped: overrunning its share would leave the final model a few epochs (a
+        slow model: two constant-rate epochs of a search against the final's decayed ones), overrunning the
+        budget would break the promise, and the final model is what the recipe delivers."""
+        costs, left = self.costs(), max(0.0, self.end - time.time())
+        need, final, share = costs.min_work(phase), costs.min_work("final"), phase_allowance(left, phase)
+        if need > share:
+            return False, (f"{left:.0f} s of the budget left; the {phase} search needs about {need:.0f} s at least, "
+                           f"more than its share of that ({share:.0f} s): the final model trains longer instead")
+        why = (f"{left:.0f} s of the budget left; the {phase} search needs about {need:.0f} s at least "
                f"and the final model {final:.0f} s")
         return left >= need + final, why
 
@@ -223,8 +230,9 @@ class _Recipe:
                                            hparams=hp.model_dump(mode="json"), seed=hp.seed,
                                            study=self.study, kind="step")
         self.store.update_run(run_id, summary={"key": key, "step": number, "title": title, "phase": phase})
+        cap = max(0.0, self.checks_end - time.time()) * phase_share if phase == "checks" else math.inf
         call = Call(run_id=run_id, plan=stored_plan, seconds=left, deadline=self.deadline(phase),
-                    earlier=tuple(self.results), interrupted=lambda: self.interrupted)
+                    earlier=tuple(self.results), interrupted=lambda: self.interrupted, cap=cap)
         progress = _Progress(label, left, not self.quiet)
         t0 = time.time()
         try:

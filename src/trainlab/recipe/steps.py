@@ -18,6 +18,7 @@ prints it, resumes it and enforces the budget.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from trainlab.recipe.plan import (
     MAX_MEMBERS,
     FINAL_SAFETY,
     MAX_ROUNDS,
+    MIN_OVERFIT_STEPS,
     MIN_REFINE_EPOCHS,
     PEAK_FACTORS,
     PURPOSES,
@@ -75,6 +77,7 @@ class Call:
     deadline: float                    # time.time() at which the step's phase ends
     earlier: tuple[StepResult, ...]    # the steps done before this one (read back ones too), in order
     interrupted: Callable[[], bool] = lambda: False   # whether Ctrl-C arrived (fit() swallows it)
+    cap: float = math.inf              # the most seconds the step may take, its floors included (the checks)
 
     def evidence(self, key: str) -> dict:
         """The evidence of the latest earlier step `key`; {} when there is none."""
@@ -192,13 +195,17 @@ class Steps:
 
         step_s = call.evidence("init").get("step_s_estimate") or 0.01
         attempts, lr = [], self.hp.lr
-        t_end = time.time() + call.seconds
-        result = None
+        t_start = time.time()
+        t_end, t_cap = t_start + call.seconds, t_start + call.cap
+        result, cut = None, None
         for attempt in range(4):   # the first try and up to three remedies, one decade at a time
             # Sized to the time left (about 3x the steps' cost, for the validations on the sample every few
-            # steps), but never below 200 steps: a remedy is tried even when it overruns this small share.
-            left = t_end - time.time()
-            max_steps = int(min(1000, max(200, left / (3 * step_s))))
+            # steps), never below 200 steps (a remedy is tried even when it overruns this small share) unless
+            # the checks' cap cannot hold them: a slow model then gets the steps that fit, at least
+            # MIN_OVERFIT_STEPS, enough to see its loss fall.
+            now = time.time()
+            fitting = (t_cap - now) / (1.5 * step_s)
+            max_steps = int(min(1000, max(200, (t_end - now) / (3 * step_s)), max(MIN_OVERFIT_STEPS, fitting)))
             t0 = time.time()
             r = check_overfit(self.task, apply_overrides(self.hp, {"lr": lr}), self.store, max_steps=max_steps,
                               study=self.study, runs_dir=self.runs_dir)
@@ -217,15 +224,23 @@ class Steps:
             nxt = next_overfit_lr(attempts)
             if nxt is None:
                 break
+            if time.time() + MIN_OVERFIT_STEPS * 1.5 * step_s > t_cap:
+                cut = f"no time for the remedy at lr {nxt:g} within the checks' cap ({call.cap:.0f} s)"
+                break
             lr = nxt
         ev = {"attempts": attempts, "lr": lr, "step_s": step_s, "check_run": result.run_id if result else None,
-              "examples": result.evidence.get("examples") if result else None}
+              "examples": result.evidence.get("examples") if result else None,
+              "train_step_s": self._train_step_s(result)}
         if result is not None and result.passed:
             extra = f" (at lr {lr:g}, after {len(attempts) - 1} remed{'y' if len(attempts) == 2 else 'ies'})" \
                 if len(attempts) > 1 else ""
             return StepResult("overfit", 2, STEP_TITLES[2], "pass", result.message + extra, ev)
         tried_txt = ", ".join(f"{a['lr']:g}" for a in attempts)
         msg = (result.message if result else "no time to try") + f"; learning rates tried: {tried_txt}"
+        if cut:
+            # a remedy the cap left out is not evidence that none would work: step 3 tests the rates
+            return StepResult("overfit", 2, STEP_TITLES[2], "warn",
+                              msg + f"; {cut}, so the recipe goes on (step 3 tests the rates)", ev)
         if any(a["cause"] == "too slow" for a in attempts):
             # the loss fell at some rate: the model learns, only not to 100% in the steps this budget holds;
             # stopping here would give up on a model that can learn, so the recipe goes on and says so
@@ -234,30 +249,68 @@ class Steps:
                                     "memorize the sample)", ev)
         return StepResult("overfit", 2, STEP_TITLES[2], "fail", msg, ev)
 
+    def _train_step_s(self, result: Any) -> float | None:
+        """Seconds of one training update at the config's batch size, from a check run's epochs' training
+        times (validation excluded; the first epoch left out when there are more, it pays the warm-up): what
+        the cost model turns into seconds per epoch before any search has run."""
+        if result is None or result.run_id is None:
+            return None
+        times = self.store.metrics(result.run_id, ["epoch_time_s"]).get("epoch_time_s", {}).get("value", [])
+        batches = result.evidence.get("batches") or 0
+        times = [t for t in times if _finite(t)]
+        if not times or not batches:
+            return None
+        times = times[1:] if len(times) > 1 else times
+        return statistics.median(times) / batches
+
     def lr_step(self, call: Call) -> StepResult:
         from trainlab.checks import check_lr_widened
 
         step_s = call.evidence("overfit").get("step_s") or call.evidence("init").get("step_s_estimate") or 0.01
         # 4 discrete trials of s steps and a sweep of 2s steps, plus a validation per trial: at least 50 steps,
-        # a meaningful test, unless the budget left cannot hold half of that (a slow model on a short budget,
-        # whose start-up took the checks' share): then 20, which still ranks the rates that move the loss
-        # at once, rather than overrun the budget by the whole test (a 50-step test of mnist1d/resnet: 15-22 s)
-        floor = 50 if call.seconds >= 0.5 * 6.5 * 50 * step_s else LR_STEPS_SHORT
-        steps = int(min(100, max(floor, call.seconds / (6.5 * step_s))))
+        # a meaningful test, unless the checks' cap cannot hold that (a slow model, or a short budget whose
+        # start-up took the checks' share): then what fits, at least 20, which still ranks the rates that move
+        # the loss at once, rather than overrun the budget by the whole test (50 steps of mnist1d/resnet: 15-22 s)
+        per_step = 6.5 * step_s
+        floor = 50 if min(call.cap, 2 * call.seconds) >= 50 * per_step else LR_STEPS_SHORT
+        steps = int(min(100, max(floor, call.seconds / per_step)))
+        learned = [a for a in call.evidence("overfit").get("attempts", [])
+                   if a.get("verdict") == "pass" or a.get("cause") == "too slow"]
+        if math.isfinite(call.cap):
+            steps = max(LR_STEPS_SHORT, min(steps, int(call.cap / per_step)))
+            # the shortest test, at what such tests cost (their trials' set-up and validations: about twice
+            # the steps' own time), beyond the cap: a slow model would spend the searches' time on a test too
+            # short to see its loss drop, so the rate at which step 2's loss fell goes on
+            shortest = 2 * per_step * LR_STEPS_SHORT
+            if shortest > call.cap and learned:
+                lr = learned[-1]["lr"]
+                msg = (f"suggested lr {lr:g}, the rate at which step 2's loss fell: the shortest test ({LR_STEPS_SHORT} "
+                       f"steps per rate, about {shortest:.0f} s) does not fit the checks' cap ({call.cap:.0f} s left), "
+                       "so it was not run")
+                return StepResult("lr", 3, STEP_TITLES[3], "warn", msg,
+                                  {"suggested_lr": lr, "rule": "step 2: no time for the test", "table": [],
+                                   "skipped": msg, "check_run": None, "step_s": step_s})
         t0 = time.time()
-        # never stops a model that can learn: widened (more steps, a wider range) before it calls a failure
+        # never stops a model that can learn: widened (more steps, a wider range) before it calls a failure,
+        # as far as the checks' cap holds; cut there, the rate at which step 2's loss fell goes on
         r = check_lr_widened(self.task, self.hp, self.store, steps=steps, sweep_steps=max(20, 2 * steps),
-                             study=self.study)
+                             study=self.study, seconds=call.cap if math.isfinite(call.cap) else None)
         seconds = time.time() - t0
         attempts = r.settings.get("attempts") or [{}]
         tried_steps = sum((a.get("steps") or steps) * (len(a.get("lrs") or ()) + 2) for a in attempts)
         ev = {"suggested_lr": r.suggested_lr, "discrete_lr": r.discrete_lr, "sweep_lr": r.sweep_lr,
               "agree": r.agree, "rule": r.rule, "table": r.table, "trial_steps": steps, "check_run": r.run_id,
               "attempts": attempts, "seconds": seconds, "step_s": seconds / max(1, tried_steps)}
-        verdict = r.verdict
+        verdict, message = r.verdict, r.message
         if r.suggested_lr is None:
             ev["suggested_lr"] = self.hp.lr
-        return StepResult("lr", 3, STEP_TITLES[3], verdict, r.message, ev)
+            if r.settings.get("cut"):   # a test cut short is no evidence that no rate trains the model
+                lr = learned[-1]["lr"] if learned else self.hp.lr
+                whose = "the rate at which step 2's loss fell" if learned else "the config's own rate"
+                ev.update(suggested_lr=lr, rule=f"the test was cut by the checks' cap: {whose}")
+                verdict = "warn"
+                message = f"suggested lr {lr:g}, {whose}: {r.message}"
+        return StepResult("lr", 3, STEP_TITLES[3], verdict, message, ev)
 
     # ---- step 4: coarse grid
     def _search(self, base: Config, space: dict, plan: dict, study: str, deadline: float, checkpoints: bool,

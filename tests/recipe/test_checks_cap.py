@@ -1,0 +1,86 @@
+"""Steps 2-3 under the checks' cap (a slow model on a short budget): step 2 trains the least steps that show
+its loss falling and tries no remedy the cap cannot hold; step 3 does not widen past the cap, and then goes
+on from the rate at which step 2's loss fell instead of calling a failure; the cost model takes step 2's
+training seconds per update. Real checks on real data, in this process."""
+
+import time
+
+import pytest
+
+from helpers import noisy_task
+from trainlab.config import load_config
+from trainlab.recipe.plan import MIN_OVERFIT_STEPS
+from trainlab.recipe.records import StepResult
+from trainlab.recipe.steps import LR_STEPS_SHORT, Call, Steps
+from trainlab.store import Store
+
+
+def _steps(tmp_path, hp, task):
+    return Steps(hp, task, Store(tmp_path / "r.db"), str(tmp_path / "r.db"), "cap", tmp_path / "out",
+                 str(tmp_path / "runs"), workers=1, updates_per_epoch=20)
+
+
+def _call(cap, earlier=()):
+    return Call(run_id=0, plan=None, seconds=0.0, deadline=time.time(), earlier=tuple(earlier), cap=cap)
+
+
+def test_a_capped_overfit_check_trains_the_least_steps_and_tries_no_remedy(tmp_path):
+    from trainlab.tasks import load_task
+
+    hp = load_config(None, ["task=digits", "model=mlp", "width=16", "lr=0.0003"])   # slow: 30 steps do not memorize
+    steps = _steps(tmp_path, hp, load_task(hp))
+    r = steps.overfit_step(_call(cap=0.0))
+    assert [a["max_steps"] for a in r.evidence["attempts"]] == [MIN_OVERFIT_STEPS]
+    # the loss barely moved in 30 steps: without the cap a remedy at 10x the rate would follow; with it, no
+    # failure (a remedy left out is no evidence), and step 3 tests the rates
+    assert r.verdict == "warn" and "no time for the remedy at lr 0.003 within the checks' cap" in r.message
+    # seconds per training update from the check run's epoch times: positive, and below the check's own
+    # seconds per step, which carry its validations
+    assert 0 < r.evidence["train_step_s"] < 1.5 * r.evidence["step_s"]
+    steps.store.close()
+
+
+def _overfit(learned: bool) -> StepResult:
+    """Step 2's evidence: its loss fell at lr 0.03 (`learned`), or nothing tried; 1 ms per step."""
+    ev = {"attempts": [{"lr": 0.03, "verdict": "warn", "cause": "too slow"}]} if learned else {}
+    return StepResult("overfit", 2, "overfit a small sample", "warn", "the loss fell", {**ev, "step_s": 0.001})
+
+
+@pytest.mark.parametrize("learned", [True, False], ids=["step-2-learned", "no-evidence"])
+def test_a_capped_lr_test_is_not_widened_and_goes_on_from_step_2s_rate(tmp_path, learned):
+    """Inputs that carry nothing: no rate moves the loss in the short test, and the cap (0.3 s: the short
+    test, not 1.5x more) leaves no time to widen it. Not a failure: the rate at which step 2's loss fell goes
+    on, or without that evidence the config's own rate (the doctor judges the runs that follow)."""
+    hp = load_config(None, ["model=mlp", "width=64"])
+    steps = _steps(tmp_path, hp, noisy_task(0.06, zero_inputs=True))
+    r = steps.lr_step(_call(cap=0.3, earlier=[_overfit(learned)]))
+    assert [a["steps"] for a in r.evidence["attempts"]] == [LR_STEPS_SHORT]       # not widened
+    assert "no time to widen the test" in r.message
+    assert r.verdict == "warn"   # a test cut short is no evidence that no rate trains the model
+    if learned:
+        assert r.evidence["suggested_lr"] == 0.03
+        assert r.message.startswith("suggested lr 0.03, the rate at which step 2's loss fell")
+    else:
+        assert r.evidence["suggested_lr"] == hp.lr and "the config's own rate" in r.message
+    steps.store.close()
+
+
+def test_an_lr_test_the_cap_cannot_hold_is_not_run_when_step_2_learned(tmp_path):
+    hp = load_config(None, ["model=mlp", "width=64"])
+    steps = _steps(tmp_path, hp, noisy_task(0.06, zero_inputs=True))
+    r = steps.lr_step(_call(cap=0.1, earlier=[_overfit(True)]))   # the shortest test: about 2 x 6.5 x 20 ms
+    assert r.verdict == "warn" and r.evidence["suggested_lr"] == 0.03 and r.evidence["check_run"] is None
+    assert "does not fit the checks' cap" in r.message
+    assert steps.store.runs(study="cap") == []                   # nothing trained
+    steps.store.close()
+
+
+def test_an_lr_test_with_time_widens_as_before(tmp_path):
+    """The same dead inputs with no cap: all three tries run (the widening is only ever cut by time)."""
+    from trainlab.checks import check_lr_widened
+
+    hp = load_config(None, ["model=mlp", "width=64"])
+    dead = check_lr_widened(noisy_task(0.06, zero_inputs=True), hp, steps=20, sweep_steps=40, max_steps=40,
+                            seconds=1e9)
+    assert [a["steps"] for a in dead.settings["attempts"]] == [20, 40, 40] and "cut" not in dead.settings
+    assert dead.message.startswith("no rate moves the loss, after 3 tries")
