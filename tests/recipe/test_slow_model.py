@@ -1,7 +1,9 @@
-"""Steps 2-3 under the checks' cap (a slow model on a short budget): step 2 trains the least steps that show
-its loss falling and tries no remedy the cap cannot hold; step 3 does not widen past the cap, and then goes
-on from the rate at which step 2's loss fell instead of calling a failure; the cost model takes step 2's
-training seconds per update. Real checks on real data, in this process."""
+"""A slow model on a short budget (shapes32/resnet at 5 minutes: ~50 s an epoch). Steps 2-3 keep to the
+checks' cap: step 2 trains the least steps that show its loss falling and tries no remedy the cap cannot
+hold; step 3 does not widen past the cap, and then goes on from the rate at which step 2's loss fell
+instead of calling a failure; the cost model takes step 2's training seconds per update. A search whose
+least work (two epochs) is more than its share of the time left is skipped, so the final model trains
+longer. Real checks on real data, in this process."""
 
 import time
 
@@ -84,3 +86,24 @@ def test_an_lr_test_with_time_widens_as_before(tmp_path):
                             seconds=1e9)
     assert [a["steps"] for a in dead.settings["attempts"]] == [20, 40, 40] and "cut" not in dead.settings
     assert dead.message.startswith("no rate moves the loss, after 3 tries")
+
+
+@pytest.mark.parametrize("train_step_s, runs", [(0.5, False), (0.05, True)], ids=["slow", "fast"])
+def test_a_search_runs_only_when_its_share_of_the_time_left_holds_two_epochs(tmp_path, train_step_s, runs):
+    """300 s, 100 updates an epoch: at 0.5 s an update one epoch takes ~58 s, two more than the coarse
+    grid's share (25/90 of the ~300 s left, ~83 s): skipped, saying so; at 0.05 s it runs."""
+    from trainlab.recipe.runner import _Recipe
+
+    hp = load_config(None, ["model=mlp"])
+    steps = Steps(hp, None, Store(tmp_path / "r.db"), str(tmp_path / "r.db"), "fits", tmp_path / "out",
+                  str(tmp_path / "runs"), workers=2, updates_per_epoch=100)
+    recipe = _Recipe(steps, budget_s=300.0, force=False, quiet=True, spent_before=0.0)
+    recipe.results.append(StepResult("overfit", 2, "overfit a small sample", "pass", "memorized",
+                                     {"train_step_s": train_step_s}))
+    need = recipe.costs().min_work("coarse")
+    assert need == pytest.approx(1.0 + 2 * train_step_s * 100 * 1.15)          # in this process: the cheaper way
+    fits, why = recipe.fits("coarse")
+    assert fits is runs
+    if not runs:
+        assert f"needs about {need:.0f} s at least, more than its share" in why and "trains longer" in why
+    steps.store.close()
