@@ -14,7 +14,8 @@ from trainlab.cli import main
 from trainlab.config import Config, ConfigError
 from trainlab.doctor.judged import run_metric
 from trainlab.metrics import Metric, resolve_metrics
-from trainlab.recipe.plan import rank_candidates, rank_coarse, stall_epoch
+from trainlab.recipe.final_plan import stall_epoch
+from trainlab.recipe.plan import rank_candidates, rank_coarse
 from trainlab.store import Store
 from trainlab.tasks import Task, load_task
 from trainlab.train import fit
@@ -168,6 +169,7 @@ def recipe(regression_recipe):
 @pytest.mark.slow
 def test_a_regression_recipe_chooses_and_reports_by_its_loss(recipe, monkeypatch):
     import trainlab.recipe.report as report
+    import trainlab.recipe.report_figures as report_figures
 
     cwd, result = recipe["cwd"], recipe["result"]
     assert result["study"] == "recipe-regression-mlp-regressor", "named after the task's own model, not hp.model"
@@ -190,7 +192,7 @@ def test_a_regression_recipe_chooses_and_reports_by_its_loss(recipe, monkeypatch
         assert (cwd / "recipe-report" / name).stat().st_size > 5000, name
 
     # the figures, redrawn from the recipe's store, name and draw the regression's metric
-    seen = _figures(monkeypatch, report)
+    seen = _figures(monkeypatch, report_figures)
     store = Store(cwd / "trainlab.db")
     report.write_report(store, result["study"], cwd / "again")
     by_name = {f["path"].name: f["axes"] for f in seen}

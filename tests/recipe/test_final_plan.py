@@ -1,11 +1,11 @@
 """The final model: the time the placed decay leaves over (plan.spend_final), step-decay milestones, and
-the peak rate its decay starts from (plan.pick_peak, Steps._peak_check)."""
+the peak rate its decay starts from (final_plan.pick_peak, final.peak_check)."""
 
 import math
 
 import pytest
 
-from trainlab.recipe.plan import MAX_SPENT_MEMBERS, place_decay, spend_final
+from trainlab.recipe.final_plan import MAX_SPENT_MEMBERS, place_decay, spend_final
 
 
 def rounds_cost(workers: int, epoch_s: float = 2.0, run_s: float = 2.0, overhead: float = 0.0):
@@ -47,7 +47,7 @@ def test_members_are_capped_and_one_worker_pays_for_each():
 
 
 def test_a_config_with_step_decay_gets_milestones_at_the_stall_and_halfway_through_the_rest():
-    from trainlab.recipe.plan import shaped
+    from trainlab.recipe.final_plan import shaped
     from trainlab.recipe.configs import final_config
     from trainlab.config import load_config
     from trainlab.schedules import from_config
@@ -77,7 +77,7 @@ def _peak_rows(values):
 
 
 def test_the_peak_rate_is_the_best_mean_over_both_folds_the_lower_on_a_tie():
-    from trainlab.recipe.plan import pick_peak
+    from trainlab.recipe.final_plan import pick_peak
 
     rows = _peak_rows({(1, 0): 0.90, (1, 1): 0.92, (2, 0): 0.95, (2, 1): 0.93, (4, 0): 0.97, (4, 1): 0.89})
     assert pick_peak(rows, 0.01)["factor"] == 2.0                        # 0.94 beats 0.93 and 0.91
@@ -93,13 +93,14 @@ def test_the_peak_rate_is_the_best_mean_over_both_folds_the_lower_on_a_tie():
 
 @pytest.mark.slow
 def test_the_peak_check_trains_the_final_decay_from_each_rate_on_both_folds(tmp_path):
-    """Steps._peak_check for real (digits, a small MLP, in this process): six trainings of the placed
+    """final.peak_check for real (digits, a small MLP, in this process): six trainings of the placed
     schedule, rate x1/x2/x4 on folds 0 and 1, filed in `<study>/final-peak` with the final's purpose; the
     pick is the best mean of those runs. When the check and the members do not fit it trains nothing."""
     import time
 
     from trainlab.config import load_config
-    from trainlab.recipe.plan import PEAK_FACTORS, pick_peak
+    from trainlab.recipe.final import peak_check
+    from trainlab.recipe.final_plan import PEAK_FACTORS, pick_peak
     from trainlab.recipe.steps import Call, Steps
     from trainlab.store import Store
     from trainlab.tasks import load_task
@@ -110,10 +111,10 @@ def test_the_peak_check_trains_the_final_decay_from_each_rate_on_both_folds(tmp_
                   workers=1, updates_per_epoch=20)
     decay = place_decay([1.5, 1.5], 4, 30)                   # 3 epochs placed
     call = Call(run_id=0, plan=None, seconds=600.0, deadline=time.time() + 600, earlier=())
-    assert steps._peak_check(call, {"lr": 0.01, "weight_decay": 0.0}, decay, 2, lambda m, e: 300.0) is None
+    assert peak_check(steps, call, {"lr": 0.01, "weight_decay": 0.0}, decay, 2, lambda m, e: 300.0) is None
     assert store.runs(study="peak/final-peak") == []
 
-    peak = steps._peak_check(call, {"lr": 0.01, "weight_decay": 0.0}, decay, 2, lambda m, e: 1.0)
+    peak = peak_check(steps, call, {"lr": 0.01, "weight_decay": 0.0}, decay, 2, lambda m, e: 1.0)
     runs = store.runs(study="peak/final-peak")
     assert len(runs) == len(PEAK_FACTORS) * 2 and all(r["status"] == "completed" for r in runs)
     assert sorted(round(r["hparams"]["lr"] / 0.01, 6) for r in runs) == [1, 1, 2, 2, 4, 4]

@@ -21,7 +21,7 @@ def search_base(hp: Config, **changes: Any) -> Config:
 
 def final_config(hp: Config, point: dict, epochs: int, patience: int, split_seed: int = FOLDS[0],
                  metric: tuple[str, str] = ("val/acc", "max"), decay: dict | None = None) -> Config:
-    """The final model's config: the chosen point with its decay (`decay`: a `plan.shaped` schedule; a
+    """The final model's config: the chosen point with its decay (`decay`: a `final_plan.shaped` schedule; a
     cosine when None) and early stopping on validation (`metric`: the (name, mode) the recipe judges by:
     val/acc, or the task's own, e.g. val/loss, min)."""
     schedule = {"schedule": "cosine"}

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from trainlab.config import DEFAULT_RUNS_DIR, Config, ConfigError, apply_overrides
 from trainlab.recipe.costs import CostModel
+from trainlab.recipe.final import final_step
 from trainlab.recipe.plan import (
     CHECKS_CAP,
     FIRST_ROUND_SHARE,
@@ -287,7 +288,7 @@ class _Recipe:
             r7 = self.step(f"loop-{k}", 7, lambda call, k=k: steps.loop_step(call, k))
             if not r7.evidence["continue"]:
                 break
-        self.step("final", 8, lambda call: steps.final_step(call, incumbent))
+        self.step("final", 8, lambda call: final_step(steps, call, incumbent))
         return "completed", None
 
 
@@ -359,7 +360,7 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     `budget_minutes` of wall-clock time in all, the report included: counted from `started_at` (a
     time.time(); the command line passes its process's start, so torch's import counts) or, without it,
     from the end of torch's warm-up in this call; kept to within 5% + 10 s. `final_schedule` "placed" (default) sizes the final cosine from step 5's
-    constant-rate curves (`plan.place_decay`); "fixed" runs the longest cosine that fits. `workers`
+    constant-rate curves (`final_plan.place_decay`); "fixed" runs the longest cosine that fits. `workers`
     search processes (default: `default_workers()`, the machine's cores, at most MAX_DEFAULT_WORKERS) with
     cores/workers torch threads each.
     Running again with the same arguments resumes the study; `fresh` starts a new one; `force` goes on

@@ -25,38 +25,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from trainlab.config import Config, apply_overrides
-from trainlab.recipe.configs import final_config, search_base
+from trainlab.recipe.configs import search_base
 from trainlab.recipe.costs import CostModel, measure_search
 from trainlab.recipe.plan import (
     COARSE_WEIGHT_DECAYS,
     FOLDS,
-    MAX_MEMBERS,
-    FINAL_SAFETY,
     MAX_ROUNDS,
     MIN_OVERFIT_STEPS,
     MIN_REFINE_EPOCHS,
-    PEAK_FACTORS,
     PURPOSES,
     STEP_TITLES,
     choose_move,
     coarse_grid,
     epochs_fitting,
-    mean_std,
     next_overfit_lr,
-    pick_peak,
-    place_decay,
     rank_candidates,
     rank_coarse,
     refine_grid,
     search_rounds,
-    stall_epoch,
     size_coarse,
-    size_final,
     size_refine,
-    shaped,
-    spend_final,
 )
-from trainlab.recipe.records import Interrupted, StepResult, StopRecipe
+from trainlab.recipe.records import Interrupted, StepResult
 from trainlab.store import Store
 
 if TYPE_CHECKING:  # for the annotation only: importing trainlab.recipe stays free of torch
@@ -160,7 +150,7 @@ class Steps:
         """Keep a search's plan with its step run, so that an interrupted search resumes with the same one."""
         self.store.update_run(call.run_id, summary={"plan": plan})
 
-    def _mark(self, run_ids: Sequence[int | None], phase: str, why: str) -> None:
+    def mark(self, run_ids: Sequence[int | None], phase: str, why: str) -> None:
         """Store each trial's purpose with it: the findings its phase expects by design (PURPOSES) are then
         counted by the doctor and the dashboard, not shown as problems."""
         purpose = {"phase": phase, "expects": list(PURPOSES[phase]), "why": why}
@@ -313,7 +303,7 @@ class Steps:
         return StepResult("lr", 3, STEP_TITLES[3], verdict, message, ev)
 
     # ---- step 4: coarse grid
-    def _search(self, base: Config, space: dict, plan: dict, study: str, deadline: float, checkpoints: bool,
+    def search(self, base: Config, space: dict, plan: dict, study: str, deadline: float, checkpoints: bool,
                 workers: int | None = None):
         from trainlab.search import run_search
 
@@ -335,8 +325,8 @@ class Steps:
             self.save_plan(call, plan)
         base = search_base(self.hp, split_seed=FOLDS[0])
         space = {"lr": _grid_text(plan["lrs"]), "weight_decay": _grid_text(plan["wds"])}
-        res = self._search(base, space, plan, plan["study"], call.deadline, checkpoints=False)
-        self._mark([r["run"] for r in res.leaderboard], "coarse",
+        res = self.search(base, space, plan, plan["study"], call.deadline, checkpoints=False)
+        self.mark([r["run"] for r in res.leaderboard], "coarse",
                    f"a {plan['epochs']}-epoch coarse-grid trial at a constant rate (rates half a decade and more "
                    "around step 3's): short, undecayed and off the best rate by design")
         rows = [{"lr": r["params"].get("lr"), "weight_decay": r["params"].get("weight_decay"), "value": r["value"],
@@ -410,8 +400,8 @@ class Steps:
         base = search_base(self.hp, width=plan["width"], dropout=plan["dropout"])
         space = {"lr": _grid_text(plan["lrs"]), "weight_decay": _grid_text(plan["wds"]),
                  "split_seed": _grid_text(list(FOLDS))}
-        res = self._search(base, space, plan, plan["study"], call.deadline, checkpoints=False)
-        self._mark([r["run"] for r in res.leaderboard], "refine",
+        res = self.search(base, space, plan, plan["study"], call.deadline, checkpoints=False)
+        self.mark([r["run"] for r in res.leaderboard], "refine",
                    "a constant rate by design: the final model adds the decay, placed from these curves")
         runs = [self.store.run(r["run"]) for r in res.leaderboard if r["run"] is not None]
         measured = self._measure(runs, res.seconds, plan.get("workers", 1))
@@ -499,142 +489,3 @@ class Steps:
             f"; chosen so far: lr {incumbent['point']['lr']:.3g}, weight decay {incumbent['point']['weight_decay']:g}, " \
             f"mean {self.metric[0]} {_acc(incumbent['mean'])}"
         return StepResult(f"loop-{k}", 7, STEP_TITLES[7], "continue" if go else "stop", msg, ev)
-
-    # ---- the final model
-    def _place_decay(self, incumbent: dict, fit_epochs: int) -> dict[str, Any]:
-        """The final schedule: from the chosen point's constant-rate curves in step 5 ("placed"), or the
-        longest cosine that fits ("fixed", the recipe's schedule before it placed the decay)."""
-        constant = int(incumbent["point"].get("epochs") or 0)
-        if self.final_schedule == "fixed":
-            return {"schedule": "cosine", "epochs": fit_epochs, "patience": max(5, fit_epochs // 2),
-                    "stall_epoch": None, "reason": f"fixed: the longest cosine that fits, {fit_epochs} epochs"}
-        stalls = []
-        for run_id in (incumbent.get("runs") or {}).values():
-            if run_id is not None:
-                key, mode = self.metric
-                vals = self.store.metrics(run_id, [key]).get(key, {}).get("value", [])
-                stalls.append(stall_epoch(vals, mode=mode))
-        if not stalls:  # step 5 was skipped for the budget: no curve to place the decay from
-            return {"schedule": "cosine", "epochs": fit_epochs, "patience": max(5, fit_epochs // 2), "stall_epoch": None,
-                    "reason": f"no constant-rate curves (step 5 skipped): the longest schedule that fits, {fit_epochs} epochs"}
-        return place_decay(stalls, constant, fit_epochs)
-
-    def _final_members(self, res) -> list[dict]:
-        """The final search's members (one per fold), marked as the final model, with their checkpoints."""
-        self._mark([r["run"] for r in res.leaderboard], "final", "the final model")
-        members = []
-        for r in sorted(res.leaderboard, key=lambda r: r["params"]["split_seed"]):
-            run = self.store.run(r["run"]) if r["run"] is not None else None
-            members.append({"run": r["run"], "fold": r["params"]["split_seed"], "val_acc": r["value"],
-                            "status": r["status"], "epochs": r["epochs"],
-                            "best_epoch": run["best_epoch"] if run else None,
-                            "reason": run["reason"] if run else None,
-                            "checkpoint": run["checkpoint"] if run else None})
-        return members
-
-    def _peak_check(self, call: Call, point: dict, decay: dict, members: int,
-                    cost: Callable[[int, int], float]) -> dict | None:
-        """The final decay's peak rate (`plan.pick_peak`): the placed schedule trained from the chosen
-        constant rate x each of PEAK_FACTORS on both validation folds, when that and the final members
-        (`members` x the placed epochs; `cost(trainings, epochs)` in seconds) fit in the final's time.
-        None when they do not: the final model starts its decay at the chosen rate, as before."""
-        epochs, n = int(decay["epochs"]), len(PEAK_FACTORS) * len(FOLDS)
-        if cost(n, epochs) + cost(members, epochs) > FINAL_SAFETY * call.seconds:
-            return None
-        t0 = time.time()
-        lrs = [point["lr"] * f for f in PEAK_FACTORS]
-        shape = shaped(decay, self.hp.schedule, self.hp.gamma)
-        base = final_config(self.hp, point, epochs, decay["patience"], metric=self.metric, decay=shape)
-        plan = {"epochs": epochs, "trainings": n, "prune": "none", "workers": self.workers}
-        res = self._search(base, {"lr": _grid_text(lrs), "split_seed": _grid_text(list(FOLDS))}, plan,
-                           f"{self.study}/final-peak", call.deadline, checkpoints=False)
-        self._mark([r["run"] for r in res.leaderboard], "final",
-                   f"the final decay's peak rate: {shape['described']} from the chosen constant rate "
-                   f"x {', x'.join(f'{f:g}' for f in PEAK_FACTORS)}")
-        picked = pick_peak(res.leaderboard, point["lr"], self.metric[1])
-        said = ", ".join(f"x{f:g} {_acc(m)}" for f, m in picked["means"].items())
-        return {**picked, "constant_lr": point["lr"], "seconds": time.time() - t0, "study": f"{self.study}/final-peak",
-                "reason": f"peak rate x{picked['factor']:g} of the constant rate {point['lr']:.3g} = {picked['lr']:.3g} "
-                          f"(mean {self.metric[0]} over folds {', '.join(map(str, FOLDS))}: {said})"}
-
-    def final_step(self, call: Call, incumbent: dict) -> StepResult:
-        from trainlab.ensemble import evaluate_ensemble, members_from_runs
-
-        plan = call.plan
-        if plan is None:
-            costs = self.costs(call)
-            for members in range(max(1, min(self.workers, MAX_MEMBERS)), 0, -1):
-                size, workers = costs.sized(
-                    call.seconds, lambda s, e, w, r: size_final(s, e, w, run_s=r, members=members), lambda z: z["members"])
-                # an ensemble only when its members get their epochs in the time left: else fewer members
-                if costs.cost(size["members"], size["epochs"], workers, workers > 1) <= call.seconds:
-                    break
-            decay = self._place_decay(incumbent, size["epochs"])
-            point, peak = dict(incumbent["point"]), None
-            if self.final_schedule == "placed":
-                parallel = workers > 1
-
-                def cost(m: int, e: int) -> float:
-                    return costs.cost(m, e, min(self.workers, m) if parallel else 1, parallel)
-
-                peak = self._peak_check(call, point, decay, size["members"], cost)
-                if peak is not None:
-                    point["lr"] = peak["lr"]
-                decay = spend_final(call.left() if peak is not None else call.seconds, decay, size["members"], cost)
-                if parallel:
-                    workers = min(self.workers, decay["members"])
-            decay = shaped(decay, self.hp.schedule if self.final_schedule == "placed" else "cosine", self.hp.gamma)
-            members = decay.get("members", size["members"])
-            plan = {**size, "members": members, "study": f"{self.study}/final", "trainings": members,
-                    "prune": "none", "workers": workers, "point": point, "folds": list(range(members)),
-                    "decay": decay, "epochs": decay["epochs"], "patience": decay["patience"], "peak": peak}
-            self.save_plan(call, plan)
-        base = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"], metric=self.metric,
-                            decay=plan.get("decay"))
-        res = self._search(base, {"split_seed": _grid_text(plan["folds"])}, plan, plan["study"],
-                           call.deadline, checkpoints=True)
-        members = self._final_members(res)
-        usable = [m for m in members if m["checkpoint"]]
-        least = None
-        if not usable:
-            # No member finished an epoch in the time left (a loaded machine, a slow start): the recipe's
-            # deliverable is a model, so the least one, one member here for one epoch, past the deadline, said so.
-            t0 = time.time()
-            one = {**plan, "trainings": 1, "workers": 1, "epochs": 1, "study": f"{plan['study']}-least"}
-            res = self._search(final_config(self.hp, plan["point"], 1, plan["patience"], metric=self.metric),
-                               {"split_seed": _grid_text(plan["folds"][:1])}, one, one["study"], None,
-                               checkpoints=True, workers=1)
-            members = self._final_members(res)
-            usable = [m for m in members if m["checkpoint"]]
-            least = time.time() - t0
-        if not usable:
-            raise StopRecipe("final model: no member finished an epoch (the budget is too small)")
-        # The test split, once, for the final model only.
-        ens = evaluate_ensemble(members_from_runs(self.store, [m["run"] for m in usable]), split="test")
-        val_mean, val_std = mean_std([m["val_acc"] for m in usable])
-        hp_final = final_config(self.hp, plan["point"], plan["epochs"], plan["patience"], metric=self.metric,
-                                decay=plan.get("decay"))
-        yaml_path = self.out / "final.yaml"
-        self.out.mkdir(parents=True, exist_ok=True)
-        header = (f"# trainlab recipe, study {self.study}: the final config (train it with: trainlab train {yaml_path.name})\n"
-                  f"# chosen on validation: mean {self.metric[0]} {_acc(incumbent['mean'])} +- {_acc(incumbent['std'])} over folds "
-                  f"{', '.join(sorted(incumbent['folds']))} (constant lr, {incumbent['point']['epochs']} epochs); "
-                  f"final model {self.metric[0]} {val_mean:.4f}, test/{ens.metric} {ens.ensemble_acc:.4f}\n")
-        yaml_path.write_text(header + hp_final.to_yaml())
-        kind = f"ensemble of {len(usable)} (one per validation fold)" if len(usable) > 1 else "one model"
-        described = (plan.get("decay") or {}).get("described") or f"cosine over {plan['epochs']} epochs"
-        msg = (f"{kind}: {self.metric[0]} {val_mean:.4f}" + (f" +- {val_std:.4f}" if len(usable) > 1 else "")
-               + f", test/{ens.metric} {ens.ensemble_acc:.4f}; {_what_ran(usable, plan['epochs'])}; lr "
-               f"{plan['point']['lr']:.3g}, weight decay {plan['point']['weight_decay']:g}; planned: "
-               f"{described}, patience {plan['patience']}"
-               + (f" ({plan['decay']['reason']})" if plan.get("decay") else "")
-               + (f"; {plan['peak']['reason']}" if plan.get("peak") else "")
-               + (f"; over the budget: no member finished an epoch in the time left, so one member trained one "
-                  f"epoch ({least:.0f} s)" if least is not None else ""))
-        ev = {**plan, "least_model_s": least, "ran": _what_ran(usable, plan["epochs"]), "members": members, "val_acc": val_mean,
-              "val_std": val_std, "test_acc": ens.ensemble_acc,
-              "test_loss": ens.ensemble_loss, "test_n": ens.n, "ensemble": len(usable) > 1, "config": hp_final.model_dump(mode="json"),
-              "yaml": str(yaml_path), "cv": {"folds": incumbent["folds"], "mean": incumbent["mean"],
-                                             "std": incumbent["std"]}, "search_seconds": res.seconds,
-              **self.judged_by, "test_metric": f"test/{ens.metric}"}
-        return StepResult("final", 8, STEP_TITLES[8], "done", msg, ev)
