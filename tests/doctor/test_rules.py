@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from trainlab.doctor.init_loss import init_loss_verdict
-from trainlab.doctor.rules import Finding, diagnose
+from trainlab.doctor.finding import Finding
+from trainlab.doctor.rules import diagnose
 from trainlab.doctor.curves import loss_trend, smoothing_window
 from trainlab.doctor.lr_range import (AGREE_DECADES, SWEEP_RULE, analyze_lr_sweep, lr_trial_summary, lrs_agree,
                                       pick_discrete_lr)

@@ -1,6 +1,7 @@
 """The learning-curve doctor: pure rules over curves (numpy only, never torch) and their use on a stored run.
 
-`curves` smooths and measures trends, `rules` holds the curve rules and their thresholds, `init_loss` the
+`curves` smooths and measures trends, `finding` holds the `Finding` every rule returns, `rules` the curve
+rules and their thresholds, `schedule_rules` the schedule-aware rules and theirs, `init_loss` the
 initial-loss verdicts, `ratio` the update/weight-ratio rule, `lr_range` analyses the
 learning-rate tests, `diagnose` reads a run from the store and applies the rules.
 
@@ -15,7 +16,7 @@ __all__ = ["diagnose_run", "diagnose_study", "StudyDiagnosis", "Diagnosis", "CUR
 
 _WHERE = {
     "diagnose_run": "diagnose", "diagnose_study": "diagnose", "StudyDiagnosis": "diagnose", "Diagnosis": "diagnose",
-    "CURVE_KEYS": "diagnose", "Finding": "rules", "diagnose": "rules", "RatioWarning": "ratio",
+    "CURVE_KEYS": "diagnose", "Finding": "finding", "diagnose": "rules", "RatioWarning": "ratio",
     "ratio_warnings": "ratio",
 }
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from trainlab.doctor.ratio import RATIO_BAND, ratio_warnings
-from trainlab.doctor.rules import Finding, diagnose
+from trainlab.doctor.finding import Finding
+from trainlab.doctor.rules import diagnose
 from trainlab.store import Store
 
 __all__ = ["Diagnosis", "StudyDiagnosis", "diagnose_run", "diagnose_study", "shared_names", "CURVE_KEYS"]
