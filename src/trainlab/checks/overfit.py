@@ -11,7 +11,7 @@ from torch import nn
 
 from trainlab.config import DEFAULT_RUNS_DIR, Config
 from trainlab.doctor.curves import loss_trend
-from trainlab.doctor.rules import FLAT_DROP
+from trainlab.doctor.schedule_rules import FLAT_DROP
 from trainlab.store import Store
 from trainlab.tasks import Task, load_task
 from trainlab.checks.common import CheckResult, first_examples, fresh_model, override, record, rng_kept, stored_losses

@@ -15,7 +15,6 @@ import numpy as np
 from trainlab.doctor.curves import loss_trend, slope_rise
 from trainlab.doctor.finding import LOW_ACC, MIN_STEPS, Finding, _g
 from trainlab.doctor.init_loss import INIT_LOSS_TOLERANCE, init_loss_verdict
-from trainlab.doctor.schedule_rules import FLAT_DROP  # noqa: F401  (trainlab.checks.overfit imports it from here)
 from trainlab.doctor.schedule_rules import _rule_decayed_too_early, _rule_lr_too_low, _rule_plateau, _rule_slow_start
 
 __all__ = ["diagnose", "resolve", "PRECEDENCE"]

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from trainlab.doctor.judged import CLASSIFIER, run_metric
+from trainlab.recipe.final_plan import described
 from trainlab.recipe.plan import PHASE_OF_STEP
-from trainlab.recipe.report_figures import _plt  # noqa: F401  (trainlab.recipe.runner imports it from here)
 from trainlab.recipe.report_figures import plot_cv_spread, plot_grid_heatmap, plot_overfit, plot_refine_curves
 from trainlab.store import RunNotFound, Store
 
@@ -275,7 +275,7 @@ def write_report(store: Store, study: str, out: str | Path, *, result=None) -> P
         if ev.get("ran"):   # what the final trainings did, not only what was planned
             decay = (ev.get("decay") or {}).get("reason")
             head.append(f"<p class='big'>final run: {_e(ev['ran'])}</p>"
-                        + (f"<p>schedule: {_e(ev['decay'].get('described') or 'cosine over ' + str(ev['epochs']) + ' epochs')}: "
+                        + (f"<p>schedule: {_e(described(ev['decay'], ev['epochs']))}: "
                            f"{_e(decay)}</p>" if decay else ""))
     if result is not None:
         used = sum(s.get("seconds") or 0.0 for s in steps)

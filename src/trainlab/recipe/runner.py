@@ -311,7 +311,7 @@ def _figure_cost() -> float:
     paid here, once, as the report would): on a loaded 2-core machine 1-2 s, where an idle one takes 0.1 s."""
     import io
 
-    from trainlab.recipe.report import _plt
+    from trainlab.recipe.report_figures import _plt
 
     plt = _plt()
     t0 = time.time()
