@@ -1,5 +1,5 @@
-"""The learning-curve doctor on a stored run: read its curves from the store, apply `curves.diagnose`,
-and add the update/weight-ratio warnings (`curves.ratio_warnings`). A thin shell over pure rules.
+"""The learning-curve doctor on a stored run: read its curves from the store, apply `rules.diagnose`,
+and add the update/weight-ratio warnings (`ratio.ratio_warnings`). A thin shell over pure rules.
 
     from trainlab import Store
     from trainlab.doctor import diagnose_run

@@ -20,7 +20,7 @@ from trainlab.doctor.schedule_rules import _rule_decayed_too_early, _rule_lr_too
 __all__ = ["diagnose", "resolve", "PRECEDENCE"]
 
 # --- the learning-curve doctor ---------------------------------------------------------------------
-# Thresholds. Each was checked on real runs built to show one fault (tests/test_doctor.py) and on
+# Thresholds. Each was checked on real runs built to show one fault (tests/doctor/test_rules.py) and on
 # healthy runs (mnist1d resnet, digits mlp), where none of them fires.
 EXPLODE_FACTOR = 10.0        # a loss above 10x max(initial loss, log C) has exploded (the loop stops there too)
 GROWTH_FACTOR = 1.5          # the smoothed loss ends 1.5x above where it began: a slow divergence
