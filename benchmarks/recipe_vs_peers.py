@@ -52,7 +52,8 @@ def run_recipe_method(hp: Config, budget_min: float, workers: int, tmp: Path, fi
     return {"status": r.status, "test_acc": r.final["test_acc"], "val_acc": r.final["val_acc"],
             "config": {k: r.final["config"][k] for k in ("lr", "weight_decay", "width", "dropout", "epochs")},
             "ensemble": r.final["ensemble"], "members": len(r.final["members"]),
-            "steps": {s.key: s.verdict for s in r.steps}, "ran": r.final.get("ran"),
+            "steps": {s.key: s.verdict for s in r.steps}, "messages": {s.key: s.message for s in r.steps},
+            "seconds_per_step": {s.key: round(s.seconds, 1) for s in r.steps}, "ran": r.final.get("ran"),
             "decay": (r.final.get("decay") or {}).get("reason"), "peak": (r.final.get("peak") or {}).get("reason"),
             "final_message": next((s.message for s in r.steps if s.key == "final"), None)}
 
