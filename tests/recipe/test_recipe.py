@@ -82,7 +82,7 @@ def test_cost_model_from_the_run_plan_then_from_measurements():
     """Before any search the seconds per epoch come from the checks' seconds per update x the searches'
     updates per epoch (their RunPlan: accumulation and batch size count); after one, from what it measured."""
     from trainlab.config import Config
-    from trainlab.recipe.costs import CostModel
+    from trainlab.recipe.costs import PARALLEL_SLOWDOWN, CostModel
     from trainlab.recipe.configs import search_base
     from trainlab.train.plan import RunPlan
 
@@ -94,7 +94,7 @@ def test_cost_model_from_the_run_plan_then_from_measurements():
     # step 2's training seconds per update (its epochs' times, no set-up or validation) win over the LR test's
     timed = CostModel(2, updates, evidence=(("overfit", {"step_s": 0.03, "train_step_s": 0.004}), ("lr", {"step_s": 0.01})))
     assert timed.epoch_seconds(False) == pytest.approx(0.004 * 16 * 1.15)
-    assert timed.epoch_seconds(True) == pytest.approx(0.004 * 16 * 1.15 * 1.3)
+    assert timed.epoch_seconds(True) == pytest.approx(0.004 * 16 * 1.15 * PARALLEL_SLOWDOWN)
     measured = {"epoch_s": 2.0, "run_s": 1.0, "overhead_s": 3.0, "workers": 1}
     after = CostModel(1, updates, evidence=(("lr", {"step_s": 0.01}), ("coarse", measured)))
     assert after.epoch_seconds() == 2.0 and after.training_cost(4, 3) == 3.0 + 4 * (1.0 + 3 * 2.0)

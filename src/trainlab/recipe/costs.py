@@ -12,7 +12,13 @@ from typing import Callable, Sequence
 
 from trainlab.recipe.plan import FOLDS, search_rounds
 
-__all__ = ["CostModel", "measure_search"]
+__all__ = ["CostModel", "measure_search", "PARALLEL_SLOWDOWN"]
+
+
+# A worker's epoch beside another against this process's alone (both at the threads a worker gets): a guess
+# until a search measures it. shapes32/resnet: 50-55 s beside another, 0.176 s x 282 updates = 49.5 s alone
+# (training only); 1.3 before, which sized a 264 s final model to 2-3 epochs where 4 fit.
+PARALLEL_SLOWDOWN = 1.1
 
 
 @dataclass(frozen=True)
@@ -40,8 +46,9 @@ class CostModel:
         """Seconds per epoch of one training, in worker processes side by side (`parallel`) or in this
         process: as last measured on a search run that way; else, in this process, from step 2's training
         seconds per update (its check run's epoch times; the LR test's seconds per step, which carry its
-        trials' set-up and validations, only without them), and x1.3 for workers side by side (they share memory bandwidth; on a machine
-        that other jobs load, much more: then the measurement after the first search says so)."""
+        trials' set-up and validations, only without them), and x PARALLEL_SLOWDOWN for workers side by
+        side (they share memory bandwidth; on a machine that other jobs load, much more: then the
+        measurement after the first search says so)."""
         parallel = self.workers > 1 if parallel is None else parallel
         for _, ev in reversed(self.evidence):
             measured = ev.get("epoch_s")
@@ -49,7 +56,7 @@ class CostModel:
                 return float(measured)
         step_s = (self._of("overfit").get("train_step_s") or self._of("lr").get("step_s")
                   or self._of("overfit").get("step_s") or 0.01)
-        return float(step_s) * self.updates_per_epoch * 1.15 * (1.3 if parallel else 1.0)
+        return float(step_s) * self.updates_per_epoch * 1.15 * (PARALLEL_SLOWDOWN if parallel else 1.0)
 
     def run_seconds(self) -> float:
         """Start-up seconds of one training in a search (task, model, first validation), as last measured."""
