@@ -88,10 +88,12 @@ def test_an_lr_test_with_time_widens_as_before(tmp_path):
     assert dead.message.startswith("no rate moves the loss, after 3 tries")
 
 
-@pytest.mark.parametrize("train_step_s, runs", [(0.5, False), (0.05, True)], ids=["slow", "fast"])
-def test_a_search_runs_only_when_its_share_of_the_time_left_holds_two_epochs(tmp_path, train_step_s, runs):
-    """300 s, 100 updates an epoch: at 0.5 s an update one epoch takes ~58 s, two more than the coarse
-    grid's share (25/90 of the ~300 s left, ~83 s): skipped, saying so; at 0.05 s it runs."""
+@pytest.mark.parametrize("train_step_s, runs", [(0.5, False), (0.25, False), (0.05, True)],
+                         ids=["beyond-its-share", "final-too-short", "fast"])
+def test_a_search_runs_only_when_its_share_holds_two_epochs_and_the_final_keeps_ten(tmp_path, train_step_s, runs):
+    """300 s, 100 updates an epoch. At 0.5 s an update one epoch takes ~58 s: two are more than the coarse
+    grid's share (25/90 of the ~298 s left, ~83 s). At 0.25 s two epochs (~59 s) fit its share, but the
+    final model's 10 epochs (~289 s) do not fit after them. Both skipped, saying why; at 0.05 s it runs."""
     from trainlab.recipe.runner import _Recipe
 
     hp = load_config(None, ["model=mlp"])
@@ -104,6 +106,8 @@ def test_a_search_runs_only_when_its_share_of_the_time_left_holds_two_epochs(tmp
     assert need == pytest.approx(1.0 + 2 * train_step_s * 100 * 1.15)          # in this process: the cheaper way
     fits, why = recipe.fits("coarse")
     assert fits is runs
-    if not runs:
+    if train_step_s == 0.5:
         assert f"needs about {need:.0f} s at least, more than its share" in why and "trains longer" in why
+    elif not runs:
+        assert f"needs about {need:.0f} s at least and the final model" in why and "for 10 epochs after it" in why
     steps.store.close()

@@ -10,7 +10,7 @@ import math
 import statistics
 from typing import Any, Sequence
 
-__all__ = ["PHASES", "CHECKS_CAP", "MIN_OVERFIT_STEPS", "PHASE_OF_STEP", "STEP_TITLES", "plan_budget",
+__all__ = ["PHASES", "CHECKS_CAP", "FINAL_MIN_EPOCHS", "MIN_OVERFIT_STEPS", "PHASE_OF_STEP", "STEP_TITLES", "plan_budget",
            "phase_allowance", "search_rounds", "epochs_fitting", "size_coarse", "size_refine", "size_final", "log_grid",
            "coarse_grid", "refine_grid", "rank_coarse", "better_first", "mean_std", "rank_candidates", "choose_move",
            "MOVES", "COARSE_WEIGHT_DECAYS", "PURPOSES", "next_overfit_lr"]
@@ -25,6 +25,7 @@ COARSE_LR_EXPONENTS = (0.5, 0.0, -0.5, -1.0)   # step 3's pick x 10^e: one rate 
 REFINE_LR_EXPONENTS = (-0.25, 0.0, 0.25)       # half the coarse grid's spacing around the best rate
 FOLDS = (0, 1)                                 # split_seed of the validation folds used for choosing
 MAX_COARSE_EPOCHS, MAX_REFINE_EPOCHS, MIN_REFINE_EPOCHS = 5, 20, 10
+FINAL_MIN_EPOCHS = 10   # a search runs only when the final model keeps time for this many epochs after it
 MAX_ROUNDS = 4                                 # refine rounds (steps 5-7) at most
 FIRST_ROUND_SHARE = 0.75                       # of the refine phase, for round 1 (the rest: later rounds, or
                                                # the final model when the loop stops after round 1)

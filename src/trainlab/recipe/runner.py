@@ -55,6 +55,7 @@ from trainlab.recipe.costs import CostModel
 from trainlab.recipe.final import final_step
 from trainlab.recipe.plan import (
     CHECKS_CAP,
+    FINAL_MIN_EPOCHS,
     FIRST_ROUND_SHARE,
     MAX_ROUNDS,
     PHASE_OF_STEP,
@@ -189,17 +190,19 @@ class _Recipe:
 
     def fits(self, phase: str) -> tuple[bool, str]:
         """Whether the least useful work of search phase `phase` (two epochs of one training) fits in its share
-        of the budget's time left, and then the final model's in the rest, and the numbers that say so. A
-        search that does not fit is skipped: overrunning its share would leave the final model a few epochs (a
-        slow model: two constant-rate epochs of a search against the final's decayed ones), overrunning the
-        budget would break the promise, and the final model is what the recipe delivers."""
+        of the budget's time left, and the final model's FINAL_MIN_EPOCHS in the rest, and the numbers that say
+        so. A search that does not fit is skipped: a slow model's search at its floor (two constant-rate epochs
+        per training) teaches less than it costs the final model's decayed epochs (shapes32/resnet at 5 minutes:
+        a 2-epoch refine left the final one epoch, 26% test accuracy), overrunning the budget would break the
+        promise, and the final model is what the recipe delivers."""
         costs, left = self.costs(), max(0.0, self.end - time.time())
-        need, final, share = costs.min_work(phase), costs.min_work("final"), phase_allowance(left, phase)
+        need, share = costs.min_work(phase), phase_allowance(left, phase)
+        final = costs.training_cost(1, FINAL_MIN_EPOCHS)
         if need > share:
             return False, (f"{left:.0f} s of the budget left; the {phase} search needs about {need:.0f} s at least, "
                            f"more than its share of that ({share:.0f} s): the final model trains longer instead")
         why = (f"{left:.0f} s of the budget left; the {phase} search needs about {need:.0f} s at least "
-               f"and the final model {final:.0f} s")
+               f"and the final model {final:.0f} s for {FINAL_MIN_EPOCHS} epochs after it")
         return left >= need + final, why
 
     def left(self, phase: str) -> float:
