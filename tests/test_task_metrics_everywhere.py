@@ -274,3 +274,14 @@ def test_transfer_from_a_regression_run_compares_by_its_loss(tmp_path, capsys):
                    "class, linear-classifier probes); task 'sine-small' is a regression task: compare the strategies "
                    "instead (transfer compare)"]
     assert len(store.runs()) == before
+
+
+def test_an_overfit_check_cut_short_on_a_regression_speaks_of_its_loss(sine):
+    """Stopped before it memorized (the recipe's cap can do that), a regression's overfit check says how far
+    its loss got against the memorized level: there is no accuracy to speak of."""
+    from trainlab.checks import check_overfit
+
+    r = check_overfit(sine, Config(task=SINE, lr=0.003), max_steps=10)
+    assert r.verdict == "fail" and r.evidence["cause"] in ("too slow", "loss not going down")
+    assert "accuracy" not in r.message, r.message
+    assert f"{r.evidence['target_loss']:.3g}" in r.message

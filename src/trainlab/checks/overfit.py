@@ -114,6 +114,9 @@ def check_overfit(task: Task | None, hp: Config, store: Store | None = None, *, 
     else:
         verdict = "fail"
         acc = f"{evidence['final_accuracy']:.1%}" if evidence["final_accuracy"] is not None else "no"
+        # how far it got: a regression by its loss against the memorized level, a classifier by its accuracy
+        got = (f"loss {trend['end']:.3g}, memorized at {max_loss:.3g}" if max_loss is not None and losses
+               else f"{acc} training accuracy")
         if result.status == "diverged" or any(not math.isfinite(v) for v in losses):
             cause = "loss exploding"
             message = (f"the loss exploded ({result.reason or 'NaN/Inf'}): learning rate too high "
@@ -121,12 +124,14 @@ def check_overfit(task: Task | None, hp: Config, store: Store | None = None, *, 
         elif (trend["start"] - trend["end"]) / trend["start"] < FLAT_DROP:
             cause = "loss not going down"
             message = (f"the loss is not going down ({trend['start']:.3g} -> {trend['end']:.3g} over "
-                       f"{result.steps} steps, {acc} training accuracy): learning rate too low (lr {hp.lr:g}), "
+                       f"{result.steps} steps, {got}): learning rate too low (lr {hp.lr:g}), "
                        "or bad initialization")
         else:
             cause = "too slow"
-            message = (f"the loss fell ({trend['start']:.3g} -> {trend['end']:.3g}) but training accuracy reached "
-                       f"only {acc} on {n} examples in {result.steps} steps: raise max_steps or the learning "
+            short = (f"stayed above {max_loss:.3g}, the level of a memorized sample," if max_loss is not None
+                     else f"training accuracy reached only {acc}")
+            message = (f"the loss fell ({trend['start']:.3g} -> {trend['end']:.3g}) but {short} "
+                       f"on {n} examples in {result.steps} steps: raise max_steps or the learning "
                        f"rate (lr {hp.lr:g}); a model that cannot memorize {n} examples may be too small")
         evidence["cause"] = cause
     summary = {"check": "overfit", "verdict": verdict, "message": message, **evidence}
