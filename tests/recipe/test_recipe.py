@@ -192,7 +192,9 @@ def test_interrupt_leaves_a_report(interrupted):
     stopped = [k for k, r in steps.items() if r["status"] == "stopped"]
     assert stopped and "final" not in steps
     page = (d / "report" / "index.html").read_text()
-    assert "interrupted" in page and "Step 3: learning-rate test" in page and (d / "report" / "lr_test.png").is_file()
+    assert "interrupted" in page and "Step 3: learning-rate test" in page
+    ran = steps["lr"]["summary"]["evidence"].get("check_run") is not None   # not run when the checks' cap cannot hold it
+    assert (d / "report" / "lr_test.png").is_file() == ran
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +227,9 @@ def test_resume_skips_finished_steps_and_completes(resumed):
     assert all(r.get("summary", {}).get("test/acc") is None
                for r in Store(d / "r.db").runs(kind="train"))          # no search run saw the test split
     names = {p.name for p in (d / "report").iterdir()}
-    assert {"index.html", "final.yaml", "overfit.png", "lr_test.png", "coarse_grid.png", "refine_1.png",
+    assert {"index.html", "final.yaml", "overfit.png", "coarse_grid.png", "refine_1.png",
             "cv_1.png", "final_fold0.png"} <= names
+    assert ("lr_test.png" in names) == (after["lr"]["summary"]["evidence"].get("check_run") is not None)
 
 
 def test_final_yaml_is_accepted_by_train(resumed, capsys):

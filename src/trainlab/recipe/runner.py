@@ -152,7 +152,7 @@ class _Recipe:
         self.reserve_s = max(2.0, report_s - (0.05 * budget_s + 8.0))
         self.started = time.time() if started is None else started
         self.end = self.started - spent_before + budget_s - self.reserve_s
-        self.checks_end = self.started - spent_before + CHECKS_CAP * budget_s   # the checks' hard cap
+        self.checks_end: float | None = None   # the checks' hard cap, counted from when they begin
         self.results: list[StepResult] = []
         self.done = self._finished_steps()
         self.interrupted = False
@@ -234,7 +234,11 @@ class _Recipe:
                                            hparams=hp.model_dump(mode="json"), seed=hp.seed,
                                            study=self.study, kind="step")
         self.store.update_run(run_id, summary={"key": key, "step": number, "title": title, "phase": phase})
-        cap = max(0.0, self.checks_end - time.time()) * phase_share if phase == "checks" else math.inf
+        cap = math.inf
+        if phase == "checks":   # from the first check on, not from the process's start (a slow start-up is not theirs)
+            if self.checks_end is None:
+                self.checks_end = time.time() + CHECKS_CAP * self.budget_s
+            cap = max(0.0, self.checks_end - time.time()) * phase_share
         call = Call(run_id=run_id, plan=stored_plan, seconds=left, deadline=self.deadline(phase),
                     earlier=tuple(self.results), interrupted=lambda: self.interrupted, cap=cap)
         progress = _Progress(label, left, not self.quiet)
