@@ -188,7 +188,9 @@ def test_a_regression_recipe_chooses_and_reports_by_its_loss(recipe, monkeypatch
     page = (cwd / "recipe-report" / "index.html").read_text()
     assert f"test/mse {final['test_acc']:.4f} &middot; val/loss {final['val_acc']:.4f}" in page
     assert "accuracy" not in page.lower().replace("learning-rate", ""), "nothing on the page calls mse an accuracy"
-    for name in ("overfit.png", "coarse_grid.png", "cv_1.png", "refine_1.png", "final_fold0.png"):
+    members = [f"final_fold{m['fold']}.png" for m in final["members"] if m.get("run") is not None]
+    assert members, final["members"]
+    for name in ("overfit.png", "coarse_grid.png", "cv_1.png", "refine_1.png", *members):
         assert (cwd / "recipe-report" / name).stat().st_size > 5000, name
 
     # the figures, redrawn from the recipe's store, name and draw the regression's metric
