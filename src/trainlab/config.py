@@ -15,7 +15,7 @@ from typing import Any, Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-__all__ = ["Config", "ConfigError", "OPTIMIZERS", "SCHEDULES", "DEFAULT_RUNS_DIR", "load_config", "make_config", "parse_override",
+__all__ = ["Config", "ConfigError", "fitted_hparams", "OPTIMIZERS", "SCHEDULES", "DEFAULT_RUNS_DIR", "load_config", "make_config", "parse_override",
            "apply_overrides", "yaml_load", "MAX_YAML_BYTES", "MAX_YAML_NODES"]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
@@ -145,6 +145,7 @@ class Config(BaseModel):
     batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="examples per forward/backward on one device (the per-device batch); global batch = batch_size x processes x accum_steps")
     epochs: int = Field(20, ge=1, le=MAX_EPOCHS)
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="stop after this many optimizer updates (overrides epochs)")
+    minutes: float | None = Field(None, gt=0.0, le=1e7, description="fit the run to this wall time (from its start): after the first epoch the schedule is shortened to the updates that fit at the measured speed, so its decay ends in time (never lengthened past epochs/steps), and the run stops there at the latest; None: off")
     # data parallel and large batches (torchrun / trainlab train --nproc K; Goyal et al. 2017)
     accum_steps: int = Field(1, ge=1, le=MAX_ACCUM, description="micro-batches per optimizer update (gradient accumulation); schedules count updates")
     lr_scaling: Literal["none", "linear", "sqrt"] = Field("none", description="scale lr by the global batch over base_batch_size (linear: x k, sqrt: x sqrt(k))")
@@ -256,6 +257,9 @@ class Config(BaseModel):
     def _one_warmup(self) -> "Config":
         if self.warmup_steps and self.warmup_epochs:
             raise ValueError("set warmup_steps or warmup_epochs, not both")
+        if self.minutes is not None and self.schedule == "cyclic_cosine":
+            raise ValueError("minutes fits the length of one decay to the time, but schedule cyclic_cosine "
+                             "restarts: set its cycles or restart_period_epochs for the time instead")
         return self
 
     @field_validator("persistent_workers")
@@ -382,3 +386,13 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] | dict[
     for key, value in items:
         data[key] = value
     return make_config(data)
+
+
+def fitted_hparams(hparams: dict[str, Any], summary: dict[str, Any] | None) -> dict[str, Any]:
+    """A stored run's hyperparameters with its time fit applied (what `trainlab train --resume` trains):
+    the fields `train.timefit.TimeFit` changed, stored in its summary as "fitted"."""
+    fitted = (summary or {}).get("fitted") or {}
+    if not fitted.get("config"):
+        return hparams
+    return {**hparams, **fitted["config"], "minutes": None}
+

@@ -40,7 +40,13 @@ def cmd_train(args) -> int:
 
     loggers = loggers_from(args.log_to)  # bad specs and missing libraries fail before torch is imported
     store = open_store(args) if args.resume is not None else None
-    hp = make_config(store.run(args.resume)["hparams"]) if store is not None else load_config(args.config, args.set)
+    if store is not None:  # a resumed run trains its stored config, with its time fit (`minutes`) applied
+        from trainlab.config import fitted_hparams
+
+        row = store.run(args.resume)
+        hp = make_config(fitted_hparams(row["hparams"], row.get("summary")))
+    else:
+        hp = load_config(args.config, args.set)
     if args.print_config:
         out(hp.to_yaml().rstrip("\n"))
         return 0

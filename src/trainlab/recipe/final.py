@@ -5,11 +5,14 @@ the members trained side by side and ensembled, and the test split evaluated onc
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable
 
 from trainlab.recipe.configs import final_config
+from trainlab.recipe.costs import CostModel
 from trainlab.recipe.final_plan import (
+    MAX_STRETCH,
     PEAK_FACTORS,
     described,
     pick_peak,
@@ -21,6 +24,7 @@ from trainlab.recipe.final_plan import (
 from trainlab.recipe.plan import (
     FINAL_SAFETY,
     FOLDS,
+    MAX_FINAL_EPOCHS,
     MAX_MEMBERS,
     STEP_TITLES,
     mean_std,
@@ -51,6 +55,37 @@ def place_final_decay(steps: Steps, incumbent: dict, fit_epochs: int) -> dict[st
     return place_decay(stalls, constant, fit_epochs)
 
 
+FIT_GROWTH = 1.5   # a final sized by the time may train up to 1.5x the epochs the cost model expects
+
+
+def fitted_to_time(decay: dict[str, Any], members: int, workers: int, costs: CostModel, seconds: float) -> dict[str, Any]:
+    """The final's decay fitted to the time itself (`Config.minutes`) when the time, not the evidence, set its
+    length (one more epoch would not fit by the cost model's estimate): its epochs raised to FIT_GROWTH x the
+    estimate (within the placed decay's stretch), and each member's run fits its schedule's length to its
+    minutes after its first epoch, measured. A whole-epoch plan from an estimate leaves up to an epoch
+    unused, or cuts the decay when the estimate was low: on a slow model, a quarter of the training."""
+    epochs, parallel = int(decay["epochs"]), workers > 1
+    if costs.cost(members, epochs + 1, min(workers, members) if parallel else 1, parallel) <= FINAL_SAFETY * seconds:
+        return decay   # the evidence set the length, and it fits with time to spare
+    cap = max(epochs + 1, math.ceil(FIT_GROWTH * epochs))
+    if decay.get("stall_epoch") is not None:
+        cap = min(cap, max(epochs, math.ceil(MAX_STRETCH * int(decay.get("placed_epochs") or epochs))))
+    cap = min(cap, MAX_FINAL_EPOCHS)
+    if cap <= epochs:
+        return {**decay, "fit": True}
+    return {**decay, "epochs": cap, "patience": max(5, cap // 2), "fit": True, "estimated_epochs": epochs,
+            "reason": f"{decay['reason']}; fitted to the time: at most {cap} epochs, each member's length set "
+                      f"after its first epoch from its measured speed ({epochs} by the estimate)"}
+
+
+def member_minutes(deadline: float, members: int, workers: int, costs: CostModel) -> float:
+    """Each final member's `minutes`: the time to the deadline, less the search's own start-up, shared by
+    the rounds its members train in (`workers` at a time)."""
+    parallel = workers > 1
+    rounds = -(-members // max(1, workers))
+    return max(0.05, (deadline - time.time() - costs.overhead(parallel)) / rounds / 60.0)
+
+
 def final_members(steps: Steps, res) -> list[dict]:
     """The final search's members (one per fold), marked as the final model, with their checkpoints."""
     steps.mark([r["run"] for r in res.leaderboard], "final", "the final model")
@@ -61,6 +96,7 @@ def final_members(steps: Steps, res) -> list[dict]:
                         "status": r["status"], "epochs": r["epochs"],
                         "best_epoch": run["best_epoch"] if run else None,
                         "reason": run["reason"] if run else None,
+                        "fitted": (run.get("summary") or {}).get("fitted") if run else None,
                         "checkpoint": run["checkpoint"] if run else None})
     return members
 
@@ -117,6 +153,7 @@ def final_step(steps: Steps, call: Call, incumbent: dict) -> StepResult:
             decay = spend_final(call.left() if peak is not None else call.seconds, decay, size["members"], cost)
             if parallel:
                 workers = min(steps.workers, decay["members"])
+        decay = fitted_to_time(decay, decay.get("members", size["members"]), workers, costs, call.left())
         decay = shaped(decay, steps.hp.schedule if steps.final_schedule == "placed" else "cosine", steps.hp.gamma)
         members = decay.get("members", size["members"])
         plan = {**size, "members": members, "study": f"{steps.study}/final", "trainings": members,
@@ -125,6 +162,9 @@ def final_step(steps: Steps, call: Call, incumbent: dict) -> StepResult:
         steps.save_plan(call, plan)
     base = final_config(steps.hp, plan["point"], plan["epochs"], plan["patience"], metric=steps.metric,
                         decay=plan.get("decay"))
+    if (plan.get("decay") or {}).get("fit") and call.deadline is not None:
+        base = base.model_copy(update={"minutes": member_minutes(call.deadline, plan["members"], plan["workers"],
+                                                                 steps.costs(call))})
     res = steps.search(base, {"split_seed": _grid_text(plan["folds"])}, plan, plan["study"],
                        call.deadline, checkpoints=True)
     members = final_members(steps, res)

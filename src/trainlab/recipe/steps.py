@@ -101,7 +101,10 @@ def _what_ran(members: Sequence[dict], planned: int) -> str:
     """What the final trainings actually did: epochs run, why they stopped, their best epoch."""
     parts = []
     for m in members:
-        why = m.get("reason") or ("all planned epochs" if m.get("epochs") == planned else m.get("status"))
+        fit = m.get("fitted") or {}
+        why = m.get("reason") or (f"its schedule fitted to {fit['epochs']:g} epochs in its {fit['minutes']:.2g} minutes"
+                                   if fit.get("updates", 0) < fit.get("planned_updates", 0) else None) or (
+            "all planned epochs" if m.get("epochs") == planned else m.get("status"))
         parts.append(f"{m.get('epochs')} epochs ({why}), best epoch {m.get('best_epoch')}")
     head = "ran " if len(parts) == 1 else "members ran "
     return head + "; ".join(parts)

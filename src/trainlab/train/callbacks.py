@@ -73,22 +73,23 @@ class Callback(Protocol):
 
 
 class Deadline:
-    """Stop("stopped", "budget reached") at the first step (or epoch end) at or past `deadline`.
+    """Stop("stopped", "budget reached") at the first step (or epoch end) at or past `deadline` (a run's own
+    time limit, `minutes`, stops with status "completed": it did what it was configured to do).
 
     `deadline` is a `time.time()` timestamp. `fired` tells afterwards whether this callback ended the run
     (a run stopped by the deadline keeps its best weights and is validated on its partial last epoch,
     as for any callback's stop).
     """
 
-    def __init__(self, deadline: float, reason: str = BUDGET_REACHED):
+    def __init__(self, deadline: float, reason: str = BUDGET_REACHED, status: str = "stopped"):
         self.deadline = float(deadline)
-        self.reason = reason
+        self.reason, self.status = reason, status
         self.fired = False
 
     def _check(self) -> Stop | None:
         if time.time() >= self.deadline:
             self.fired = True
-            return Stop("stopped", self.reason)
+            return Stop(self.status, self.reason)
         return None
 
     def on_step_end(self, state) -> Stop | None:

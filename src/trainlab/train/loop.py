@@ -31,7 +31,7 @@ from trainlab.config import DEFAULT_RUNS_DIR, Config, ConfigError
 from trainlab.metrics import for_task
 from trainlab.monitor import ratio_warnings
 from trainlab.optim import build_optimizer
-from trainlab.parallel.ddp import Dist, apply_sync_bn, batchnorm_warning, wrap_ddp
+from trainlab.parallel.ddp import Dist, apply_sync_bn, batchnorm_warning, broadcast_object, wrap_ddp
 from trainlab.preflight import preflight
 from trainlab.store import Store
 from trainlab.tasks import Task, checked, load_task, model_label
@@ -49,6 +49,7 @@ from trainlab.train.precision import Execution, input_dims
 from trainlab.train.record import Recorder
 from trainlab.train.resume import Checkpoints, Position, resume_run
 from trainlab.train.startup import Startup
+from trainlab.train.timefit import TimeFit
 from trainlab.train.steps import Steps
 
 __all__ = ["fit", "FitResult", "resolve_device", "lr_schedule", "epoch_order", "LoopState", "Stop", "Callback"]
@@ -105,7 +106,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     read points (every few dozen steps, each epoch), never per step; see `train.loggers`.
     The run's summary keeps "startup": the seconds from fit() to the first step and that step's own cost.
     """
-    started = time.perf_counter()
+    started, wall_started = time.perf_counter(), time.time()
     startup = Startup(started)
     ddp = dist is not None and dist.ddp
     rank, world = (dist.rank, dist.world_size) if ddp else (0, 1)
@@ -117,6 +118,9 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     feed = Feed.for_task(task, hp, device)
     check_data(task, hp, feed)  # bad data: one line, before anything is stored
     callbacks = [*callbacks_for(hp), *callbacks]  # EMA and snapshots, when hp asks for them
+    timefit = TimeFit.start(hp, wall_started, resumed=resume is not None)  # `minutes`: the schedule fitted after epoch 1
+    if timefit is not None:
+        callbacks.append(timefit.deadline)
     pipelined = hp.parallel == "pipeline" and check_pipeline(hp, dist)  # a ConfigError before anything is stored
     model, optimizer, net, ex = _build(task, hp, model, optimizer, device, None if pipelined else dist, world,
                                        startup)
@@ -158,16 +162,30 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
                 ckpts.save("last.pt", pos)
             try:
                 startup.loop_starts()
-                for epoch in range(pos.epoch, plan.epochs):
-                    state.epoch = pos.epoch = epoch
+                first_epoch = pos.epoch
+                while pos.epoch < plan.epochs:  # a time fit (`minutes`) may shorten the plan after the first epoch
+                    epoch, step0 = pos.epoch, pos.step
+                    state.epoch = epoch
                     t0 = time.perf_counter()
                     seen, stop = steps.epoch(epoch, pos)  # the updates; ends early on divergence, a stop or a halt
                     startup.epoch_updates_done(pos.step, quiet)
+                    t1 = time.perf_counter()
                     if stop is None or not (stop.status == "diverged" or steps.interrupted):
-                        stop = end_epoch(state, pos, seen, time.perf_counter() - t0, stop)  # validation, checkpoints
+                        stop = end_epoch(state, pos, seen, t1 - t0, stop)  # validation, checkpoints
                     if stop is not None:
                         status, reason = stop.status, stop.reason
                         break
+                    if timefit is not None:  # `minutes`: the schedule's length fitted to the time left
+                        excess = startup.first_excess() if epoch == first_epoch else 0.0
+                        decide = (lambda n: broadcast_object(dist, n)) if dist is not None and world > 1 else None
+                        hp, fitted = timefit.after_epoch(hp, plan, pos.step, t1 - t0 - excess, pos.step - step0,
+                                                         time.perf_counter() - t1, decide)
+                        if fitted is not None:
+                            plan = state.plan = steps.plan = fitted
+                            state.total_steps, state.hp, ckpts.hp = plan.total_updates, hp, hp
+                            rec.fitted(plan, timefit.summary)
+                            if not quiet:
+                                print(timefit.said())
             except KeyboardInterrupt:
                 steps.read_losses(state.epoch, pos, collective=False)
                 status, reason = "stopped", f"interrupted at step {pos.step}" + resume_hint(rec.run_id, rec.run_dir)
@@ -189,7 +207,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     layer_warnings, best_path = ratio_warnings(steps.ratio_log), ckpts.best_path()
     rec.finish(status, reason, steps=pos.step, seconds=time.perf_counter() - started, num_classes=task.num_classes,
                test=test, best=stopper.best, best_epoch=stopper.best_epoch, epochs=epochs, checkpoint=best_path,
-               warnings=layer_warnings, summary={**callback_summary(callbacks), "startup": startup.summary()})
+               warnings=layer_warnings, summary={**callback_summary(callbacks), "startup": startup.summary(),
+                                                   **(timefit.stored(plan) if timefit is not None else {})})
     if not quiet:
         _print_end(hp, status, reason, stopper, test, layer_warnings, task.task_metrics.summary()["headline"])
     return FitResult(rec.run_id, status, reason, stopper.best, stopper.best_epoch, epochs, pos.step, test,

@@ -19,7 +19,9 @@ from trainlab.config import Config, ConfigError
 from trainlab.parallel.ddp import LrScaling, scale_lr, shard_size
 from trainlab.schedules import cycle_ends, from_config
 
-__all__ = ["RunPlan", "lr_schedule"]
+__all__ = ["RunPlan", "lr_schedule", "updates_that_fit", "fitted_config", "FIT_SAFETY"]
+
+FIT_SAFETY = 0.95  # `minutes`: the schedule is fitted to 95% of the time left (the run also stops at 100%)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,36 @@ class RunPlan:
         if self.execution is not None:
             lines.append(self.execution.describe())
         return lines
+
+
+def updates_that_fit(seconds: float, step: int, cap: int, updates_per_epoch: int, update_s: float,
+                     validation_s: float) -> int:
+    """The run's new total of optimizer updates when `seconds` are left after update `step`: the most, up to
+    `cap`, whose updates (`update_s` each) and validations (`validation_s` at each epoch's end, a cut last
+    epoch included) fit. `step` when not one more update fits.
+
+    >>> updates_that_fit(100, 10, 1000, 10, 1.0, 5.0)   # 6 epochs x (10 + 5) = 90, then 5 updates + 5
+    75
+    >>> updates_that_fit(100, 10, 40, 10, 1.0, 5.0), updates_that_fit(3, 10, 40, 10, 1.0, 5.0)
+    (40, 10)
+    """
+    epoch_s = updates_per_epoch * update_s + validation_s
+    if epoch_s <= 0:
+        return cap
+    full = int(max(0.0, seconds) // epoch_s)
+    rest = max(0.0, seconds) - full * epoch_s - validation_s
+    extra = int(rest // update_s) if rest > 0 and update_s > 0 else 0
+    return max(step, min(cap, step + full * updates_per_epoch + min(extra, updates_per_epoch - 1)))
+
+
+def fitted_config(hp: Config, total: int, planned: int) -> Config:
+    """`hp` with its schedule's length set to `total` optimizer updates (from `planned`): `steps`, and the
+    step-decay milestones and step size scaled with it, so the decay keeps its shape; `minutes` cleared
+    (the fit is done: a resumed run trains this schedule to its end)."""
+    r = total / planned
+    return hp.model_copy(update={
+        "steps": total, "minutes": None,
+        "milestones_epochs": [m * r for m in hp.milestones_epochs], "step_size_epochs": hp.step_size_epochs * r})
 
 
 def lr_schedule(hp: Config, steps_per_epoch: int, world_size: int = 1) -> tuple[Callable[[int], float], int, int]:

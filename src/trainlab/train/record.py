@@ -142,6 +142,13 @@ class Recorder:
             self.logged.call("start", {**self.run_info, **extra})
             self._started = True
 
+    def fitted(self, plan: RunPlan, fitted: dict[str, Any]) -> None:
+        """The run's schedule fitted to its time (`timefit.TimeFit`): its new plan and the fit, in the summary
+        (a transient database fault leaves it to the run's end, which writes it again)."""
+        if self.store is not None and self.buffer is not None:
+            self._try(lambda: self.store.update_run(self.run_id, summary={"plan": plan.summary()["plan"],
+                                                                           "fitted": fitted}))
+
     def resumed(self, step: int, dist: Dist | None = None) -> None:
         """The run goes on from update `step`: claimed for this process (`Store.claim_run`: refused when
         another live process holds it, or when it completed or diverged), rows after the checkpoint dropped,

@@ -78,5 +78,10 @@ class Startup:
                   f"{dynamo}; the step itself {t['first_step_s'] * 1e3:.0f} ms (later steps "
                   f"{t['later_step_s'] * 1e3:.1f} ms)", file=sys.stderr)
 
+    def first_excess(self) -> float:
+        """Seconds the first update took beyond a later one (lazy initialization, allocations): 0 until known."""
+        t = self.times
+        return max(0.0, t["first_step_s"] - t["later_step_s"]) if "later_step_s" in t else 0.0
+
     def summary(self) -> dict[str, float]:
         return {k: round(v, 4) for k, v in self.times.items()}
