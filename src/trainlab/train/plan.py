@@ -4,6 +4,8 @@ Updates per epoch, the total, the warmup, the lr scaling for the global batch, t
 where its cycles end all follow from `hp`, the number of training examples and the number of processes.
 They are derived here and nowhere else: the loop, the averaging callbacks (snapshots at cycle ends), the
 recipe's cost model and the printed start line all read the one plan, which is also stored with the run.
+A run with `minutes` resolves it once more after its first epoch, with the length fitted to its time
+(`timefit.py`; `updates_that_fit`, `fitted_config`), and stores that plan instead.
 
     plan = RunPlan.resolve(Config(epochs=10, batch_size=32), examples=3600)
     plan.updates_per_epoch, plan.total_updates, plan.lr(0)      # (113, 1130, 0.003)
