@@ -13,7 +13,8 @@ from helpers import noisy_task
 from trainlab.config import load_config
 from trainlab.recipe.plan import MIN_OVERFIT_STEPS
 from trainlab.recipe.records import StepResult
-from trainlab.recipe.steps import LR_STEPS_SHORT, Call, Steps
+from trainlab.recipe.check_steps import LR_STEPS_SHORT, lr_step, overfit_step
+from trainlab.recipe.steps import Call, Steps
 from trainlab.store import Store
 
 
@@ -31,7 +32,7 @@ def test_a_capped_overfit_check_trains_the_least_steps_and_tries_no_remedy(tmp_p
 
     hp = load_config(None, ["task=digits", "model=mlp", "width=16", "lr=0.0003"])   # slow: 30 steps do not memorize
     steps = _steps(tmp_path, hp, load_task(hp))
-    r = steps.overfit_step(_call(cap=0.0))
+    r = overfit_step(steps, _call(cap=0.0))
     assert [a["max_steps"] for a in r.evidence["attempts"]] == [MIN_OVERFIT_STEPS]
     # the loss barely moved in 30 steps: without the cap a remedy at 10x the rate would follow; with it, no
     # failure (a remedy left out is no evidence), and step 3 tests the rates
@@ -44,7 +45,7 @@ def test_a_capped_overfit_check_trains_the_least_steps_and_tries_no_remedy(tmp_p
 
 def _overfit(learned: bool) -> StepResult:
     """Step 2's evidence: its loss fell at lr 0.03 (`learned`), or nothing tried; 1 ms per step."""
-    ev = {"attempts": [{"lr": 0.03, "verdict": "warn", "cause": "too slow"}]} if learned else {}
+    ev = {"attempts": [{"lr": 0.03, "verdict": "warn", "cause": "too slow"}], "loss_fell_at": 0.03} if learned else {}
     return StepResult("overfit", 2, "overfit a small sample", "warn", "the loss fell", {**ev, "step_s": 0.001})
 
 
@@ -55,7 +56,7 @@ def test_a_capped_lr_test_is_not_widened_and_goes_on_from_step_2s_rate(tmp_path,
     on, or without that evidence the config's own rate (the doctor judges the runs that follow)."""
     hp = load_config(None, ["model=mlp", "width=64"])
     steps = _steps(tmp_path, hp, noisy_task(0.06, zero_inputs=True))
-    r = steps.lr_step(_call(cap=0.3, earlier=[_overfit(learned)]))
+    r = lr_step(steps, _call(cap=0.3, earlier=[_overfit(learned)]))
     assert [a["steps"] for a in r.evidence["attempts"]] == [LR_STEPS_SHORT]       # not widened
     assert "no time to widen the test" in r.message
     assert r.verdict == "warn"   # a test cut short is no evidence that no rate trains the model
@@ -70,7 +71,7 @@ def test_a_capped_lr_test_is_not_widened_and_goes_on_from_step_2s_rate(tmp_path,
 def test_an_lr_test_the_cap_cannot_hold_is_not_run_when_step_2_learned(tmp_path):
     hp = load_config(None, ["model=mlp", "width=64"])
     steps = _steps(tmp_path, hp, noisy_task(0.06, zero_inputs=True))
-    r = steps.lr_step(_call(cap=0.1, earlier=[_overfit(True)]))   # the shortest test: about 2 x 6.5 x 20 ms
+    r = lr_step(steps, _call(cap=0.1, earlier=[_overfit(True)]))   # the shortest test: about 2 x 6.5 x 20 ms
     assert r.verdict == "warn" and r.evidence["suggested_lr"] == 0.03 and r.evidence["check_run"] is None
     assert "does not fit the checks' cap" in r.message
     assert steps.store.runs(study="cap") == []                   # nothing trained

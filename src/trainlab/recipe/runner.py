@@ -1,7 +1,7 @@
 """The recipe: choosing hyperparameters end to end, in seven steps, within a wall-clock budget.
 
 This module carries the steps out: it resumes, handles Ctrl-C, keeps the budget and records each step;
-what each step does is `steps.py`, the arithmetic behind it `plan.py` and `costs.py`, the report `report.py`.
+what each step does is `check_steps.py`, `steps.py` and `final.py`, the arithmetic behind it `plan.py` and `costs.py`, the report `report.py`.
 
     1 initial loss        check_init: the loss at initialization is about log C (weight decay off)
     2 overfit             check_overfit: 100% training accuracy on a few minibatches; if not, the lecture's
@@ -44,13 +44,13 @@ from __future__ import annotations
 import math
 import re
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from trainlab.config import DEFAULT_RUNS_DIR, Config, ConfigError, apply_overrides
+from trainlab.recipe.check_steps import init_step, lr_step, overfit_step
 from trainlab.recipe.costs import CostModel
 from trainlab.recipe.final import final_step
 from trainlab.recipe.plan import (
@@ -67,6 +67,7 @@ from trainlab.recipe.plan import (
 from trainlab.recipe.records import Interrupted, RecipeResult, StepResult, StopRecipe
 from trainlab.recipe.report import write_report
 from trainlab.recipe.configs import search_base
+from trainlab.recipe.startup import REPORT_FIGURES, Progress, figure_cost, jsonable, warm_up
 from trainlab.recipe.steps import Call, Steps
 from trainlab.search.workers import default_workers
 from trainlab.store import Store, normalize_url
@@ -107,35 +108,6 @@ def _attempts(store: Store, base: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-class _Progress:
-    """A time bar for one step (elapsed seconds against its allowance), refreshed by a thread."""
-
-    def __init__(self, desc: str, seconds: float, enabled: bool):
-        self.bar = None
-        self._stop = threading.Event()
-        if not enabled or not sys.stderr.isatty():  # a bar only where it can redraw itself
-            return
-        from tqdm.auto import tqdm
-
-        self.total = max(1, round(seconds))
-        self.bar = tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s")
-        self.t0 = time.time()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            self.bar.n = min(self.total, round(time.time() - self.t0))
-            self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self._stop.set()
-            self._thread.join()
-            self.bar.close()
-
-
 # --- the recipe -------------------------------------------------------------------------------------------
 
 class _Recipe:
@@ -173,8 +145,7 @@ class _Recipe:
 
     def costs(self) -> CostModel:
         """The cost model as of now: what the steps so far measured."""
-        s = self.steps
-        return CostModel(s.workers, s.updates_per_epoch, s.warmup_s, tuple((r.key, r.evidence) for r in self.results))
+        return self.steps.costs(self.results)
 
     def deadline(self, phase: str) -> float:
         """The phase's deadline, fixed when the phase first asks for it: its share of the time left, but
@@ -241,7 +212,7 @@ class _Recipe:
             cap = max(0.0, self.checks_end - time.time()) * phase_share
         call = Call(run_id=run_id, plan=stored_plan, seconds=left, deadline=self.deadline(phase),
                     earlier=tuple(self.results), interrupted=lambda: self.interrupted, cap=cap)
-        progress = _Progress(label, left, not self.quiet)
+        progress = Progress(label, left, not self.quiet)
         t0 = time.time()
         try:
             result = fn(call)
@@ -262,7 +233,7 @@ class _Recipe:
         result.seconds, result.run_id = time.time() - t0, run_id
         self.store.finish_run(run_id, "completed", reason=result.message,
                               summary={"verdict": result.verdict, "message": result.message,
-                                       "evidence": _jsonable(result.evidence), "seconds": result.seconds})
+                                       "evidence": jsonable(result.evidence), "seconds": result.seconds})
         self.results.append(result)
         self.say(f"{label}: {result.verdict}: {result.message} ({result.seconds:.0f} s of {left:.0f} s)")
         return result
@@ -270,13 +241,13 @@ class _Recipe:
     # ---- the whole recipe
     def run(self) -> tuple[str, str | None]:
         steps = self.steps
-        r1 = self.step("init", 1, steps.init_step)
+        r1 = self.step("init", 1, lambda call: init_step(steps, call))
         if r1.verdict == "fail" and not self.force:
             return "stopped", f"step 1 failed: {r1.message} (--force goes on anyway)"
-        r2 = self.step("overfit", 2, steps.overfit_step, phase_share=0.45)
+        r2 = self.step("overfit", 2, lambda call: overfit_step(steps, call), phase_share=0.45)
         if r2.verdict == "fail" and not self.force:
             return "stopped", f"step 2 failed: {r2.message} (--force goes on anyway)"
-        r3 = self.step("lr", 3, steps.lr_step)
+        r3 = self.step("lr", 3, lambda call: lr_step(steps, call))
         if r3.verdict == "fail" and not self.force:
             return "stopped", f"step 3 failed: {r3.message} (--force goes on anyway)"
         fits, why = (True, "") if "coarse" in self.done else self.fits("coarse")
@@ -297,52 +268,6 @@ class _Recipe:
                 break
         self.step("final", 8, lambda call: final_step(steps, call, incumbent))
         return "completed", None
-
-
-def _warm_up() -> float:
-    """Pay torch's one-time import costs now (the first optimizer imports torch._dynamo: ~1 s on an idle
-    machine, 15 s and more on a loaded one), so they do not distort the first step's timing. Returns the
-    seconds it took: what a search worker process will pay again when it starts."""
-    import torch
-
-    t0 = time.time()
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-    return time.time() - t0
-
-
-REPORT_FIGURES = 12   # the report's figures in figure-equivalents (multi-panel ones count more): what to reserve
-
-
-def _figure_cost() -> float:
-    """Seconds one report-sized figure takes to draw and save on this machine now (matplotlib's import is
-    paid here, once, as the report would): on a loaded 2-core machine 1-2 s, where an idle one takes 0.1 s."""
-    import io
-
-    from trainlab.recipe.report_figures import _plt
-
-    plt = _plt()
-    t0 = time.time()
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-    for ax in axes:
-        ax.scatter(range(2000), [i % 7 for i in range(2000)], s=2)
-        ax.plot(range(2000), [i % 5 for i in range(2000)])
-    fig.tight_layout()
-    fig.savefig(io.BytesIO(), format="png", dpi=90)
-    plt.close(fig)
-    return time.time() - t0
-
-
-def _jsonable(obj: Any) -> Any:
-    """Evidence as JSON (NaN/Inf as None, tuples as lists, dict keys as strings)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 def _check_same_config(store: Store, study: str, hp: Config) -> None:
@@ -395,8 +320,8 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     store = Store(db_url)
     out = Path(out)
     budget_s = 60.0 * budget_minutes
-    warmup_s = _warm_up()
-    figure_s = _figure_cost()
+    warmup_s = warm_up()
+    figure_s = figure_cost()
     started = time.time() if started_at is None else float(started_at)
     base = study_name(hp, task)
     attempts = _attempts(store, base)

@@ -1,13 +1,13 @@
-"""The recipe's steps, one method each: what a step does, given what the steps before it found.
+"""The recipe's steps: what a step does, given what the steps before it found.
 
-    init_step      1  the loss at initialization (check_init)
-    overfit_step   2  overfit a few minibatches, with the remedies (check_overfit)
-    lr_step        3  the learning-rate test (check_lr)
+    init_step      1  the loss at initialization (check_init)             check_steps.py
+    overfit_step   2  overfit a few minibatches, with the remedies         check_steps.py
+    lr_step        3  the learning-rate test (check_lr_widened)            check_steps.py
     coarse_step    4  the coarse grid of rates x weight decays
     refine_step    5  the finer grid (or the doctor's move) on two validation folds
     doctor_step    6  the learning-curve doctor picks the next move
     loop_step      7  back to 5, or on to the final model
-    final_step        the final model (an ensemble of one member per fold with 2+ workers), tested once
+    final_step        the final model (an ensemble of one member per fold with 2+ workers), tested once: final.py
 
 A step reads the recipe's fixed inputs (`Steps`' fields) and its call (`Call`: its step run, the plan an
 interrupted earlier try stored, its seconds and its phase's deadline, the steps done before it) and
@@ -18,27 +18,24 @@ prints it, resumes it and enforces the budget.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from trainlab.config import Config, apply_overrides
+from trainlab.config import Config
 from trainlab.recipe.configs import search_base
 from trainlab.recipe.costs import CostModel, measure_search
 from trainlab.recipe.plan import (
     COARSE_WEIGHT_DECAYS,
     FOLDS,
     MAX_ROUNDS,
-    MIN_OVERFIT_STEPS,
     MIN_REFINE_EPOCHS,
     PURPOSES,
     STEP_TITLES,
     choose_move,
     coarse_grid,
     epochs_fitting,
-    next_overfit_lr,
     rank_candidates,
     rank_coarse,
     refine_grid,
@@ -46,15 +43,13 @@ from trainlab.recipe.plan import (
     size_coarse,
     size_refine,
 )
-from trainlab.recipe.records import Interrupted, StepResult
+from trainlab.recipe.records import StepResult
 from trainlab.store import Store
 
 if TYPE_CHECKING:  # for the annotation only: importing trainlab.recipe stays free of torch
     from trainlab.tasks import Task
 
-__all__ = ["Call", "Steps", "LR_STEPS_SHORT"]
-
-LR_STEPS_SHORT = 20   # step 3's steps per trial when the budget left cannot hold a 50-step test
+__all__ = ["Call", "Steps"]
 
 
 @dataclass(frozen=True)
@@ -144,10 +139,11 @@ class Steps:
         """{"metric", "mode"}: kept in the search steps' evidence, so the report draws and labels that metric."""
         return {"metric": self.metric[0], "mode": self.metric[1]}
 
-    def costs(self, call: Call) -> CostModel:
-        """The cost model as of this call: what the steps before it measured."""
-        return CostModel(self.workers, self.updates_per_epoch, self.warmup_s,
-                         tuple((s.key, s.evidence) for s in call.earlier))
+    def costs(self, done: Call | Sequence[StepResult]) -> CostModel:
+        """The cost model from what the steps `done` (a call's earlier steps, or the runner's results so far)
+        measured: the one place it is built."""
+        earlier = done.earlier if isinstance(done, Call) else done
+        return CostModel(self.workers, self.updates_per_epoch, self.warmup_s, tuple((s.key, s.evidence) for s in earlier))
 
     def save_plan(self, call: Call, plan: dict) -> None:
         """Keep a search's plan with its step run, so that an interrupted search resumes with the same one."""
@@ -171,139 +167,6 @@ class Steps:
             timed.append({"seconds": secs, "epochs": epochs, "epoch_times": times,
                           "completed": r["status"] == "completed"})
         return measure_search(timed, search_seconds, n_workers)
-
-    # ---- steps 1-3: the checks
-    def init_step(self, call: Call) -> StepResult:
-        from trainlab.checks import check_init
-
-        t0 = time.time()
-        r = check_init(self.task, self.hp, self.store, study=self.study)
-        fwd = (time.time() - t0) / max(1, r.evidence.get("batches", 10))
-        ev = {**r.evidence, "check_run": r.run_id, "forward_s": fwd, "step_s_estimate": 3 * fwd}
-        ev.pop("batch_losses", None)
-        return StepResult("init", 1, STEP_TITLES[1], r.verdict, r.message, ev)
-
-    def overfit_step(self, call: Call) -> StepResult:
-        from trainlab.checks import check_overfit
-
-        step_s = call.evidence("init").get("step_s_estimate") or 0.01
-        attempts, lr = [], self.hp.lr
-        t_start = time.time()
-        t_end, t_cap = t_start + call.seconds, t_start + call.cap
-        result, cut = None, None
-        for attempt in range(4):   # the first try and up to three remedies, one decade at a time
-            # Sized to the time left (about 3x the steps' cost, for the validations on the sample every few
-            # steps), never below 200 steps (a remedy is tried even when it overruns this small share) unless
-            # the checks' cap cannot hold them: a slow model then gets the steps that fit, at least
-            # MIN_OVERFIT_STEPS, enough to see its loss fall.
-            now = time.time()
-            fitting = (t_cap - now) / (1.5 * step_s)
-            max_steps = int(min(1000, max(200, (t_end - now) / (3 * step_s)), max(MIN_OVERFIT_STEPS, fitting)))
-            t0 = time.time()
-            r = check_overfit(self.task, apply_overrides(self.hp, {"lr": lr}), self.store, max_steps=max_steps,
-                              study=self.study, runs_dir=self.runs_dir)
-            seconds = time.time() - t0
-            if call.interrupted():
-                raise Interrupted()
-            steps = r.evidence.get("steps") or 0
-            if steps:  # the check also validates on the sample every few steps: about a third of its time
-                step_s = seconds / steps / 1.5
-            attempts.append({"lr": lr, "verdict": r.verdict, "message": r.message, "steps": steps,
-                             "max_steps": max_steps, "cause": r.evidence.get("cause"), "run": r.run_id,
-                             "seconds": seconds})
-            result = r
-            if r.passed:
-                break
-            nxt = next_overfit_lr(attempts)
-            if nxt is None:
-                break
-            if time.time() + MIN_OVERFIT_STEPS * 1.5 * step_s > t_cap:
-                cut = f"no time for the remedy at lr {nxt:g} within the checks' cap ({call.cap:.0f} s)"
-                break
-            lr = nxt
-        ev = {"attempts": attempts, "lr": lr, "step_s": step_s, "check_run": result.run_id if result else None,
-              "examples": result.evidence.get("examples") if result else None,
-              "train_step_s": self._train_step_s(result)}
-        if result is not None and result.passed:
-            extra = f" (at lr {lr:g}, after {len(attempts) - 1} remed{'y' if len(attempts) == 2 else 'ies'})" \
-                if len(attempts) > 1 else ""
-            return StepResult("overfit", 2, STEP_TITLES[2], "pass", result.message + extra, ev)
-        tried_txt = ", ".join(f"{a['lr']:g}" for a in attempts)
-        msg = (result.message if result else "no time to try") + f"; learning rates tried: {tried_txt}"
-        if cut:
-            # a remedy the cap left out is not evidence that none would work: step 3 tests the rates
-            return StepResult("overfit", 2, STEP_TITLES[2], "warn",
-                              msg + f"; {cut}, so the recipe goes on (step 3 tests the rates)", ev)
-        if any(a["cause"] == "too slow" for a in attempts):
-            # the loss fell at some rate: the model learns, only not to 100% in the steps this budget holds;
-            # stopping here would give up on a model that can learn, so the recipe goes on and says so
-            return StepResult("overfit", 2, STEP_TITLES[2], "warn",
-                              msg + "; the loss fell, so the recipe goes on (more steps or a bigger model would "
-                                    "memorize the sample)", ev)
-        return StepResult("overfit", 2, STEP_TITLES[2], "fail", msg, ev)
-
-    def _train_step_s(self, result: Any) -> float | None:
-        """Seconds of one training update at the config's batch size, from a check run's epochs' training
-        times (validation excluded; the first epoch left out when there are more, it pays the warm-up): what
-        the cost model turns into seconds per epoch before any search has run."""
-        if result is None or result.run_id is None:
-            return None
-        times = self.store.metrics(result.run_id, ["epoch_time_s"]).get("epoch_time_s", {}).get("value", [])
-        batches = result.evidence.get("batches") or 0
-        times = [t for t in times if _finite(t)]
-        if not times or not batches:
-            return None
-        times = times[1:] if len(times) > 1 else times
-        return statistics.median(times) / batches
-
-    def lr_step(self, call: Call) -> StepResult:
-        from trainlab.checks import check_lr_widened
-
-        step_s = call.evidence("overfit").get("step_s") or call.evidence("init").get("step_s_estimate") or 0.01
-        # 4 discrete trials of s steps and a sweep of 2s steps, plus a validation per trial: at least 50 steps,
-        # a meaningful test, unless the checks' cap cannot hold that (a slow model, or a short budget whose
-        # start-up took the checks' share): then what fits, at least 20, which still ranks the rates that move
-        # the loss at once, rather than overrun the budget by the whole test (50 steps of mnist1d/resnet: 15-22 s)
-        per_step = 6.5 * step_s
-        floor = 50 if min(call.cap, 2 * call.seconds) >= 50 * per_step else LR_STEPS_SHORT
-        steps = int(min(100, max(floor, call.seconds / per_step)))
-        learned = [a for a in call.evidence("overfit").get("attempts", [])
-                   if a.get("verdict") == "pass" or a.get("cause") == "too slow"]
-        if math.isfinite(call.cap):
-            steps = max(LR_STEPS_SHORT, min(steps, int(call.cap / per_step)))
-            # the shortest test, at what such tests cost (their trials' set-up and validations: about twice
-            # the steps' own time), beyond the cap: a slow model would spend the searches' time on a test too
-            # short to see its loss drop, so the rate at which step 2's loss fell goes on
-            shortest = 2 * per_step * LR_STEPS_SHORT
-            if shortest > call.cap and learned:
-                lr = learned[-1]["lr"]
-                msg = (f"suggested lr {lr:g}, the rate at which step 2's loss fell: the shortest test ({LR_STEPS_SHORT} "
-                       f"steps per rate, about {shortest:.0f} s) does not fit the checks' cap ({call.cap:.0f} s left), "
-                       "so it was not run")
-                return StepResult("lr", 3, STEP_TITLES[3], "warn", msg,
-                                  {"suggested_lr": lr, "rule": "step 2: no time for the test", "table": [],
-                                   "skipped": msg, "check_run": None, "step_s": step_s})
-        t0 = time.time()
-        # never stops a model that can learn: widened (more steps, a wider range) before it calls a failure,
-        # as far as the checks' cap holds; cut there, the rate at which step 2's loss fell goes on
-        r = check_lr_widened(self.task, self.hp, self.store, steps=steps, sweep_steps=max(20, 2 * steps),
-                             study=self.study, seconds=call.cap if math.isfinite(call.cap) else None)
-        seconds = time.time() - t0
-        attempts = r.settings.get("attempts") or [{}]
-        tried_steps = sum((a.get("steps") or steps) * (len(a.get("lrs") or ()) + 2) for a in attempts)
-        ev = {"suggested_lr": r.suggested_lr, "discrete_lr": r.discrete_lr, "sweep_lr": r.sweep_lr,
-              "agree": r.agree, "rule": r.rule, "table": r.table, "trial_steps": steps, "check_run": r.run_id,
-              "attempts": attempts, "seconds": seconds, "step_s": seconds / max(1, tried_steps)}
-        verdict, message = r.verdict, r.message
-        if r.suggested_lr is None:
-            ev["suggested_lr"] = self.hp.lr
-            if r.settings.get("cut"):   # a test cut short is no evidence that no rate trains the model
-                lr = learned[-1]["lr"] if learned else self.hp.lr
-                whose = "the rate at which step 2's loss fell" if learned else "the config's own rate"
-                ev.update(suggested_lr=lr, rule=f"the test was cut by the checks' cap: {whose}")
-                verdict = "warn"
-                message = f"suggested lr {lr:g}, {whose}: {r.message}"
-        return StepResult("lr", 3, STEP_TITLES[3], verdict, message, ev)
 
     # ---- step 4: coarse grid
     def search(self, base: Config, space: dict, plan: dict, study: str, deadline: float, checkpoints: bool,
