@@ -176,6 +176,16 @@ class _Recipe:
                f"and the final model {final:.0f} s for {FINAL_MIN_EPOCHS} epochs after it")
         return left >= need + final, why
 
+    def cap(self, phase: str, share: float = 1.0) -> float:
+        """The most seconds a step of `phase` may take, floors included (`Call.cap`; `share` of it): for the
+        checks, what is left of CHECKS_CAP x the budget, counted from the first check (a slow start-up is not
+        theirs); no cap for the other phases, which keep to their deadlines."""
+        if phase != "checks":
+            return math.inf
+        if self.checks_end is None:
+            self.checks_end = time.time() + CHECKS_CAP * self.budget_s
+        return max(0.0, self.checks_end - time.time()) * share
+
     def left(self, phase: str) -> float:
         return max(0.0, self.deadline(phase) - time.time())
 
@@ -205,13 +215,8 @@ class _Recipe:
                                            hparams=hp.model_dump(mode="json"), seed=hp.seed,
                                            study=self.study, kind="step")
         self.store.update_run(run_id, summary={"key": key, "step": number, "title": title, "phase": phase})
-        cap = math.inf
-        if phase == "checks":   # from the first check on, not from the process's start (a slow start-up is not theirs)
-            if self.checks_end is None:
-                self.checks_end = time.time() + CHECKS_CAP * self.budget_s
-            cap = max(0.0, self.checks_end - time.time()) * phase_share
         call = Call(run_id=run_id, plan=stored_plan, seconds=left, deadline=self.deadline(phase),
-                    earlier=tuple(self.results), interrupted=lambda: self.interrupted, cap=cap)
+                    earlier=tuple(self.results), interrupted=lambda: self.interrupted, cap=self.cap(phase, phase_share))
         progress = Progress(label, left, not self.quiet)
         t0 = time.time()
         try:
