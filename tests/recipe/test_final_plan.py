@@ -126,3 +126,24 @@ def test_the_peak_check_trains_the_final_decay_from_each_rate_on_both_folds(tmp_
     assert {k: peak[k] for k in ("factor", "lr", "means")} == pick_peak(rows, 0.01)
     assert f"peak rate x{peak['factor']:g} of the constant rate 0.01" in peak["reason"]
     store.close()
+
+
+def test_a_final_whose_length_the_time_sets_is_fitted_to_it_and_one_the_evidence_sets_is_not():
+    from trainlab.recipe.costs import CostModel
+    from trainlab.recipe.final import FIT_GROWTH, fitted_to_time, member_minutes
+
+    # measured: 10 s an epoch side by side, 2 s start-up per training, 5 s of search overhead
+    costs = CostModel(2, 100, evidence=(("coarse", {"epoch_s": 10.0, "run_s": 2.0, "overhead_s": 5.0, "workers": 2}),))
+    longest = place_decay([None], 4, 4)                  # the longest cosine that fits: 4 epochs (47 s of 50)
+    d = fitted_to_time(longest, 2, 2, costs, 50.0)
+    assert d["fit"] and d["estimated_epochs"] == 4 and d["epochs"] == math.ceil(FIT_GROWTH * 4) == 6
+    assert d["patience"] == 5 and "fitted to the time: at most 6 epochs" in d["reason"]
+    placed = place_decay([3, 3], 8, 20)                  # stalled at 3: a 6-epoch decay, 67 s of 200: time to spare
+    assert fitted_to_time(placed, 2, 2, costs, 200.0) == placed
+    # a placed decay the time does cut is fitted, within its stretch (2 x the placed epochs)
+    tight = {**place_decay([2, 2], 8, 20), "placed_epochs": 4}
+    t = fitted_to_time(tight, 2, 2, costs, 40.0)           # 4 epochs: 47 s > 0.9 x 40
+    assert t["fit"] and t["epochs"] == 6
+    # each member's minutes: the time to the deadline less the search's overhead, per round of members
+    import time
+    assert member_minutes(time.time() + 125.0, 4, 2, costs) == pytest.approx((125.0 - 5.0) / 2 / 60, abs=0.01)
