@@ -4,6 +4,7 @@ For each pair (task/model): mnist1d/resnet, mnist1d/mlp, mnist1d-shuffle/mlp, di
   recipe   `run_recipe` (the 7 steps, its final model; with 2 workers an ensemble of one member per fold)
   recipe-fixed  the same with the final schedule it had before it placed the decay (the longest cosine that fits)
   default  the task's default config (`trainlab train --set task=... --set model=...`), cut at the budget
+  default-fitted  the same with `--set minutes=<budget>`: its schedule fitted to the time after epoch 1
   tpe      Optuna TPE over lr (log-uniform 1e-4..1e-1) x weight decay (log-uniform 1e-6..1e-2), 10-epoch
            cosine trials with median pruning, 2 workers, as many trials as the budget allows; the best
            trial by validation accuracy is evaluated on test
@@ -70,6 +71,15 @@ def run_default(hp: Config, budget_min: float, workers: int, tmp: Path) -> dict:
             "epochs": res.epochs, "cut_at_budget": deadline.fired}
 
 
+def run_default_fitted(hp: Config, budget_min: float, workers: int, tmp: Path) -> dict:
+    """The task's default config with `minutes` = the budget: its schedule fitted to the time after epoch 1."""
+    fitted = hp.model_copy(update={"minutes": budget_min})
+    res = fit(load_task(fitted), fitted, store=(store := Store(tmp / "d.db")), quiet=True, runs_dir=tmp / "runs")
+    fit_ = (store.run(res.run_id).get("summary") or {}).get("fitted") or {}
+    return {"status": res.status, "test_acc": res.test["acc"] if res.test else None, "val_acc": res.best_metric,
+            "epochs": res.epochs, "reason": res.reason, "fitted_epochs": fit_.get("epochs")}
+
+
 def run_tpe(hp: Config, budget_min: float, workers: int, tmp: Path) -> dict:
     db = tmp / "t.db"
     res = run_search(hp, TPE_SPACE, strategy="tpe", trials=100000, workers=workers, study="tpe", db=db,
@@ -85,7 +95,8 @@ def run_tpe(hp: Config, budget_min: float, workers: int, tmp: Path) -> dict:
             "best_params": best["params"], "best_status": best["status"]}
 
 
-RUNNERS = {"recipe": run_recipe_method, "recipe-fixed": run_recipe_fixed, "default": run_default, "tpe": run_tpe}
+RUNNERS = {"recipe": run_recipe_method, "recipe-fixed": run_recipe_fixed, "default": run_default,
+           "default-fitted": run_default_fitted, "tpe": run_tpe}
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
