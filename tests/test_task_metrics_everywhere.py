@@ -211,8 +211,13 @@ def test_a_regression_recipe_chooses_and_reports_by_its_loss(recipe, monkeypatch
 def test_runs_and_search_reports_of_a_regression_name_its_metric(recipe, capsys):
     cwd, study = recipe["cwd"], recipe["result"]["study"]
     db = str(cwd / "trainlab.db")
-    assert main(["runs", "--db", db, "--study", f"{study}/final"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    # the final's members; on a loaded machine where none finished an epoch in the time left, the one
+    # member the recipe then trains for an epoch past the deadline (its study "<study>/final-least")
+    for final in (f"{study}/final", f"{study}/final-least"):
+        assert main(["runs", "--db", db, "--study", final]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        if lines:
+            break
     assert lines[0].split()[4:8] == ["metric", "best", "test_metric", "test"]
     assert all("val/loss" in line and "test/mse" in line for line in lines[1:]) and len(lines) >= 2
     assert main(["search", "report", f"{study}/coarse", "--db", db, "--out", str(cwd / "sr")]) == 0
