@@ -254,6 +254,19 @@ def test_ddp_stop_decisions_are_collective(tmp_path):
     assert Store(tmp_path / "c.db").run(1)["reason"] == "rank 1 asked at step 7"
 
 
+def test_a_time_fit_under_ddp_is_rank_0s_and_every_rank_trains_its_length(tmp_path):
+    # 2000 epochs cannot train in 9 s: after epoch 1 rank 0's fit is broadcast, so both ranks train the same
+    # fitted schedule and stop together (a rank that fitted its own length would leave the other waiting)
+    hp = Config(**EXACT, batch_size=16, epochs=2000, minutes=0.15)
+    ranks = run_ranks(_fit_rank, hp, str(tmp_path / "m.db"), str(tmp_path / "m"), tmp_path=tmp_path)
+    assert ranks[0]["steps"] == ranks[1]["steps"] and [r["status"] for r in ranks] == ["completed"] * 2
+    (run,) = Store(tmp_path / "m.db").runs()
+    assert "fitted" in run["summary"], (run["status"], run["reason"], run["epochs"])
+    fitted = run["summary"]["fitted"]
+    assert fitted["updates"] < fitted["planned_updates"] == 2000 * 113
+    assert ranks[0]["steps"] == fitted["updates"] or ranks[0]["reason"] == "the 0.15-minute limit reached"
+
+
 def test_a_validation_split_smaller_than_the_world_size(task, tmp_path):
     """One validation example on 2 ranks: rank 1's shard is empty, and its NaN means weigh nothing."""
     hp = Config(**EXACT, batch_size=16, epochs=1, val_fraction=1e-4)

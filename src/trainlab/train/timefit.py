@@ -47,31 +47,32 @@ class TimeFit:
         return {"plan": plan.summary()["plan"], "fitted": self.summary} if self.summary else {}
 
     def after_epoch(self, hp: Config, plan: RunPlan, step: int, train_s: float, updates: int, end_s: float,
-                    decide: Callable[[int], int] | None = None) -> tuple[Config, RunPlan | None]:
+                    decide: Callable[[int | None], int | None] | None = None) -> tuple[Config, RunPlan | None]:
         """An epoch ended at update `step`: its `updates` took `train_s` (the first update's one-off cost
         taken out) and its end (validation, checkpoints) `end_s`. After the first epoch the schedule's length
-        is fitted to the time left at the mean speed so far; after a later one it is shortened again only when
-        the rest of it no longer fits (the machine slowed down). Returns (hp, its new plan), or (hp, None)
-        when the length stays. `decide(total)` makes every process agree (rank 0's total under DDP)."""
+        is fitted to the time left at the mean speed so far; after a later one it is fitted again only when the
+        rest no longer fits (the machine slowed down) or, in the run's first half, would leave more than
+        1 - REFIT_BELOW of the time unused. Returns (hp, its new plan), or (hp, None) when the length stays.
+        `decide(total or None)` makes every process agree, every epoch (rank 0's answer under DDP)."""
         self.train_s, self.updates, self.ends_s = self.train_s + train_s, self.updates + updates, self.ends_s + end_s
         self.epochs += 1
         update_s, end_mean = self.train_s / max(1.0, self.updates), self.ends_s / self.epochs
         left = self.until - time.time()
         if self.first is None:
             self.first = (hp, plan.total_updates)
-        else:  # refit when the rest overruns the limit itself, or (in the first half) leaves time unused
-            rest = plan.total_updates - step
-            need = rest * update_s + -(-rest // plan.updates_per_epoch) * end_mean
-            early = left > 30.0 * self.minutes   # more than half of the time is left
-            grow = early and plan.total_updates < self.first[1] and need < REFIT_BELOW * FIT_SAFETY * left
-            if need <= left and not grow:
-                return hp, None
         hp0, planned = self.first
-        total = updates_that_fit(FIT_SAFETY * left, step, planned, plan.updates_per_epoch,
-                                 update_s, end_mean)
-        total = max(total, plan.warmup_updates + 1)  # a schedule needs an update after its warmup
-        if decide is not None:
+        total: int | None = None
+        rest = plan.total_updates - step
+        need = rest * update_s + -(-rest // plan.updates_per_epoch) * end_mean
+        early = left > 30.0 * self.minutes   # more than half of the time is left
+        grow = early and plan.total_updates < planned and need < REFIT_BELOW * FIT_SAFETY * left
+        if self.epochs == 1 or need > left or grow:  # the first fit; the rest overruns; or it leaves time unused
+            total = updates_that_fit(FIT_SAFETY * left, step, planned, plan.updates_per_epoch, update_s, end_mean)
+            total = max(total, plan.warmup_updates + 1)  # a schedule needs an update after its warmup
+        if decide is not None:  # every epoch, refit or not: no rank may skip the collective another makes
             total = decide(total)
+        if total is None:
+            return hp, None
         first_fit = not self.summary
         if first_fit or total != plan.total_updates:
             self.summary = {"minutes": self.minutes, "at_update": step, "after_epochs": self.epochs,
