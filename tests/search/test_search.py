@@ -421,3 +421,20 @@ def test_ctrl_c_while_the_storage_is_created_is_held_until_it_is_done(tmp_path):
         assert storage.get_all_studies() == []
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_trial_fitted_to_its_minutes_in_a_search_with_a_deadline_ends_by_the_deadline(tmp_path):
+    # the trial's own minutes (10) are longer than the search's time (10 s): it is fitted to the deadline,
+    # so its schedule decays before the deadline instead of being cut by it
+    hp = helpers.tiny(epochs=2000, minutes=10.0)
+    deadline = time.time() + 10.0
+    res = run_search(hp, {"lr": "choice(0.003)"}, strategy="grid", workers=1, study="fit", db=tmp_path / "s.db",
+                     prune="none", runs_dir=tmp_path / "runs", quiet=True, deadline=deadline)
+    (row,) = res.leaderboard
+    run = Store(tmp_path / "s.db").run(row["run"])
+    assert 0 < run["hparams"]["minutes"] <= 10.0 / 60, run["hparams"]["minutes"]
+    assert "fitted" in run["summary"], (run["status"], run["reason"], run["epochs"], run["hparams"]["minutes"])
+    fitted = run["summary"]["fitted"]
+    assert fitted["updates"] < fitted["planned_updates"]
+    lrs = Store(tmp_path / "s.db").metrics(row["run"], ["lr"])["lr"]["value"]
+    assert lrs[-1] < 0.1 * 0.003   # decayed: the deadline did not cut it at a high rate

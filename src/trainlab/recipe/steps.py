@@ -97,7 +97,7 @@ def _what_ran(members: Sequence[dict], planned: int) -> str:
     parts = []
     for m in members:
         fit = m.get("fitted") or {}
-        why = m.get("reason") or (f"its schedule fitted to {fit['epochs']:g} epochs in its {fit['minutes']:.2g} minutes"
+        why = m.get("reason") or (f"its schedule fitted to {fit['epochs']:.3g} epochs in its {fit['minutes']:.3g} minutes"
                                    if fit.get("updates", 0) < fit.get("planned_updates", 0) else None) or (
             "all planned epochs" if m.get("epochs") == planned else m.get("status"))
         parts.append(f"{m.get('epochs')} epochs ({why}), best epoch {m.get('best_epoch')}")

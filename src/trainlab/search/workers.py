@@ -190,6 +190,8 @@ def _run_trial(plan: WorkerPlan, study, trial, space: Space, base: Config, store
         try:
             params = space.suggest(trial)
             hp = apply_overrides(base, params)
+            if hp.minutes is not None and plan.deadline is not None:  # a trial fitted to its time ends by the deadline
+                hp = hp.model_copy(update={"minutes": max(0.01, min(hp.minutes, (plan.deadline - time.time()) / 60))})
             callbacks = [PruningCallback(trial, hp.early_stop_metric)] if plan.prune != "none" else []
             deadline = None
             if plan.deadline is not None:

@@ -31,7 +31,7 @@ class TimeFit:
     def __init__(self, minutes: float, started: float):
         self.minutes = minutes
         self.until = started + 60.0 * minutes
-        self.deadline = Deadline(self.until, f"the {minutes:g}-minute limit reached", status="completed")
+        self.deadline = Deadline(self.until, f"the {minutes:.3g}-minute limit reached", status="completed")
         self.train_s = self.updates = self.ends_s = 0.0
         self.epochs = 0
         self.first: tuple[Config, int] | None = None   # the config and length as planned, before any fit
@@ -94,5 +94,5 @@ class TimeFit:
             return ""
         ends = (f"the schedule now ends at update {s['updates']} ({s['epochs']:g} epochs; {s['planned_updates']} "
                 f"planned)" if s["updates"] < s["planned_updates"] else f"the planned {s['planned_updates']} updates fit")
-        return (f"  time fit ({s['minutes']:g} minutes): {s['seconds_left']:.0f} s left after epoch {s['after_epochs']} "
+        return (f"  time fit ({s['minutes']:.3g} minutes): {s['seconds_left']:.0f} s left after epoch {s['after_epochs']} "
                 f"at {s['update_s'] * 1e3:.1f} ms an update and {s['epoch_end_s']:.2f} s an epoch's end: {ends}")
