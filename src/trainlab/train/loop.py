@@ -155,6 +155,22 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
         end_epoch = EpochEnd(task, hp, model, device, dist, data, callbacks, stopper, rec, ckpts, not quiet, halt,
                              autocast=ex.autocast, feed=feed)
 
+        decide = (lambda n: broadcast_object(dist, n)) if dist is not None and world > 1 else None
+
+        def adopt(fitted_hp: Config, fitted: RunPlan | None) -> RunPlan | None:
+            """A time fit's new length (`timefit.TimeFit`): the loop, its parts and the store follow it."""
+            nonlocal hp, plan
+            hp = fitted_hp
+            if fitted is not None:
+                plan = state.plan = steps.plan = fitted
+                state.total_steps, state.hp, ckpts.hp = plan.total_updates, hp, hp
+                rec.fitted(plan, timefit.summary)
+                if not quiet:
+                    print(timefit.said())
+            return fitted
+
+        if timefit is not None:
+            steps.refit = lambda step: adopt(*timefit.during_epoch(hp, plan, step, decide))
         status, reason = "completed", None
         try:
             ckpts.prepare()  # a runs folder that cannot hold checkpoints fails now, not after an epoch
@@ -167,6 +183,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
                     epoch, step0 = pos.epoch, pos.step
                     state.epoch = epoch
                     t0 = time.perf_counter()
+                    if timefit is not None:
+                        timefit.epoch_starts(pos.step)
                     seen, stop = steps.epoch(epoch, pos)  # the updates; ends early on divergence, a stop or a halt
                     startup.epoch_updates_done(pos.step, quiet)
                     t1 = time.perf_counter()
@@ -177,15 +195,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
                         break
                     if timefit is not None:  # `minutes`: the schedule's length fitted to the time left
                         excess = startup.first_excess() if epoch == first_epoch else 0.0
-                        decide = (lambda n: broadcast_object(dist, n)) if dist is not None and world > 1 else None
-                        hp, fitted = timefit.after_epoch(hp, plan, pos.step, t1 - t0 - excess, pos.step - step0,
-                                                         time.perf_counter() - t1, decide)
-                        if fitted is not None:
-                            plan = state.plan = steps.plan = fitted
-                            state.total_steps, state.hp, ckpts.hp = plan.total_updates, hp, hp
-                            rec.fitted(plan, timefit.summary)
-                            if not quiet:
-                                print(timefit.said())
+                        adopt(*timefit.after_epoch(hp, plan, pos.step, t1 - t0 - excess, pos.step - step0,
+                                                   time.perf_counter() - t1, decide))
             except KeyboardInterrupt:
                 steps.read_losses(state.epoch, pos, collective=False)
                 status, reason = "stopped", f"interrupted at step {pos.step}" + resume_hint(rec.run_id, rec.run_dir)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -73,6 +73,8 @@ class Steps:
         self.halted = False       # every rank agreed to halt (at the last read of the losses)
         self.interrupted = False  # the run halted mid-epoch: last.pt holds the exact position, no epoch end
         self.startup = startup  # the first update's end is noted once (startup.Startup)
+        # `minutes`: refit(step) at each read of the losses -> the run's new plan when its rest no longer fits
+        self.refit: Callable[[int], RunPlan | None] | None = None
 
     def epoch(self, epoch: int, pos: Position) -> tuple[int, Stop | None]:
         """Train `epoch` from update `pos.step` and micro-batch `pos.batch`; (examples seen, a stop or None)."""
@@ -139,6 +141,8 @@ class Steps:
                     if self.halted:
                         stop = self._interrupt(epoch, pos, step, start, seen)
                         break
+                    if self.refit is not None and (fitted := self.refit(step)) is not None:
+                        factor, total = fitted.factor, fitted.total_updates  # `minutes`: shortened mid-epoch
                 if callbacks:
                     state.step = step
                     for cb in callbacks:
