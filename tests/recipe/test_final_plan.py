@@ -147,3 +147,19 @@ def test_a_final_whose_length_the_time_sets_is_fitted_to_it_and_one_the_evidence
     # each member's minutes: the time to the deadline less the search's overhead, per round of members
     import time
     assert member_minutes(time.time() + 125.0, 4, 2, costs) == pytest.approx((125.0 - 5.0) / 2 / 60, abs=0.01)
+
+
+def test_an_ensemble_only_when_each_member_gets_its_epochs_else_one_model_with_every_core():
+    from trainlab.recipe.costs import CostModel
+    from trainlab.recipe.final import ENSEMBLE_MIN_EPOCHS, size_members
+
+    # measured: 60 s an epoch side by side and 35 s alone (a slow model), 2 s start-up, 5 s overhead
+    slow = CostModel(2, 100, evidence=(("coarse", {"epoch_s": 60.0, "run_s": 2.0, "overhead_s": 5.0, "workers": 2}),
+                                       ("refine-1", {"epoch_s": 35.0, "run_s": 2.0, "overhead_s": 1.0, "workers": 1})))
+    size, workers = size_members(slow, 260.0, 2)
+    assert (size["members"], workers) == (1, 1) and size["epochs"] == 6   # not 2 members x 3 epochs
+    # a fast model: both members get far more than ENSEMBLE_MIN_EPOCHS side by side: an ensemble
+    fast = CostModel(2, 100, evidence=(("coarse", {"epoch_s": 1.0, "run_s": 2.0, "overhead_s": 5.0, "workers": 2}),
+                                       ("refine-1", {"epoch_s": 0.6, "run_s": 2.0, "overhead_s": 1.0, "workers": 1})))
+    size, workers = size_members(fast, 60.0, 2)
+    assert (size["members"], workers) == (2, 2) and size["epochs"] >= ENSEMBLE_MIN_EPOCHS
