@@ -194,7 +194,11 @@ def _popen(*args, cwd):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_is_exact_with_loader_workers_and_augmentation(tmp_path):
-    epochs = 8  # after the kill at epoch 2, 6 epochs of margin (each starts its loader workers)
+    # killed in epoch 3, the resume trains the rest of it and epoch 4: loader workers restarted mid-epoch, then an
+    # epoch boundary with new ones. That is the margin too: to end before the SIGSTOP the victim would have to
+    # train more than an epoch (0.6 s here) in the poll's 10 ms plus 0.15 s; had it, the check after the SIGSTOP
+    # fails, it does not pass.
+    epochs = 4
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"task: {_example('image_folder')}\nepochs: {epochs}\nnum_workers: 2\ndropout: 0.2\nseed: 3\n"
                    "checkpoint_every_minutes: 0.001\nbatch_size: 16\n")
