@@ -1,7 +1,8 @@
 """Test-wide settings and fixtures.
 
 One torch thread per process (tests train tiny models; extra threads only contend on a 2-core machine),
-inherited by subprocesses through OMP_NUM_THREADS. Fixtures: `pg_url` (a fresh database on a real
+inherited by subprocesses through OMP_NUM_THREADS. Temporary folders on /dev/shm where it is a tmpfs with room
+(below). Fixtures: `pg_url` (a fresh database on a real
 PostgreSQL server, tests/pg.py), `tiny_task` (mnist1d with the tiny MLP of helpers.TINY) and `regression_recipe`
 (one real `trainlab recipe` on the regression example, shared by the files that read it). Tests that train for long
 are marked `slow`: `pytest -m "not slow"` is the quick loop; CI runs everything."""
@@ -15,6 +16,27 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+def _ram_temp_root(path: str = "/dev/shm", least_free: int = 2 << 30) -> str | None:
+    """`path` when it is a tmpfs with `least_free` bytes free, else None (a container's default /dev/shm is 64 MiB)."""
+    try:
+        with open("/proc/mounts") as f:
+            tmpfs = any(line.split()[1:3] == [path, "tmpfs"] for line in f)
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return path if tmpfs and st.f_bavail * st.f_frsize >= least_free and os.access(path, os.W_OK) else None
+
+
+# tmp_path and friends on a RAM file system where there is one: what the tests write is thrown away, so waiting
+# for it to reach the disk buys nothing (the session's PostgreSQL runs with fsync=off for the same reason).
+# SQLite's checkpoints, MLflow's migrations of its store (seconds per test on a disk) and every checkpoint file then
+# cost no fsync (3.4 ms each on the disk here). Measured, alternating: `pytest -m "not slow"` 121-138 s with the
+# temporary folders on the disk, 109-110 s on /dev/shm. The same files, databases and processes; only where they live.
+# pytest reads PYTEST_DEBUG_TEMPROOT when a test first asks for a temporary folder; --basetemp still wins.
+if "PYTEST_DEBUG_TEMPROOT" not in os.environ and (_ram := _ram_temp_root()):
+    os.environ["PYTEST_DEBUG_TEMPROOT"] = _ram
 
 import torch  # noqa: E402
 
