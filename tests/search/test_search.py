@@ -446,3 +446,32 @@ def test_a_trial_fitted_to_its_minutes_in_a_search_with_a_deadline_ends_by_the_d
     assert fitted["updates"] < fitted["planned_updates"]
     lrs = Store(tmp_path / "s.db").metrics(row["run"], ["lr"])["lr"]["value"]
     assert lrs[-1] < 0.1 * 0.003   # decayed: the deadline did not cut it at a high rate
+
+
+def test_a_study_created_and_stopped_before_its_meta_was_written_is_adopted(tmp_path):
+    """Ctrl-C between Optuna's create_study and the meta write left a study that resume refused."""
+    db = tmp_path / "s.db"
+    run_search(tiny(), GRID4, strategy="grid", trials=1, study="warm-up", db=db, quiet=True)  # tables exist
+    optuna.create_study(study_name="half", storage=open_storage(db), direction="maximize")
+    res = run_search(tiny(), GRID4, strategy="grid", trials=2, study="half", db=db, quiet=True)
+    assert res.complete and len(res.leaderboard) == 2
+    assert load_study("half", db).user_attrs  # its meta is written now: a resume checks against it
+    with pytest.raises(ConfigError, match=r"^study: 'half' was created with another strategy"):
+        run_search(tiny(), GRID4, strategy="random", study="half", db=db, quiet=True)
+
+
+@pytest.mark.parametrize("other", ["a trial", "another direction", "its own attrs"])
+def test_a_study_not_made_by_a_search_is_refused_and_left_as_it_was(tmp_path, other):
+    db = tmp_path / "s.db"
+    run_search(tiny(), GRID4, strategy="grid", trials=1, study="warm-up", db=db, quiet=True)
+    study = optuna.create_study(study_name="theirs", storage=open_storage(db),
+                                direction="minimize" if other == "another direction" else "maximize")
+    if other == "a trial":
+        study.enqueue_trial({"x": 1.0})
+        study.optimize(lambda t: t.suggest_float("x", 0, 2), n_trials=1)
+    elif other == "its own attrs":
+        study.set_user_attr("owner", "someone")
+    with pytest.raises(ConfigError, match=r"^study: 'theirs' exists but was not made by trainlab search"):
+        run_search(tiny(), GRID4, strategy="grid", trials=1, study="theirs", db=db, quiet=True)
+    again = load_study("theirs", db)
+    assert "trainlab" not in json.dumps(again.user_attrs) and len(again.get_trials()) == (other == "a trial")

@@ -92,6 +92,9 @@ def _prepare(plan: WorkerPlan, meta_in: dict, join: bool):
                 study.set_user_attr(META_KEY, meta_in)
                 return meta_in, storage
             meta = study_meta(study)
+            if meta is None and not join and _unfinished_creation(study, meta_in):
+                study.set_user_attr(META_KEY, meta_in)  # created, then stopped before its meta was written
+                return meta_in, storage
             if meta is None:
                 raise ConfigError(f"study: {plan.study!r} exists but was not made by trainlab search; "
                                   "choose another --study")
@@ -107,6 +110,15 @@ def _prepare(plan: WorkerPlan, meta_in: dict, join: bool):
             return meta, storage
     finally:
         lock.close()
+
+
+def _unfinished_creation(study, meta_in: dict) -> bool:
+    """A study with no meta, no trials and this search's direction: ours, stopped between its two writes."""
+    import optuna
+
+    want = optuna.study.StudyDirection.MAXIMIZE if meta_in["mode"] == "max" else optuna.study.StudyDirection.MINIMIZE
+    return (not study.user_attrs and study.directions == [want]
+            and not study.get_trials(deepcopy=False))
 
 
 def _diff(old: Any, new: Any) -> str:
