@@ -393,8 +393,9 @@ def test_train_nproc_2_survives_a_killed_worker_with_max_restarts(task, tmp_path
                     break
             time.sleep(0.05)
         victim = _worker(proc.pid, 1)
-        assert victim is not None and proc.poll() is None, "the run ended before a worker could be killed"
-        assert store.runs()[0]["epochs"] < 4
+        assert victim is not None, "the run ended before a worker could be killed"
+        os.kill(victim, signal.SIGSTOP)  # frozen, the group cannot finish an epoch: check, then kill
+        assert proc.poll() is None and store.runs()[0]["epochs"] < 4
         os.kill(victim, signal.SIGKILL)
         out, _ = proc.communicate(timeout=300)
     finally:

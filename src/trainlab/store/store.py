@@ -10,7 +10,7 @@ backend keeps them alike) and read back as NaN; infinities are stored as they ar
 8601 strings (see `values`).
 
 `Store` stays one class (~400 lines): one connection policy (read and write transactions, fork safety,
-the run-exists check) over four tables; its long query lives in `buckets`, its checks in `values`.
+the run-exists check) over four tables; its metric queries live in `reads`, its checks in `values`.
 
 Example (MetricBuffer: `buffer`)::
 
@@ -26,7 +26,6 @@ Example (MetricBuffer: `buffer`)::
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -37,7 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from trainlab.store.buckets import buckets_of_series
+from trainlab.store.reads import buckets_of_series, keys_of_run, series_of_run
 from trainlab.store.engine import hide_password, is_in_memory, make_engine, normalize_url, read_only_url, write_engine
 from trainlab.store.errors import classify
 from trainlab.store.liveness import LOST_AFTER_S, RunBusy, age_s, derived_status, this_node
@@ -475,27 +474,11 @@ class Store:
         Keys come sorted; with ``keys``, only those (a key never logged is left
         out). NULL values come back as NaN.
         """
-        query = (
-            sa.select(tl_metrics.c.key, tl_metrics.c.step, tl_metrics.c.epoch, tl_metrics.c.value)
-            .where(tl_metrics.c.run_id == run_id)
-            .order_by(tl_metrics.c.key, tl_metrics.c.step, tl_metrics.c.id)
-        )
-        if keys is not None:
-            if isinstance(keys, str):
-                keys = [keys]
-            query = query.where(tl_metrics.c.key.in_(list(keys)))
-        out: dict[str, dict[str, list]] = {}
-        nan = math.nan
+        if isinstance(keys, str):
+            keys = [keys]
         with self._read() as conn:
             self._require_run(conn, run_id)
-            for key, step, epoch, value in conn.execute(query):
-                series = out.get(key)
-                if series is None:
-                    series = out[key] = {"step": [], "epoch": [], "value": []}
-                series["step"].append(step)
-                series["epoch"].append(epoch)
-                series["value"].append(nan if value is None else value)
-        return out
+            return series_of_run(conn, run_id, keys)
 
     def metric_buckets(
         self, run_ids: Sequence[int], keys: Sequence[str], buckets: int
@@ -530,14 +513,11 @@ class Store:
         with self._read() as conn:
             return buckets_of_series(conn, run_ids, keys, buckets, has_blocks=self._has_blocks)
 
-
-
     def metric_keys(self, run_id: int) -> list[str]:
         """The metric keys a run has logged, sorted."""
-        query = sa.select(tl_metrics.c.key).where(tl_metrics.c.run_id == run_id).distinct().order_by(tl_metrics.c.key)
         with self._read() as conn:
             self._require_run(conn, run_id)
-            return list(conn.scalars(query))
+            return keys_of_run(conn, run_id)
 
     def delete_metrics_after(self, run_id: int, step: int) -> None:
         """Delete a run's metric rows with step > ``step``: resuming from a checkpoint at ``step`` relogs them."""

@@ -49,8 +49,8 @@ from trainlab.train.precision import Execution, input_dims
 from trainlab.train.record import Recorder
 from trainlab.train.resume import Checkpoints, Position, resume_run
 from trainlab.train.startup import Startup
-from trainlab.train.timefit import TimeFit
 from trainlab.train.steps import Steps
+from trainlab.train.timefit import TimeFit
 
 __all__ = ["fit", "FitResult", "resolve_device", "lr_schedule", "epoch_order", "LoopState", "Stop", "Callback"]
 

@@ -1,12 +1,15 @@
-"""Metric series downsampled in the database, for plots: min, max and mean per bucket of steps.
+"""Metric reads: a run's whole series, and series of many runs downsampled in the database for plots.
 
-The query behind `Store.metric_buckets` (see there for what it returns): per run and key, one GROUP BY
-over the rows, or over the summary blocks of `schema` when a series has more blocks than buckets, so
-a study page of 200 long runs reads 8x fewer rows.
+The queries behind `Store.metrics`, `Store.metric_keys` and `Store.metric_buckets` (see there for what
+they return), as functions of an open read transaction, so that `Store` keeps the connection policy and
+the argument checks. Downsampling is one GROUP BY per run and key over the rows, or over the summary
+blocks of `schema` when a series has more blocks than buckets, so a study page of 200 long runs reads
+8x fewer rows.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +18,34 @@ from sqlalchemy.engine import Connection
 
 from trainlab.store.schema import METRIC_BLOCK, tl_metric_blocks, tl_metrics, tl_runs
 
-__all__ = ["buckets_of_series"]
+__all__ = ["buckets_of_series", "keys_of_run", "series_of_run"]
+
+
+def series_of_run(conn: Connection, run_id: int, keys: Sequence[str] | None) -> dict[str, dict[str, list]]:
+    """`Store.metrics` inside the read transaction ``conn``: key -> step, epoch and value lists by step."""
+    query = (
+        sa.select(tl_metrics.c.key, tl_metrics.c.step, tl_metrics.c.epoch, tl_metrics.c.value)
+        .where(tl_metrics.c.run_id == run_id)
+        .order_by(tl_metrics.c.key, tl_metrics.c.step, tl_metrics.c.id)
+    )
+    if keys is not None:
+        query = query.where(tl_metrics.c.key.in_(list(keys)))
+    out: dict[str, dict[str, list]] = {}
+    nan = math.nan
+    for key, step, epoch, value in conn.execute(query):
+        series = out.get(key)
+        if series is None:
+            series = out[key] = {"step": [], "epoch": [], "value": []}
+        series["step"].append(step)
+        series["epoch"].append(epoch)
+        series["value"].append(nan if value is None else value)
+    return out
+
+
+def keys_of_run(conn: Connection, run_id: int) -> list[str]:
+    """The metric keys a run has logged, sorted."""
+    query = sa.select(tl_metrics.c.key).where(tl_metrics.c.run_id == run_id).distinct().order_by(tl_metrics.c.key)
+    return list(conn.scalars(query))
 
 
 def buckets_of_series(conn: Connection, run_ids: Sequence[int], keys: Sequence[str], buckets: int, *,
