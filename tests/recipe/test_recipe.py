@@ -245,10 +245,13 @@ def test_final_yaml_is_accepted_by_train(resumed, capsys):
 
 def test_rerun_skips_every_step(resumed):
     d, _, _, _, after = resumed
+    figures = {p.name: p.stat().st_mtime_ns for p in (d / "report").glob("*.png")}
     out = io.StringIO()
     with contextlib.redirect_stderr(out):  # progress goes to stderr
         assert main(_args(d)) == 0
     text = out.getvalue()
+    assert len(figures) >= 4 and {p.name: p.stat().st_mtime_ns for p in (d / "report").glob("*.png")} == figures, \
+        "a rerun whose steps were all done redraws no figure"
     assert text.count("(done before, skipped)") == len(after) - sum(1 for r in after.values() if r["status"] != "completed")
     assert {k: r["id"] for k, r in _steps(d / "r.db").items()} == {k: r["id"] for k, r in after.items()}
 
@@ -351,3 +354,29 @@ def test_coarse_trials_carry_their_purpose_and_expected_findings_are_no_problem(
     assert [d_.run_id for d_ in sd.runs] == [d_.run_id for d_ in diagnosed]
     assert all(d_.purpose["phase"] == "coarse" for d_ in sd.runs)
     assert {s["name"] for s in sd.shared}.isdisjoint({"train_longer", "update_ratio_high"})
+
+
+def test_a_figure_is_drawn_again_only_when_what_it_shows_changed(tmp_path):
+    from trainlab.recipe.report import _figure
+
+    calls, drawn = [], {}
+
+    def draw(path):
+        calls.append(path.name)
+        path.write_bytes(b"png")
+
+    _figure(tmp_path, "a.png", "s1", drawn, draw)
+    _figure(tmp_path, "a.png", "s1", drawn, draw)           # same inputs, on disk: kept
+    _figure(tmp_path, "a.png", "s2", drawn, draw)           # the step's evidence changed
+    (tmp_path / "a.png").unlink()
+    _figure(tmp_path, "a.png", "s2", drawn, draw)           # deleted by hand
+    _figure(tmp_path, "a.png", None, drawn, draw)           # a step under way: always drawn, not remembered
+    _figure(tmp_path, "a.png", "s2", drawn, draw)
+    assert calls == ["a.png"] * 5 and drawn == {"a.png": "s2"}
+
+    def broken(path):
+        raise ValueError("no rows")
+
+    with pytest.raises(ValueError):
+        _figure(tmp_path, "a.png", "s3", drawn, broken)
+    assert drawn == {}                                       # a failed draw is not remembered

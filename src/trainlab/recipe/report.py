@@ -11,6 +11,7 @@ earlier steps too.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import math
@@ -109,10 +110,37 @@ def steps_from_store(store: Store, study: str) -> list[dict]:
     return sorted(latest.values(), key=lambda d: d["run_id"])
 
 
-def _section_figures(store: Store, step: dict, out: Path, warnings: list[str]) -> str:
+FIGURES_DRAWN = "figures.json"   # in the report's folder: each figure's name -> the fingerprint of what it shows
+
+
+def _figure(out: Path, name: str, stamp: str, drawn: dict[str, str], draw) -> str:
+    """Draw figure `name` with `draw(path)` unless it was drawn from the same inputs (`stamp`, None for a
+    step still under way) and is on disk: a rerun whose steps were all done before redraws nothing."""
+    if stamp is None or drawn.get(name) != stamp or not (out / name).is_file():
+        drawn.pop(name, None)
+        draw(out / name)
+        if stamp is not None:
+            drawn[name] = stamp
+    return name
+
+
+def _stamp(store: Store, study: str, step: dict) -> str | None:
+    """What a completed step's figures show, as a hash (the store, the study, the step's outcome and evidence)."""
+    if step.get("status") != "completed":
+        return None
+    what = [store.url, study, step.get("key"), step.get("evidence")]
+    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _section_figures(store: Store, step: dict, out: Path, warnings: list[str], stamp: str | None,
+                     drawn: dict[str, str]) -> str:
     """The figures (and their tables) of one step; failures to draw are noted, not fatal."""
     key, ev = step["key"], step.get("evidence") or {}
     parts = []
+
+    def figure(name: str, draw) -> str:
+        return _figure(out, name, stamp, drawn, draw)
+
     try:
         if key == "init" and "initial_loss" in ev:
             parts.append(_kv_table(ev, ["kind", "initial_loss", "expected", "deviation", "tolerance", "num_classes",
@@ -121,20 +149,23 @@ def _section_figures(store: Store, step: dict, out: Path, warnings: list[str]) -
         elif key == "overfit" and ev.get("attempts"):
             target = next((_check_evidence(store, a["run"]).get("target_loss") for a in reversed(ev["attempts"])
                            if a.get("run") is not None), None)
-            plot_overfit(store, ev["attempts"], out / "overfit.png", target_loss=target)
+            figure("overfit.png", lambda path: plot_overfit(store, ev["attempts"], path, target_loss=target))
             parts.append(_img("overfit.png", "overfit curve"))
             parts.append(_table(ev["attempts"], ["lr", "verdict", "steps", "max_steps", "cause", "message"]))
         elif key == "lr" and ev.get("check_run") is not None:
             from trainlab.figures import plot_lr_test
 
-            trials, sweep, suggested = _lr_test_inputs(store, ev["check_run"])
-            plot_lr_test(out / "lr_test.png", trials=trials, sweep=sweep, suggested=suggested,
-                         title=f"LR range test ({ev.get('trial_steps')} steps per trial): pick {suggested}")
+            def lr_figure(path: Path) -> None:
+                trials, sweep, suggested = _lr_test_inputs(store, ev["check_run"])
+                plot_lr_test(path, trials=trials, sweep=sweep, suggested=suggested,
+                             title=f"LR range test ({ev.get('trial_steps')} steps per trial): pick {suggested}")
+
+            figure("lr_test.png", lr_figure)
             parts.append(_img("lr_test.png", "learning-rate test"))
             parts.append(_table(ev.get("table") or [], ["lr", "status", "start", "end", "drop", "picked", "why"]))
         elif key == "coarse" and ev.get("rows"):
             metric, mode = _judged_by(store, ev, [r.get("run") for r in ev["rows"]])
-            plot_grid_heatmap(ev["rows"], out / "coarse_grid.png", metric, mode)
+            figure("coarse_grid.png", lambda path: plot_grid_heatmap(ev["rows"], path, metric, mode))
             parts.append(_img("coarse_grid.png", "coarse grid heatmap"))
             parts.append(_kv_table(ev, ["epochs", "prune", "center", "search_seconds", "epoch_s", "overhead_s"]))
         elif key.startswith("refine-") and ev.get("candidates"):
@@ -147,10 +178,11 @@ def _section_figures(store: Store, step: dict, out: Path, warnings: list[str]) -
                         runs.append({"run": run_id, "title": f"lr {c['point']['lr']:.3g} wd {c['point']['weight_decay']:g} "
                                      f"fold {fold}: {v:.4f}" if v is not None else f"fold {fold}"})
             if runs:
-                plot_refine_curves(store, runs[:16], out / f"refine_{k}.png")
+                figure(f"refine_{k}.png", lambda path: plot_refine_curves(store, runs[:16], path))
                 parts.append(_img(f"refine_{k}.png", f"refined runs, round {k}"))
             metric, mode = _judged_by(store, ev, [r["run"] for r in runs])
-            plot_cv_spread(ev["candidates"], out / f"cv_{k}.png", chosen=ev.get("best"), metric=metric, mode=mode)
+            figure(f"cv_{k}.png", lambda path: plot_cv_spread(ev["candidates"], path, chosen=ev.get("best"),
+                                                             metric=metric, mode=mode))
             parts.append(_img(f"cv_{k}.png", f"validation spread over folds, round {k}"))
             rows = [{"lr": c["point"]["lr"], "weight_decay": c["point"]["weight_decay"], "width": c["point"].get("width"),
                      "dropout": c["point"].get("dropout"), "epochs": c["point"].get("epochs"),
@@ -173,8 +205,7 @@ def _section_figures(store: Store, step: dict, out: Path, warnings: list[str]) -
                 if mem.get("run") is not None:
                     from trainlab.figures import plot_run
 
-                    name = f"final_fold{mem['fold']}.png"
-                    plot_run(store, mem["run"], out / name)
+                    name = figure(f"final_fold{mem['fold']}.png", lambda path, run=mem["run"]: plot_run(store, run, path))
                     parts.append(_img(name, f"final model, fold {mem['fold']}"))
             metric = _judged_by(store, ev, [m.get("run") for m in ev["members"]])[0]
             members = [{**m, metric: m.get("val_acc")} for m in ev["members"]]   # "val_acc": the judged metric's value
@@ -250,6 +281,7 @@ def write_report(store: Store, study: str, out: str | Path, *, result=None) -> P
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    drawn = _read_drawn(out / FIGURES_DRAWN)
     steps = [s.to_dict() for s in result.steps] if result is not None else steps_from_store(store, study)
     latest: dict[str, dict] = {}
     for s in steps:
@@ -296,7 +328,7 @@ def write_report(store: Store, study: str, out: str | Path, *, result=None) -> P
         body.append(f"<h2 id='{_e(s['key'])}'>{_e(label)}: {_e(s['title'])}{_e(rnd)} "
                     f"<span class='badge {_e(v)}'>{_e(v)}</span></h2>"
                     f"<p class='msg'>{_e(s['message'])}</p>")
-        body.append(_section_figures(store, s, out, warnings))
+        body.append(_section_figures(store, s, out, warnings, _stamp(store, study, s), drawn))
         if s["key"] == "final" and final:
             yaml_path = out / "final.yaml"
             if yaml_path.is_file():
@@ -318,8 +350,22 @@ def write_report(store: Store, study: str, out: str | Path, *, result=None) -> P
     page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>trainlab recipe: {_e(study)}</title><style>{_CSS}</style></head><body>"
             + "".join(head) + "".join(body) + "</body></html>")
+    _write_atomic(out / FIGURES_DRAWN, json.dumps(drawn, sort_keys=True))
     path = out / "index.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    _write_atomic(path, page)
     return path
+
+
+def _read_drawn(path: Path) -> dict[str, str]:
+    """The fingerprints of the figures on disk; none (all drawn again) when the file is missing or damaged."""
+    try:
+        drawn = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in drawn.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(drawn, dict) else {}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
