@@ -173,7 +173,10 @@ def interrupted(tmp_path_factory):
                 steps = _steps(d / "r.db")
                 if steps.get("lr", {}).get("status") == "completed":
                     time.sleep(0.5)   # into step 4, the coarse grid
+                    os.killpg(proc.pid, signal.SIGSTOP)   # frozen: checked, then interrupted where it is
+                    assert "final" not in _steps(d / "r.db"), "the recipe ended before it could be interrupted"
                     os.killpg(proc.pid, signal.SIGINT)
+                    os.killpg(proc.pid, signal.SIGCONT)
                     break
             time.sleep(0.3)
         output, _ = proc.communicate(timeout=120)
