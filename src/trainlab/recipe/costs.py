@@ -12,13 +12,21 @@ from typing import Callable, Sequence
 
 from trainlab.recipe.plan import FOLDS, search_rounds
 
-__all__ = ["CostModel", "measure_search", "PARALLEL_SLOWDOWN"]
+__all__ = ["CostModel", "measure_search", "PARALLEL_SLOWDOWN", "THREAD_GAIN", "thread_speedup"]
 
 
 # A worker's epoch beside another against this process's alone (both at the threads a worker gets): a guess
 # until a search measures it. shapes32/resnet: 50-55 s beside another, 0.176 s x 282 updates = 49.5 s alone
 # (training only); 1.3 before, which sized a 264 s final model to 2-3 epochs where 4 fit.
 PARALLEL_SLOWDOWN = 1.1
+# Each torch thread beyond the first adds this much of one thread's speed to a training (shapes32/resnet on
+# an idle 2-core machine: 171 ms an update at 1 thread, 93 at 2, a 1.84x speed-up).
+THREAD_GAIN = 0.85
+
+
+def thread_speedup(threads: int) -> float:
+    """A training's speed at `threads` torch threads against one (cores to spare assumed)."""
+    return 1.0 + THREAD_GAIN * (max(1, threads) - 1)
 
 
 @dataclass(frozen=True)
@@ -28,13 +36,16 @@ class CostModel:
     `evidence`: (step key, evidence) of the steps done, in order; the latest measurement of each kind wins.
     `updates_per_epoch`: optimizer updates per epoch of a search's training (its RunPlan), which turns the
     checks' seconds per update into seconds per epoch before any search has run. `warmup_s`: what torch's
-    first optimizer cost this process (a worker process pays it again).
+    first optimizer cost this process (a worker process pays it again). `threads`: this process's torch
+    threads (its checks were timed at them); `worker_threads`: each worker process's.
     """
 
     workers: int
     updates_per_epoch: int
     warmup_s: float = 0.0
     evidence: tuple[tuple[str, dict], ...] = ()
+    threads: int = 1
+    worker_threads: int = 1
 
     def _of(self, key: str) -> dict:
         for k, ev in reversed(self.evidence):
@@ -48,7 +59,7 @@ class CostModel:
         seconds per update (its check run's epoch times; the LR test's seconds per step, which carry its
         trials' set-up and validations, only without them), and x PARALLEL_SLOWDOWN for workers side by
         side (they share memory bandwidth; on a machine that other jobs load, much more: then the
-        measurement after the first search says so)."""
+        measurement after the first search says so), and by the threads: a worker's against this process's."""
         parallel = self.workers > 1 if parallel is None else parallel
         for _, ev in reversed(self.evidence):
             measured = ev.get("epoch_s")
@@ -56,7 +67,10 @@ class CostModel:
                 return float(measured)
         step_s = (self._of("overfit").get("train_step_s") or self._of("lr").get("step_s")
                   or self._of("overfit").get("step_s") or 0.01)
-        return float(step_s) * self.updates_per_epoch * 1.15 * (PARALLEL_SLOWDOWN if parallel else 1.0)
+        here = float(step_s) * self.updates_per_epoch * 1.15
+        if not parallel:
+            return here
+        return here * PARALLEL_SLOWDOWN * thread_speedup(self.threads) / thread_speedup(self.worker_threads)
 
     def run_seconds(self) -> float:
         """Start-up seconds of one training in a search (task, model, first validation), as last measured."""

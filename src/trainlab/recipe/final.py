@@ -63,9 +63,10 @@ FIT_GROWTH = 1.5   # a final sized by the time may train up to 1.5x the epochs t
 def size_members(costs: CostModel, seconds: float, workers: int) -> tuple[dict[str, int], int]:
     """The final's members and epochs ({"members", "epochs", "patience"}) and the workers that train them:
     one member per worker (at most MAX_MEMBERS) when each gets its epochs in `seconds`, at least
-    ENSEMBLE_MIN_EPOCHS; else fewer, down to one model trained with every core. Members sharing the cores of
-    a slow model train a few epochs each, and two undertrained members lose to one trained twice as long
-    (shapes32/resnet at 5 minutes: 2 members x 3 epochs against the default config's one model x 5)."""
+    ENSEMBLE_MIN_EPOCHS; else fewer, down to one model trained in this process, with the threads of the cores
+    idle when the recipe began (`Steps.threads`). Members sharing the cores of a slow model train a few epochs
+    each, and two undertrained members lose to one trained twice as long (shapes32/resnet at 5 minutes: 2
+    members x 3 epochs against the default config's one model x 5)."""
     for members in range(max(1, min(workers, MAX_MEMBERS)), 0, -1):
         size, used = costs.sized(seconds, lambda s, e, w, r: size_final(s, e, w, run_s=r, members=members),
                                  lambda z: z["members"])
@@ -170,7 +171,8 @@ def final_step(steps: Steps, call: Call, incumbent: dict) -> StepResult:
         members = decay.get("members", size["members"])
         plan = {**size, "members": members, "study": f"{steps.study}/final", "trainings": members,
                 "prune": "none", "workers": workers, "point": point, "folds": list(range(members)),
-                "decay": decay, "epochs": decay["epochs"], "patience": decay["patience"], "peak": peak}
+                "decay": decay, "epochs": decay["epochs"], "patience": decay["patience"], "peak": peak,
+                "threads": costs.worker_threads if workers > 1 else costs.threads}
         steps.save_plan(call, plan)
     base = final_config(steps.hp, plan["point"], plan["epochs"], plan["patience"], metric=steps.metric,
                         decay=plan.get("decay"))
@@ -207,6 +209,9 @@ def final_step(steps: Steps, call: Call, incumbent: dict) -> StepResult:
               f"final model {steps.metric[0]} {val_mean:.4f}, test/{ens.metric} {ens.ensemble_acc:.4f}\n")
     yaml_path.write_text(header + hp_final.to_yaml())
     kind = f"ensemble of {len(usable)} (one per validation fold)" if len(usable) > 1 else "one model"
+    if plan.get("threads"):
+        kind += f" ({plan['threads']} torch thread{'s' if plan['threads'] > 1 else ''} each)" if len(usable) > 1 else \
+            f" ({plan['threads']} torch thread{'s' if plan['threads'] > 1 else ''})"
     msg = (f"{kind}: {steps.metric[0]} {val_mean:.4f}" + (f" +- {val_std:.4f}" if len(usable) > 1 else "")
            + f", test/{ens.metric} {ens.ensemble_acc:.4f}; {_what_ran(usable, plan['epochs'])}; lr "
            f"{plan['point']['lr']:.3g}, weight decay {plan['point']['weight_decay']:g}; planned: "

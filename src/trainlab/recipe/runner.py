@@ -340,7 +340,10 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
         _check_same_config(store, study, hp)
     spent = sum((r.get("summary") or {}).get("seconds", 0.0) for r in store.runs(study=study, kind="step")
                 if r["status"] == "completed")
-    steps = Steps(hp, task, store, db_url, study, out, runs_dir, workers, updates_per_epoch, warmup_s, final_schedule)
+    import torch
+
+    steps = Steps(hp, task, store, db_url, study, out, runs_dir, workers, updates_per_epoch, warmup_s, final_schedule,
+                  threads=torch.get_num_threads())
     recipe = _Recipe(steps, budget_s, force, quiet, spent, started, figure_s)
     plan = plan_budget(budget_s)
     resumed = sum(1 for r in recipe.done.values() if r["status"] == "completed")

@@ -124,6 +124,7 @@ class Steps:
     updates_per_epoch: int    # of a search's training (its RunPlan): the cost model's epochs from steps
     warmup_s: float = 0.0     # torch's one-time start-up cost in this process (a worker pays it again)
     final_schedule: str = "placed"   # "placed": the decay from step 5's curves; "fixed": the longest cosine that fits
+    threads: int = 1          # torch threads of this process's trainings (the checks, searches and a final model here)
 
     @property
     def metric(self) -> tuple[str, str]:
@@ -143,7 +144,10 @@ class Steps:
         """The cost model from what the steps `done` (a call's earlier steps, or the runner's results so far)
         measured: the one place it is built."""
         earlier = done.earlier if isinstance(done, Call) else done
-        return CostModel(self.workers, self.updates_per_epoch, self.warmup_s, tuple((s.key, s.evidence) for s in earlier))
+        from trainlab.search.workers import threads_per_worker
+
+        return CostModel(self.workers, self.updates_per_epoch, self.warmup_s, tuple((s.key, s.evidence) for s in earlier),
+                         threads=self.threads, worker_threads=threads_per_worker(self.workers))
 
     def save_plan(self, call: Call, plan: dict) -> None:
         """Keep a search's plan with its step run, so that an interrupted search resumes with the same one."""
