@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from trainlab.cli import main
-from trainlab.config import load_config
+from trainlab.config import ConfigError, load_config
+from trainlab.recipe import run_recipe
 from trainlab.recipe.runner import study_name
 from trainlab.recipe.plan import (PHASES, choose_move, phase_allowance, plan_budget, rank_coarse, size_coarse, size_final,
                                   size_refine)
@@ -82,7 +83,7 @@ def test_cost_model_from_the_run_plan_then_from_measurements():
     """Before any search the seconds per epoch come from the checks' seconds per update x the searches'
     updates per epoch (their RunPlan: accumulation and batch size count); after one, from what it measured."""
     from trainlab.config import Config
-    from trainlab.recipe.costs import PARALLEL_SLOWDOWN, CostModel
+    from trainlab.recipe.costs import PARALLEL_SLOWDOWN, CostModel, thread_speedup
     from trainlab.recipe.configs import search_base
     from trainlab.train.plan import RunPlan
 
@@ -95,6 +96,11 @@ def test_cost_model_from_the_run_plan_then_from_measurements():
     timed = CostModel(2, updates, evidence=(("overfit", {"step_s": 0.03, "train_step_s": 0.004}), ("lr", {"step_s": 0.01})))
     assert timed.epoch_seconds(False) == pytest.approx(0.004 * 16 * 1.15)
     assert timed.epoch_seconds(True) == pytest.approx(0.004 * 16 * 1.15 * PARALLEL_SLOWDOWN)
+    # checks timed at 2 threads here, a worker at 1: a worker's epoch is the thread speed-up longer
+    threads = CostModel(2, updates, evidence=timed.evidence, threads=2, worker_threads=1)
+    assert threads.epoch_seconds(False) == pytest.approx(0.004 * 16 * 1.15)
+    assert threads.epoch_seconds(True) == pytest.approx(0.004 * 16 * 1.15 * PARALLEL_SLOWDOWN * thread_speedup(2))
+    assert thread_speedup(1) == 1.0 and 1.5 < thread_speedup(2) < 2.0
     measured = {"epoch_s": 2.0, "run_s": 1.0, "overhead_s": 3.0, "workers": 1}
     after = CostModel(1, updates, evidence=(("lr", {"step_s": 0.01}), ("coarse", measured)))
     assert after.epoch_seconds() == 2.0 and after.training_cost(4, 3) == 3.0 + 4 * (1.0 + 3 * 2.0)
@@ -129,6 +135,7 @@ def test_study_names():
     (["--budget", "-1"], "trainlab: error: --budget: must be a positive number of minutes (at most 1e6), got -1\n"),
     (["--task", "nope"], "trainlab: error: task: unknown task 'nope'"),
     (["--workers", "0"], "trainlab: error: --workers: must be at least 1, got 0\n"),
+    (["--threads", "0"], "trainlab: error: --threads: must be >= 1, got 0\n"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, capsys, args, message):
     db = tmp_path / "bad.db"
@@ -136,6 +143,12 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
     assert not db.exists() and not (tmp_path / "rep").exists()   # nothing written
+
+
+def test_bad_threads_in_the_library_call_is_one_line_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match=r"^threads: must be an integer >= 1, got 0$"):
+        run_recipe(load_config(None, ["task=digits"]), threads=0, db=tmp_path / "r.db", out=tmp_path / "rep")
+    assert not (tmp_path / "r.db").exists()
 
 
 # --- a real recipe: interrupted, resumed, re-run -----------------------------------------------------

@@ -165,6 +165,7 @@ def _joined_group() -> bool:
 
 def _run(args) -> int:
     try:
+        args.threads_chosen = args.threads is not None or "OMP_NUM_THREADS" in os.environ
         _set_threads(args.threads)
         return args.fn(args)
     except _told_whole() as err:  # evaluated only on an error

@@ -21,23 +21,15 @@ def cmd_recipe(args) -> int:
         raise UsageError(f"--workers: must be at least 1, got {args.workers}")
     overrides = list(args.set) + ([f"task={args.task}"] if args.task else [])
     hp = load_config(args.config, overrides)
-    import torch
-
-    threads = torch.get_num_threads()
-    if "OMP_NUM_THREADS" not in os.environ:  # unless the user chose
+    threads = None
+    if not getattr(args, "threads_chosen", True):  # --threads or $OMP_NUM_THREADS: the user's count; else the idle cores
         from trainlab.search.workers import idle_cores
 
-        # The recipe's own trainings (the checks, a search or a final model in this process) run alone:
-        # they take the cores idle now (shapes32/resnet: 93 ms an update at 2 threads, 171 at 1), and
-        # only those (on a loaded machine, threads beyond the free cores wait for each other).
-        torch.set_num_threads(idle_cores())
+        threads = idle_cores()
     started = _process_start()
-    try:
-        result = run_recipe(hp, budget_minutes=args.budget, workers=args.workers, out=args.out, db=args.db,
-                            fresh=args.fresh, force=args.force, quiet=args.quiet, runs_dir=args.runs_dir,
-                            started_at=started)
-    finally:
-        torch.set_num_threads(threads)
+    result = run_recipe(hp, budget_minutes=args.budget, workers=args.workers, out=args.out, db=args.db,
+                        fresh=args.fresh, force=args.force, quiet=args.quiet, runs_dir=args.runs_dir,
+                        started_at=started, threads=threads)
     if args.json:
         print_json(result.to_dict())
     else:

@@ -42,6 +42,7 @@ Optuna study with the plan it was started with.
 from __future__ import annotations
 
 import math
+import os
 import re
 import signal
 import threading
@@ -69,7 +70,7 @@ from trainlab.recipe.report import write_report
 from trainlab.recipe.configs import search_base
 from trainlab.recipe.startup import REPORT_FIGURES, Progress, figure_cost, jsonable, warm_up
 from trainlab.recipe.steps import Call, Steps
-from trainlab.search.workers import default_workers
+from trainlab.search.workers import default_workers, idle_cores
 from trainlab.store import Store, normalize_url
 
 if TYPE_CHECKING:  # the annotation only: importing trainlab.recipe stays free of torch
@@ -290,7 +291,8 @@ def _check_same_config(store: Store, study: str, hp: Config) -> None:
 def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, workers: int | None = None,
                out: str | Path = DEFAULT_REPORT_DIR, db: str | Path | None = None, fresh: bool = False,
                force: bool = False, quiet: bool = False, runs_dir: str = DEFAULT_RUNS_DIR,
-               final_schedule: str = "placed", started_at: float | None = None) -> RecipeResult:
+               final_schedule: str = "placed", started_at: float | None = None,
+               threads: int | None = None) -> RecipeResult:
     """Run the seven steps on `hp` (its task and model; the recipe chooses lr, weight decay, epochs and
     what the doctor asks for), write the report to `out`, and return what was done.
 
@@ -299,7 +301,9 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     from the end of torch's warm-up in this call; kept to within 5% + 10 s. `final_schedule` "placed" (default) sizes the final cosine from step 5's
     constant-rate curves (`final_plan.place_decay`); "fixed" runs the longest cosine that fits. `workers`
     search processes (default: `default_workers()`, the machine's cores, at most MAX_DEFAULT_WORKERS) with
-    cores/workers torch threads each.
+    cores/workers torch threads each. `threads`: torch threads of the trainings in this process (the checks,
+    a search or a final model run here, alone), default the cores idle now (`idle_cores`), or torch's
+    current count where $OMP_NUM_THREADS is set; restored at the end.
     Running again with the same arguments resumes the study; `fresh` starts a new one; `force` goes on
     after a failed check. Ctrl-C stops cleanly: the result's status is "interrupted" and the report
     shows what was done. Raises ConfigError for bad input, before anything is written.
@@ -316,6 +320,8 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
         raise ConfigError(f"workers: must be an integer >= 1, got {workers!r}")
     if final_schedule not in ("placed", "fixed"):
         raise ConfigError(f"final_schedule: must be placed or fixed, got {final_schedule!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads: must be an integer >= 1, got {threads!r}")
     hp = apply_overrides(hp, {})
     task = load_checked_task(hp)   # ConfigError for an unknown task or model or bad data, before the store is touched
     # The cost model's epochs: updates per epoch of the searches' trainings, from their RunPlan (the one
@@ -342,13 +348,16 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
                 if r["status"] == "completed")
     import torch
 
+    threads_before = torch.get_num_threads()
+    if threads is None:
+        threads = threads_before if "OMP_NUM_THREADS" in os.environ else idle_cores()
     steps = Steps(hp, task, store, db_url, study, out, runs_dir, workers, updates_per_epoch, warmup_s, final_schedule,
-                  threads=torch.get_num_threads())
+                  threads=threads)
     recipe = _Recipe(steps, budget_s, force, quiet, spent, started, figure_s)
     plan = plan_budget(budget_s)
     resumed = sum(1 for r in recipe.done.values() if r["status"] == "completed")
     recipe.say(f"trainlab recipe: {task.name}/{model_label(task, hp)}, budget {budget_minutes:g} min, {workers} worker"
-               f"{'s' if workers > 1 else ''}; study {study}" + (f" (resumed: {resumed} steps done, "
+               f"{'s' if workers > 1 else ''}, {threads} thread{'s' if threads > 1 else ''} here; study {study}" + (f" (resumed: {resumed} steps done, "
                                                                   f"{spent:.0f} s spent)" if resumed else "")
                + f"; report {out}/index.html")
     recipe.say("plan: " + ", ".join(f"{name} {sec:.0f} s ({100 * w:.0f}%)" for (name, w), sec in
@@ -362,6 +371,7 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGINT, on_sigint)
     status, reason = "completed", None
+    torch.set_num_threads(threads)
     try:
         status, reason = recipe.run()
     except (Interrupted, KeyboardInterrupt):
@@ -369,6 +379,7 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     except StopRecipe as err:
         status, reason = "stopped", str(err)
     finally:
+        torch.set_num_threads(threads_before)
         if old is not None:
             signal.signal(signal.SIGINT, old)
     final = next((s.evidence for s in recipe.results if s.key == "final"), None)

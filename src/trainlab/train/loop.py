@@ -50,6 +50,7 @@ from trainlab.train.record import Recorder
 from trainlab.train.resume import Checkpoints, Position, resume_run
 from trainlab.train.startup import Startup
 from trainlab.train.steps import Steps
+from trainlab.train.threads import ThreadGuard
 from trainlab.train.timefit import TimeFit
 
 __all__ = ["fit", "FitResult", "resolve_device", "lr_schedule", "epoch_order", "LoopState", "Stop", "Callback"]
@@ -171,6 +172,7 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
 
         if timefit is not None:
             steps.refit = lambda step: adopt(*timefit.during_epoch(hp, plan, step, decide))
+        guard = steps.guard = ThreadGuard.start(pos.step, distributed=dist is not None and world > 1)
         status, reason = "completed", None
         try:
             ckpts.prepare()  # a runs folder that cannot hold checkpoints fails now, not after an epoch
@@ -185,6 +187,8 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
                     t0 = time.perf_counter()
                     if timefit is not None:
                         timefit.epoch_starts(pos.step)
+                    if guard is not None:
+                        guard.epoch_starts(pos.step)
                     seen, stop = steps.epoch(epoch, pos)  # the updates; ends early on divergence, a stop or a halt
                     startup.epoch_updates_done(pos.step, quiet)
                     t1 = time.perf_counter()
@@ -205,6 +209,9 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
             ckpts.close(raise_errors=False)
             rec.failed(err, callback_summary(callbacks), ckpts.on_disk())
             raise
+        finally:
+            if guard is not None:
+                guard.restore()
 
     if pos.best_state is not None:
         model.load_state_dict(pos.best_state)
@@ -219,8 +226,11 @@ def fit(task: Task | None, hp: Config, *, store: Store | None = None, study: str
     rec.finish(status, reason, steps=pos.step, seconds=time.perf_counter() - started, num_classes=task.num_classes,
                test=test, best=stopper.best, best_epoch=stopper.best_epoch, epochs=epochs, checkpoint=best_path,
                warnings=layer_warnings, summary={**callback_summary(callbacks), "startup": startup.summary(),
-                                                   **(timefit.stored(plan) if timefit is not None else {})})
+                                                   **(timefit.stored(plan) if timefit is not None else {}),
+                                                   **({"threads": guard.summary} if guard and guard.summary else {})})
     if not quiet:
+        if guard is not None and guard.summary:
+            print(guard.said())
         _print_end(hp, status, reason, stopper, test, layer_warnings, task.task_metrics.summary()["headline"])
     return FitResult(rec.run_id, status, reason, stopper.best, stopper.best_epoch, epochs, pos.step, test,
                      pos.history, best_path, model, time.perf_counter() - started, rank=rank)

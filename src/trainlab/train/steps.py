@@ -75,6 +75,7 @@ class Steps:
         self.startup = startup  # the first update's end is noted once (startup.Startup)
         # `minutes`: refit(step) at each read of the losses -> the run's new plan when its rest no longer fits
         self.refit: Callable[[int], RunPlan | None] | None = None
+        self.guard = None  # threads.ThreadGuard: a run at several threads drops to one when other jobs slow it
 
     def epoch(self, epoch: int, pos: Position) -> tuple[int, Stop | None]:
         """Train `epoch` from update `pos.step` and micro-batch `pos.batch`; (examples seen, a stop or None)."""
@@ -141,6 +142,8 @@ class Steps:
                     if self.halted:
                         stop = self._interrupt(epoch, pos, step, start, seen)
                         break
+                    if self.guard is not None:
+                        self.guard.check(step)
                     if self.refit is not None and (fitted := self.refit(step)) is not None:
                         factor, total = fitted.factor, fitted.total_updates  # `minutes`: shortened mid-epoch
                 if callbacks:
