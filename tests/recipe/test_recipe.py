@@ -396,3 +396,19 @@ def test_a_figure_is_drawn_again_only_when_what_it_shows_changed(tmp_path):
     with pytest.raises(ValueError):
         _figure(tmp_path, "a.png", "s3", drawn, broken)
     assert drawn == {}                                       # a failed draw is not remembered
+
+
+def test_thread_speedup_is_timed_on_the_model_and_leaves_the_thread_count_as_it_was():
+    import torch
+
+    from trainlab.recipe.startup import thread_speedup
+    from trainlab.tasks import load_task
+
+    hp = load_config(None, ["task=digits", "model=mlp"])
+    task = load_task(hp)
+    before = torch.get_num_threads()
+    ratio = thread_speedup(task, hp, 2, 1.0)
+    assert ratio is not None and 0.2 < ratio < 4.0     # a ratio of two timings, whatever the load
+    assert torch.get_num_threads() == before
+    assert thread_speedup(task, hp, 1, 1.0) is None     # nothing to compare
+    assert thread_speedup(task, hp, 2, 1e-6) is None    # not two updates a setting fit

@@ -37,7 +37,8 @@ class CostModel:
     `updates_per_epoch`: optimizer updates per epoch of a search's training (its RunPlan), which turns the
     checks' seconds per update into seconds per epoch before any search has run. `warmup_s`: what torch's
     first optimizer cost this process (a worker process pays it again). `threads`: this process's torch
-    threads (its checks were timed at them); `worker_threads`: each worker process's.
+    threads (its checks were timed at them); `worker_threads`: each worker process's; `speedup`: an update at
+    `threads` against one, as the recipe measured it.
     """
 
     workers: int
@@ -46,6 +47,7 @@ class CostModel:
     evidence: tuple[tuple[str, dict], ...] = ()
     threads: int = 1
     worker_threads: int = 1
+    speedup: float | None = None   # an update at `threads` against one, measured; else `thread_speedup`'s guess
 
     def _of(self, key: str) -> dict:
         for k, ev in reversed(self.evidence):
@@ -70,7 +72,8 @@ class CostModel:
         here = float(step_s) * self.updates_per_epoch * 1.15
         if not parallel:
             return here
-        return here * PARALLEL_SLOWDOWN * thread_speedup(self.threads) / thread_speedup(self.worker_threads)
+        here_speedup = self.speedup if self.speedup and self.worker_threads == 1 else thread_speedup(self.threads)
+        return here * PARALLEL_SLOWDOWN * here_speedup / thread_speedup(self.worker_threads)
 
     def run_seconds(self) -> float:
         """Start-up seconds of one training in a search (task, model, first validation), as last measured."""

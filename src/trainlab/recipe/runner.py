@@ -68,7 +68,8 @@ from trainlab.recipe.plan import (
 from trainlab.recipe.records import Interrupted, RecipeResult, StepResult, StopRecipe
 from trainlab.recipe.report import write_report
 from trainlab.recipe.configs import search_base
-from trainlab.recipe.startup import REPORT_FIGURES, Progress, figure_cost, jsonable, warm_up
+from trainlab.recipe.startup import (MIN_THREAD_SPEEDUP, REPORT_FIGURES, Progress, figure_cost, jsonable,
+                                     thread_speedup, warm_up)
 from trainlab.recipe.steps import Call, Steps
 from trainlab.search.workers import default_workers, idle_cores
 from trainlab.store import Store, normalize_url
@@ -349,15 +350,21 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     import torch
 
     threads_before = torch.get_num_threads()
+    speedup = None
     if threads is None:
         threads = threads_before if "OMP_NUM_THREADS" in os.environ else idle_cores()
+        if threads > 1:   # the idle cores, where this model trains faster on them
+            speedup = thread_speedup(task, hp, threads, min(5.0, 0.015 * budget_s))
+            if speedup is None or speedup < MIN_THREAD_SPEEDUP:
+                threads, speedup = 1, None
     steps = Steps(hp, task, store, db_url, study, out, runs_dir, workers, updates_per_epoch, warmup_s, final_schedule,
-                  threads=threads)
+                  threads=threads, thread_speedup=speedup)
     recipe = _Recipe(steps, budget_s, force, quiet, spent, started, figure_s)
     plan = plan_budget(budget_s)
     resumed = sum(1 for r in recipe.done.values() if r["status"] == "completed")
     recipe.say(f"trainlab recipe: {task.name}/{model_label(task, hp)}, budget {budget_minutes:g} min, {workers} worker"
-               f"{'s' if workers > 1 else ''}, {threads} thread{'s' if threads > 1 else ''} here; study {study}" + (f" (resumed: {resumed} steps done, "
+               f"{'s' if workers > 1 else ''}, {threads} thread{'s' if threads > 1 else ''} here"
+               + (f" ({speedup:.2f}x one's speed)" if speedup else "") + f"; study {study}" + (f" (resumed: {resumed} steps done, "
                                                                   f"{spent:.0f} s spent)" if resumed else "")
                + f"; report {out}/index.html")
     recipe.say("plan: " + ", ".join(f"{name} {sec:.0f} s ({100 * w:.0f}%)" for (name, w), sec in

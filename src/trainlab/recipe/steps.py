@@ -125,6 +125,7 @@ class Steps:
     warmup_s: float = 0.0     # torch's one-time start-up cost in this process (a worker pays it again)
     final_schedule: str = "placed"   # "placed": the decay from step 5's curves; "fixed": the longest cosine that fits
     threads: int = 1          # torch threads of this process's trainings (the checks, searches and a final model here)
+    thread_speedup: float | None = None   # an update at `threads` against one, as measured (startup.thread_speedup)
 
     @property
     def metric(self) -> tuple[str, str]:
@@ -147,7 +148,8 @@ class Steps:
         from trainlab.search.workers import threads_per_worker
 
         return CostModel(self.workers, self.updates_per_epoch, self.warmup_s, tuple((s.key, s.evidence) for s in earlier),
-                         threads=self.threads, worker_threads=threads_per_worker(self.workers))
+                         threads=self.threads, worker_threads=threads_per_worker(self.workers),
+                         speedup=self.thread_speedup)
 
     def save_plan(self, call: Call, plan: dict) -> None:
         """Keep a search's plan with its step run, so that an interrupted search resumes with the same one."""
