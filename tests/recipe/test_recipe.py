@@ -146,7 +146,7 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, args, message):
 
 
 def test_bad_threads_in_the_library_call_is_one_line_before_anything_is_written(tmp_path):
-    with pytest.raises(ConfigError, match=r"^threads: must be an integer >= 1, got 0$"):
+    with pytest.raises(ConfigError, match=r"^threads: must be an integer >= 1 or 'auto', got 0$"):
         run_recipe(load_config(None, ["task=digits"]), threads=0, db=tmp_path / "r.db", out=tmp_path / "rep")
     assert not (tmp_path / "r.db").exists()
 

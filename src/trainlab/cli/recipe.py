@@ -21,11 +21,9 @@ def cmd_recipe(args) -> int:
         raise UsageError(f"--workers: must be at least 1, got {args.workers}")
     overrides = list(args.set) + ([f"task={args.task}"] if args.task else [])
     hp = load_config(args.config, overrides)
-    threads = None
-    if not getattr(args, "threads_chosen", True):  # --threads or $OMP_NUM_THREADS: the user's count; else the idle cores
-        from trainlab.search.workers import idle_cores
-
-        threads = idle_cores()
+    # --threads or $OMP_NUM_THREADS: the user's count (set by the command line already); else the idle
+    # cores where this model trains faster on them
+    threads = None if getattr(args, "threads_chosen", True) else "auto"
     started = _process_start()
     result = run_recipe(hp, budget_minutes=args.budget, workers=args.workers, out=args.out, db=args.db,
                         fresh=args.fresh, force=args.force, quiet=args.quiet, runs_dir=args.runs_dir,

@@ -293,7 +293,7 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
                out: str | Path = DEFAULT_REPORT_DIR, db: str | Path | None = None, fresh: bool = False,
                force: bool = False, quiet: bool = False, runs_dir: str = DEFAULT_RUNS_DIR,
                final_schedule: str = "placed", started_at: float | None = None,
-               threads: int | None = None) -> RecipeResult:
+               threads: int | str | None = None) -> RecipeResult:
     """Run the seven steps on `hp` (its task and model; the recipe chooses lr, weight decay, epochs and
     what the doctor asks for), write the report to `out`, and return what was done.
 
@@ -303,8 +303,10 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     constant-rate curves (`final_plan.place_decay`); "fixed" runs the longest cosine that fits. `workers`
     search processes (default: `default_workers()`, the machine's cores, at most MAX_DEFAULT_WORKERS) with
     cores/workers torch threads each. `threads`: torch threads of the trainings in this process (the checks,
-    a search or a final model run here, alone), default the cores idle now (`idle_cores`), or torch's
-    current count where $OMP_NUM_THREADS is set; restored at the end.
+    a search or a final model run here, alone): "auto" takes the cores idle now (`idle_cores`) where this
+    model's update is at least MIN_THREAD_SPEEDUP faster on them (`thread_speedup`), else one; None (default)
+    is "auto" unless $OMP_NUM_THREADS is set (then torch's current count); an int is taken as given.
+    Restored at the end.
     Running again with the same arguments resumes the study; `fresh` starts a new one; `force` goes on
     after a failed check. Ctrl-C stops cleanly: the result's status is "interrupted" and the report
     shows what was done. Raises ConfigError for bad input, before anything is written.
@@ -321,8 +323,8 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
         raise ConfigError(f"workers: must be an integer >= 1, got {workers!r}")
     if final_schedule not in ("placed", "fixed"):
         raise ConfigError(f"final_schedule: must be placed or fixed, got {final_schedule!r}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads: must be an integer >= 1, got {threads!r}")
+    if threads not in (None, "auto") and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ConfigError(f"threads: must be an integer >= 1 or 'auto', got {threads!r}")
     hp = apply_overrides(hp, {})
     task = load_checked_task(hp)   # ConfigError for an unknown task or model or bad data, before the store is touched
     # The cost model's epochs: updates per epoch of the searches' trainings, from their RunPlan (the one
@@ -352,7 +354,9 @@ def run_recipe(hp: Config, *, budget_minutes: float = DEFAULT_BUDGET_MINUTES, wo
     threads_before = torch.get_num_threads()
     speedup = None
     if threads is None:
-        threads = threads_before if "OMP_NUM_THREADS" in os.environ else idle_cores()
+        threads = threads_before if "OMP_NUM_THREADS" in os.environ else "auto"
+    if threads == "auto":
+        threads = idle_cores()
         if threads > 1:   # the idle cores, where this model trains faster on them
             speedup = thread_speedup(task, hp, threads, min(5.0, 0.015 * budget_s))
             if speedup is None or speedup < MIN_THREAD_SPEEDUP:
