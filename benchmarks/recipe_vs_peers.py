@@ -4,6 +4,7 @@ For each pair (task/model): mnist1d/resnet, mnist1d/mlp, mnist1d-shuffle/mlp, di
   recipe   `run_recipe` (the 7 steps, its final model; with 2 workers an ensemble of one member per fold)
   recipe-fixed  the same with the final schedule it had before it placed the decay (the longest cosine that fits)
   default  the task's default config (`trainlab train --set task=... --set model=...`), cut at the budget
+  default-cores  the same with a torch thread per core (`--threads <cores>`; the others run one per process)
   default-fitted  the same with `--set minutes=<budget>`: its schedule fitted to the time after epoch 1
   tpe      Optuna TPE over lr (log-uniform 1e-4..1e-1) x weight decay (log-uniform 1e-6..1e-2), 10-epoch
            cosine trials with median pruning, 2 workers, as many trials as the budget allows; the best
@@ -71,6 +72,16 @@ def run_default(hp: Config, budget_min: float, workers: int, tmp: Path) -> dict:
             "epochs": res.epochs, "cut_at_budget": deadline.fired}
 
 
+def run_default_cores(hp: Config, budget_min: float, workers: int, tmp: Path) -> dict:
+    """The default config with every core's thread (`trainlab train --threads <cores>`), cut at the budget."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(cpu_cores())
+    try:
+        return {**run_default(hp, budget_min, workers, tmp), "threads": cpu_cores()}
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_default_fitted(hp: Config, budget_min: float, workers: int, tmp: Path) -> dict:
     """The task's default config with `minutes` = the budget: its schedule fitted to the time after epoch 1."""
     fitted = hp.model_copy(update={"minutes": budget_min})
@@ -96,6 +107,7 @@ def run_tpe(hp: Config, budget_min: float, workers: int, tmp: Path) -> dict:
 
 
 RUNNERS = {"recipe": run_recipe_method, "recipe-fixed": run_recipe_fixed, "default": run_default,
+           "default-cores": run_default_cores,
            "default-fitted": run_default_fitted, "tpe": run_tpe}
 
 
