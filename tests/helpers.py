@@ -1,6 +1,7 @@
 """Small helpers several test files share: the tiny training config, strict JSON, a Ctrl-C callback."""
 
 import json
+import time
 
 from trainlab.config import Config
 
@@ -37,6 +38,23 @@ class InterruptAt:
     def on_step_end(self, state):
         if state.step == self.at_step:
             raise KeyboardInterrupt
+
+    def on_epoch_end(self, state):
+        return None
+
+    def on_fit_end(self, state):
+        return None
+
+
+class Slowdown:
+    """A machine that slows down after `at_step` updates: each later update takes `seconds` longer."""
+
+    def __init__(self, at_step, seconds):
+        self.at_step, self.seconds = at_step, seconds
+
+    def on_step_end(self, state):
+        if state.step >= self.at_step:
+            time.sleep(self.seconds)
 
     def on_epoch_end(self, state):
         return None

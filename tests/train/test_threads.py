@@ -54,29 +54,12 @@ def test_no_guard_at_one_thread_or_under_ddp(two_threads):
     assert ThreadGuard.start(0, distributed=False) is None
 
 
-class SlowFrom:
-    """Each update from `at_step` on takes `seconds` longer (another job took a core)."""
-
-    def __init__(self, at_step, seconds):
-        self.at_step, self.seconds = at_step, seconds
-
-    def on_step_end(self, state):
-        if state.step >= self.at_step:
-            time.sleep(self.seconds)
-
-    def on_epoch_end(self, state):
-        return None
-
-    def on_fit_end(self, state):
-        return None
-
-
 def test_a_run_slowed_down_drops_to_one_thread_keeps_it_in_its_summary_and_restores_it(tiny_task, tmp_path,
                                                                                         two_threads):
     store = Store(tmp_path / "t.db")
     slow_from = 4 * DRAIN
     r = fit(tiny_task, helpers.tiny(epochs=1, steps=8 * DRAIN, batch_size=8), store=store, quiet=True,
-            runs_dir=tmp_path / "runs", callbacks=[SlowFrom(slow_from, 0.01)])
+            runs_dir=tmp_path / "runs", callbacks=[helpers.Slowdown(slow_from, 0.01)])
     assert r.status == "completed" and r.steps == 8 * DRAIN
     threads = store.run(r.run_id)["summary"]["threads"]
     assert threads["from"] == 2 and threads["to"] == 1 and threads["at_update"] > slow_from, threads

@@ -12,7 +12,7 @@ from trainlab.store import Store
 from trainlab.train import fit
 from trainlab.train.plan import RunPlan, fitted_config, updates_that_fit
 import helpers
-from helpers import InterruptAt
+from helpers import InterruptAt, Slowdown
 
 UPDATES = 29  # tiny config: updates per epoch on mnist1d
 
@@ -59,23 +59,6 @@ def test_a_schedule_that_fits_its_minutes_is_left_as_planned(task, tmp_path):
     fitted = store.run(r.run_id)["summary"]["fitted"]
     assert r.status == "completed" and r.reason is None and r.steps == 3 * UPDATES
     assert fitted["updates"] == fitted["planned_updates"] == 3 * UPDATES and fitted["config"] == {}
-
-
-class Slowdown:
-    """A machine that slows down after `at_step` updates: each later update takes `seconds` longer."""
-
-    def __init__(self, at_step, seconds):
-        self.at_step, self.seconds = at_step, seconds
-
-    def on_step_end(self, state):
-        if state.step >= self.at_step:
-            time.sleep(self.seconds)
-
-    def on_epoch_end(self, state):
-        return None
-
-    def on_fit_end(self, state):
-        return None
 
 
 def test_a_run_that_slows_down_is_refitted_shorter_or_stops_at_its_limit(task, tmp_path):
